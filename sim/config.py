@@ -1,0 +1,197 @@
+"""Config schema and validation: a composed Hydra config -> (Static, hparams, seeds).
+
+`Static` holds everything that changes shapes or code (one compiled program per Static);
+`hparams` holds every numeric knob, one float per run, so a batch of runs with different values
+shares one compiled program. Every invalid value raises `ConfigError` with one line naming the
+key, the bad value and what is allowed, before anything is compiled.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from sim import algos, policies
+from sim.task import SHAPES, RewardSpec, Task
+
+OPTIMIZERS = ("adam", "sgd")
+
+# hparam name -> its key in the config. Every numeric knob a sweep may vary lives here.
+HPARAM_KEYS: dict[str, str] = {
+    "w_phi": "task.phi.weight",
+    "w_phi_prime": "task.phi_prime.weight",
+    "competence_phi": "task.phi.competence",
+    "competence_phi_prime": "task.phi_prime.competence",
+    "competence_spread": "task.competence_spread",
+    "overlap": "policy.overlap",
+    "beta": "algo.kl.beta",
+    "lr": "optim.lr",
+    "max_grad_norm": "optim.max_grad_norm",
+}
+
+# The keys each section accepts (anything else is a typo and is refused).
+_REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence"}
+_KEYS: dict[str, set[str]] = {
+    "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots"},
+    "task": {"prompts", "length", "vocab", "seed", "competence_spread", "phi", "phi_prime"},
+    "task.phi": _REWARD_KEYS,
+    "task.phi_prime": _REWARD_KEYS,
+    "policy": {"kind", "width", "overlap"},
+    "algo": {"advantage", "group_size", "std_eps", "kl"},
+    "algo.kl": {"beta", "estimator", "placement"},
+    "optim": {"name", "lr", "max_grad_norm"},
+}
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration; its message is one line."""
+
+
+@dataclass(frozen=True)
+class Static:
+    task: Task
+    policy: str
+    width: int
+    advantage: str
+    group_size: int
+    std_eps: float
+    kl_estimator: str
+    kl_placement: str
+    optimizer: str
+    steps: int
+    log_every: int
+
+
+@dataclass(frozen=True)
+class Experiment:
+    static: Static
+    hparams: dict[str, float]
+    seeds: tuple[int, ...]
+    plots: bool = True
+
+
+def _get(cfg: Mapping, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"{key}: missing; it is required")
+        node = node[part]
+    return node
+
+
+def _int(cfg, key: str, lo: int, hi: int | None = None) -> int:
+    v = _get(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+        raise ConfigError(f"{key}={v!r}: must be {allowed}")
+    return v
+
+
+def _choice(cfg, key: str, allowed) -> str:
+    v = _get(cfg, key)
+    if v not in allowed:
+        raise ConfigError(f"{key}={v!r}: allowed values are {', '.join(allowed)}")
+    return v
+
+
+def _float(cfg, key: str, check, allowed: str) -> float:
+    v = _get(cfg, key)
+    if v is None and "inf" in allowed:
+        return math.inf
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not ok or math.isnan(v) or not check(float(v)):
+        raise ConfigError(f"{key}={v!r}: must be {allowed}")
+    return float(v)
+
+
+def _int_list(cfg, key: str, lo: int, hi: int) -> tuple[int, ...]:
+    v = _get(cfg, key)
+    items = list(v) if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, str) else None
+    if not items or any(isinstance(i, bool) or not isinstance(i, int) or not lo <= i < hi for i in items):
+        raise ConfigError(f"{key}={v!r}: must be a non-empty list of integers in [{lo}, {hi})")
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{key}={v!r}: must not repeat an entry")
+    return tuple(items)
+
+
+def _check_keys(cfg: Mapping, section: str = "") -> None:
+    for k, v in cfg.items():
+        full = f"{section}.{k}" if section else str(k)
+        if k not in _KEYS[section]:
+            raise ConfigError(f"{full}: unknown key; allowed keys here are {', '.join(sorted(_KEYS[section]))}")
+        if full in _KEYS:
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{full}={v!r}: must be a section with keys {', '.join(sorted(_KEYS[full]))}")
+            _check_keys(v, full)
+
+
+def _task(cfg) -> Task:
+    length, vocab = _int(cfg, "task.length", 2), _int(cfg, "task.vocab", 4)
+    specs = []
+    for name in ("phi", "phi_prime"):
+        key = f"task.{name}"
+        specs.append(RewardSpec(
+            positions=_int_list(cfg, f"{key}.positions", 0, length),
+            good_tokens=_int_list(cfg, f"{key}.good_tokens", 0, vocab),
+            shape=_choice(cfg, f"{key}.shape", SHAPES),
+        ))
+        if len(specs[-1].good_tokens) >= vocab:
+            raise ConfigError(f"{key}.good_tokens has {vocab} tokens: at least one of the task.vocab={vocab} "
+                              "tokens must be bad")
+    phi, phi_prime = specs
+    if set(phi.positions) & set(phi_prime.positions):
+        raise ConfigError(f"task.phi_prime.positions={list(phi_prime.positions)}: must be disjoint from "
+                          f"task.phi.positions={list(phi.positions)}")
+    if set(phi.good_tokens) & set(phi_prime.good_tokens):
+        raise ConfigError(f"task.phi_prime.good_tokens={list(phi_prime.good_tokens)}: must be disjoint from "
+                          f"task.phi.good_tokens={list(phi.good_tokens)} (raise task.vocab for more tokens)")
+    return Task(prompts=_int(cfg, "task.prompts", 1), length=length, vocab=vocab,
+                phi=phi, phi_prime=phi_prime, seed=_int(cfg, "task.seed", 0))
+
+
+_FINITE_NONNEG = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_PROBABILITY = (lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+_UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_CLIP = (lambda v: v > 0, "a number > 0, or null for no clipping (inf)")
+_HPARAM_RULES = {
+    "w_phi": _FINITE_NONNEG, "w_phi_prime": _FINITE_NONNEG,
+    "competence_phi": _PROBABILITY, "competence_phi_prime": _PROBABILITY,
+    "competence_spread": _FINITE_NONNEG, "overlap": _UNIT, "beta": _FINITE_NONNEG,
+    "lr": _POSITIVE, "max_grad_norm": _CLIP,
+}
+
+
+def _hparams(cfg) -> dict[str, float]:
+    out = {}
+    for name, key in HPARAM_KEYS.items():
+        if name == "overlap" and "overlap" not in cfg["policy"]:
+            out[name] = 0.0  # families without features ignore it
+            continue
+        check, allowed = _HPARAM_RULES[name]
+        out[name] = _float(cfg, key, check, allowed)
+    return out
+
+
+def parse(cfg: Mapping) -> Experiment:
+    """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
+    _check_keys(cfg)
+    task = _task(cfg)
+    kind = _choice(cfg, "policy.kind", policies.KINDS)
+    advantage = _choice(cfg, "algo.advantage", tuple(algos.ADVANTAGES))
+    lo = 2 if advantage in algos.NEEDS_GROUPS else 1
+    group_size = _int(cfg, "algo.group_size", lo)
+    steps = _int(cfg, "steps", 1)
+    log_every = _int(cfg, "log_every", 1, steps)
+    if steps % log_every:
+        raise ConfigError(f"log_every={log_every}: must divide steps={steps}")
+    static = Static(
+        task=task, policy=kind, width=_int(cfg, "policy.width", 1) if kind == "lowrank" else 0,
+        advantage=advantage, group_size=group_size,
+        std_eps=_float(cfg, "algo.std_eps", *_FINITE_NONNEG),
+        kl_estimator=_choice(cfg, "algo.kl.estimator", tuple(algos.KL_ESTIMATORS)),
+        kl_placement=_choice(cfg, "algo.kl.placement", algos.KL_PLACEMENTS),
+        optimizer=_choice(cfg, "optim.name", OPTIMIZERS), steps=steps, log_every=log_every,
+    )
+    seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
+    return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)))

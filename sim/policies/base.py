@@ -1,0 +1,37 @@
+"""The one interface every policy family implements.
+
+A `Policy` is a bundle of pure functions closed over the family's frozen parts (reference
+logits, features, ...). `params` holds only what training changes; `init()` returns the params
+at which the policy equals the reference, so the reference is always `init()` itself.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+
+
+class Policy(NamedTuple):
+    init: Callable[[], Params]
+    # (params, key, prompts_B) -> tokens_BxL
+    sample: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    # (params, prompts_B, tokens_BxL) -> log pi(token_t | prompt, tokens_<t), shape BxL
+    log_probs: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    # factorised families only: (params) -> logits_PxLxV, the exact per-position marginals
+    marginals: Callable[[Params], jax.Array] | None = None
+
+
+def factorised(init: Callable[[], Params], logits_fn: Callable[[Params], jax.Array]) -> Policy:
+    """A policy whose positions are independent given the prompt, from its logits table."""
+
+    def sample(params, key, prompts_B):
+        return jax.random.categorical(key, logits_fn(params)[prompts_B])
+
+    def log_probs(params, prompts_B, tokens_BxL):
+        logp_BxLxV = jax.nn.log_softmax(logits_fn(params)[prompts_B])
+        return jnp.take_along_axis(logp_BxLxV, tokens_BxL[..., None], -1)[..., 0]
+
+    return Policy(init=init, sample=sample, log_probs=log_probs, marginals=logits_fn)

@@ -1,0 +1,77 @@
+"""From metrics arrays to the metrics table and summary statistics (pure numpy, no files).
+
+A batch of R runs is a set of sweep points x seeds; `points_R` says which point each run
+belongs to. Confidence intervals are Student-t 95% intervals of the mean over seeds.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def mean_ci95(x_N: np.ndarray) -> tuple[float, float, float]:
+    """(mean, lo, hi) of a 95% Student-t interval of the mean; lo = hi = nan for fewer than 2 values."""
+    n = len(x_N)
+    mean = float(np.mean(x_N))
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, n - 1) * np.std(x_N, ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half
+
+
+def band_TxN(x_TxN: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-step mean and 95% band over the N runs of one point (band = mean when N < 2)."""
+    n = x_TxN.shape[1]
+    mean = np.mean(x_TxN, 1)
+    if n < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.975, n - 1) * np.std(x_TxN, 1, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def metric_summary(x_TxN: np.ndarray) -> dict:
+    """start, end, delta (mean and 95% CI) of one metric over the N seeds of one point.
+
+    Rows that are NaN for every run (batch statistics before the first step) are skipped, so
+    `start` is the first logged value the metric has.
+    """
+    rows = np.flatnonzero(~np.all(np.isnan(x_TxN), 1))
+    if rows.size == 0:
+        return {"start": None, "end": None, "delta_mean": None, "delta_ci95": [None, None], "n_seeds": x_TxN.shape[1]}
+    start, end = x_TxN[rows[0]], x_TxN[rows[-1]]
+    mean, lo, hi = mean_ci95(end - start)
+    return {
+        "start": float(np.mean(start)),
+        "end": float(np.mean(end)),
+        "delta_mean": mean,
+        "delta_ci95": [_none_if_nan(lo), _none_if_nan(hi)],
+        "n_seeds": int(x_TxN.shape[1]),
+    }
+
+
+def _none_if_nan(v: float):
+    return None if np.isnan(v) else v
+
+
+def point_summaries(metrics: dict[str, np.ndarray], points_R: np.ndarray, point_values: list[dict]) -> list[dict]:
+    """One entry per sweep point: its swept values and a metric_summary per metric."""
+    out = []
+    for p, values in enumerate(point_values):
+        runs = np.flatnonzero(points_R == p)
+        out.append({"values": values,
+                    "metrics": {k: metric_summary(v[:, runs]) for k, v in metrics.items()}})
+    return out
+
+
+def table_rows(metrics: dict[str, np.ndarray], steps_T: np.ndarray, columns_R: dict[str, np.ndarray]):
+    """The long metrics table: one row per (run, logged step); `columns_R` are per-run columns
+    (run index, seed, swept values) repeated on each of the run's rows."""
+    names = list(metrics)
+    header = list(columns_R) + ["step"] + names
+    T, R = metrics[names[0]].shape
+    rows = []
+    for r in range(R):
+        lead = [columns_R[c][r] for c in columns_R]
+        for t in range(T):
+            rows.append(lead + [int(steps_T[t])] + [float(metrics[k][t, r]) for k in names])
+    return header, rows

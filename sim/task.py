@@ -1,0 +1,91 @@
+"""The toy world: prompts, responses of L tokens over V, two orthogonal rewards, the reference.
+
+phi and phi_prime look at disjoint positions and disjoint sets of "good" tokens, so any value of
+one can go with any value of the other. The reference (SFT) policy is factorised: at a reward's
+positions it puts mass `competence` on that reward's good tokens (uniform inside the good and the
+bad set); elsewhere it is uniform. Competence may vary by prompt (prompts of unequal difficulty).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+REWARDS = ("phi", "phi_prime")
+SHAPES = ("mean", "all")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    positions: tuple[int, ...]
+    good_tokens: tuple[int, ...]
+    shape: str = "mean"  # 'mean': fraction of good tokens (dense); 'all': 1 iff every one is good
+
+
+@dataclass(frozen=True)
+class Task:
+    prompts: int
+    length: int
+    vocab: int
+    phi: RewardSpec
+    phi_prime: RewardSpec
+    seed: int = 0  # fixes per-prompt difficulty offsets; the same for every run
+
+    @property
+    def specs(self) -> tuple[RewardSpec, RewardSpec]:
+        return (self.phi, self.phi_prime)
+
+
+def good_mask_V(spec: RewardSpec, vocab: int) -> jax.Array:
+    return jnp.zeros(vocab, bool).at[jnp.array(spec.good_tokens)].set(True)
+
+
+def position_mask_L(spec: RewardSpec, length: int) -> jax.Array:
+    return jnp.zeros(length, bool).at[jnp.array(spec.positions)].set(True)
+
+
+def prompt_competence_P(task: Task, competence: jax.Array, spread: jax.Array, which: int) -> jax.Array:
+    """Per-prompt competence: logit(c) shifted by spread * z_p, z_p ~ N(0,1) fixed by task.seed."""
+    z_P = jax.random.normal(jax.random.fold_in(jax.random.key(task.seed), which), (task.prompts,))
+    return jax.nn.sigmoid(jax.scipy.special.logit(competence) + spread * z_P)
+
+
+def reference_logits_PxLxV(task: Task, competence: tuple[jax.Array, jax.Array], spread: jax.Array) -> jax.Array:
+    """Log-probabilities of the factorised reference policy (rows are normalised)."""
+    V = task.vocab
+    logp_PxLxV = jnp.full((task.prompts, task.length, V), -jnp.log(V))
+    for which, (spec, c) in enumerate(zip(task.specs, competence)):
+        c_P = prompt_competence_P(task, c, spread, which)
+        n_good = len(spec.good_tokens)
+        good_V = good_mask_V(spec, V)
+        row_PxV = jnp.where(good_V, jnp.log(c_P / n_good)[:, None], jnp.log((1 - c_P) / (V - n_good))[:, None])
+        pos_L = position_mask_L(spec, task.length)
+        logp_PxLxV = jnp.where(pos_L[None, :, None], row_PxV[:, None, :], logp_PxLxV)
+    return logp_PxLxV
+
+
+def _aggregate(good_BxK: jax.Array, shape: str) -> jax.Array:
+    return jnp.mean(good_BxK, -1) if shape == "mean" else jnp.prod(good_BxK, -1)
+
+
+def rewards_B(task: Task, tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(phi, phi_prime) of each sampled response."""
+    out = []
+    for spec in task.specs:
+        tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
+        good_BxK = good_mask_V(spec, task.vocab)[tok_BxK].astype(jnp.float32)
+        out.append(_aggregate(good_BxK, spec.shape))
+    return out[0], out[1]
+
+
+def good_prob_PxK(spec: RewardSpec, logits_PxLxV: jax.Array) -> jax.Array:
+    """Probability of a good token at each of the reward's positions, per prompt."""
+    probs_PxKxV = jax.nn.softmax(logits_PxLxV[:, jnp.array(spec.positions)], -1)
+    return jnp.sum(jnp.where(good_mask_V(spec, logits_PxLxV.shape[-1]), probs_PxKxV, 0.0), -1)
+
+
+def expected_rewards_P(task: Task, logits_PxLxV: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Exact E[phi], E[phi_prime] per prompt under a factorised policy (positions independent)."""
+    a, b = (_aggregate(good_prob_PxK(spec, logits_PxLxV), spec.shape) for spec in task.specs)
+    return a, b

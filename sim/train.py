@@ -1,0 +1,193 @@
+"""The one training loop: make_train(static) -> train(hparams_R, keys_R).
+
+Each run (one seed at one sweep point) is a pure function of its hparams and key. Runs are
+vmapped and sharded over local devices; steps are a lax.scan. The loop runs in chunks of
+`rows_per_chunk` logged rows, each chunk one call of the same compiled program, so the host can
+show progress, stream metrics and checkpoint between chunks without changing any number.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sim import algos, policies, task as task_lib
+from sim.config import Static
+from sim.policies.base import Policy
+
+# Exact expectations under the current policy, logged at every logged step (step 0 included).
+EXACT_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy")
+# Statistics of the last training batch before the logged step (NaN at step 0: no batch yet).
+BATCH_METRICS = ("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampled",
+                 "adv_mean", "adv_std", "grad_norm", "loss")
+METRICS = EXACT_METRICS + BATCH_METRICS
+
+
+class RunState(NamedTuple):
+    params: Any
+    opt_state: Any
+    key: jax.Array  # advanced every step
+    policy_key: jax.Array  # draws the family's fixed parts (e.g. features); constant
+
+
+def build_policy(static: Static, hp: dict, policy_key: jax.Array) -> Policy:
+    ref_logits = task_lib.reference_logits_PxLxV(
+        static.task, (hp["competence_phi"], hp["competence_phi_prime"]), hp["competence_spread"])
+    return policies.build(static.policy, static.task, ref_logits, hp, policy_key, width=static.width)
+
+
+def make_optimizer(static: Static, hp: dict) -> optax.GradientTransformation:
+    base = {"adam": optax.adam, "sgd": optax.sgd}[static.optimizer]
+
+    def chain(learning_rate, max_grad_norm):
+        return optax.chain(optax.clip_by_global_norm(max_grad_norm), base(learning_rate))
+
+    return optax.inject_hyperparams(chain)(learning_rate=hp["lr"], max_grad_norm=hp["max_grad_norm"])
+
+
+def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict) -> dict:
+    logp_PxLxV = jax.nn.log_softmax(policy.marginals(params))
+    logq_PxLxV = jax.nn.log_softmax(policy.marginals(ref_params))
+    phi_P, phi_prime_P = task_lib.expected_rewards_P(static.task, logp_PxLxV)
+    p_PxLxV = jnp.exp(logp_PxLxV)
+    return {
+        "phi": jnp.mean(phi_P),
+        "phi_prime": jnp.mean(phi_prime_P),
+        "reward": jnp.mean(hp["w_phi"] * phi_P + hp["w_phi_prime"] * phi_prime_P),
+        "kl": jnp.mean(jnp.sum(p_PxLxV * (logp_PxLxV - logq_PxLxV), (-1, -2))),
+        "entropy": jnp.mean(-jnp.sum(p_PxLxV * logp_PxLxV, (-1, -2))),
+    }
+
+
+def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt_state, key):
+    """One policy-gradient update from one batch of P prompts x G samples."""
+    P, G = static.task.prompts, static.group_size
+    prompts_B = jnp.repeat(jnp.arange(P), G)
+    tokens_BxL = policy.sample(params, key, prompts_B)
+    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL)
+    reward_B = hp["w_phi"] * phi_B + hp["w_phi_prime"] * phi_prime_B
+    logp_ref_BxL = policy.log_probs(ref_params, prompts_B, tokens_BxL)
+
+    def loss_fn(params):
+        logp_BxL = policy.log_probs(params, prompts_B, tokens_BxL)
+        kl_B = algos.kl_B(static.kl_estimator, logp_BxL, logp_ref_BxL)
+        shaped_B = reward_B
+        if static.kl_placement == "reward":
+            shaped_B = reward_B - hp["beta"] * jax.lax.stop_gradient(kl_B)
+        adv_B = algos.advantages_PxG(static.advantage, shaped_B.reshape(P, G), static.std_eps).reshape(-1)
+        loss = algos.policy_gradient_loss(logp_BxL, adv_B)
+        if static.kl_placement == "loss":
+            loss = loss + hp["beta"] * jnp.mean(kl_B)
+        return loss, (adv_B, kl_B)
+
+    (loss, (adv_B, kl_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = make_optimizer(static, hp).update(grads, opt_state, params)
+    metrics = {
+        "phi_sampled": jnp.mean(phi_B), "phi_prime_sampled": jnp.mean(phi_prime_B),
+        "reward_sampled": jnp.mean(reward_B), "kl_sampled": jnp.mean(kl_B),
+        "adv_mean": jnp.mean(adv_B), "adv_std": jnp.std(adv_B),
+        "grad_norm": optax.tree.norm(grads), "loss": loss,
+    }
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+
+def init_run(static: Static, hp: dict, key: jax.Array) -> tuple[RunState, dict]:
+    key, policy_key = jax.random.split(key)
+    policy = build_policy(static, hp, policy_key)
+    params = policy.init()
+    row = exact_metrics(static, policy, params, params, hp)
+    row.update({name: jnp.float32(jnp.nan) for name in BATCH_METRICS})
+    return RunState(params, make_optimizer(static, hp).init(params), key, policy_key), row
+
+
+def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[RunState, dict]:
+    """`rows` logged intervals of `log_every` steps each; returns the rows (exact + last batch)."""
+    policy = build_policy(static, hp, state.policy_key)
+    ref_params = policy.init()
+
+    def one_step(carry, _):
+        params, opt_state, key = carry
+        key, step_key = jax.random.split(key)
+        params, opt_state, m = train_step(static, policy, ref_params, hp, params, opt_state, step_key)
+        return (params, opt_state, key), m
+
+    def one_interval(carry, _):
+        carry, m_S = jax.lax.scan(one_step, carry, None, length=static.log_every)
+        row = exact_metrics(static, policy, carry[0], ref_params, hp)
+        row.update(jax.tree.map(lambda x: x[-1], m_S))
+        return carry, row
+
+    (params, opt_state, key), rows_C = jax.lax.scan(
+        one_interval, (state.params, state.opt_state, state.key), None, length=rows)
+    return RunState(params, opt_state, key, state.policy_key), rows_C
+
+
+def auto_rows_per_chunk(total_rows: int, target_chunks: int = 10) -> int:
+    """The largest divisor of total_rows that still gives about target_chunks progress updates."""
+    limit = max(1, total_rows // target_chunks)
+    return max(d for d in range(1, limit + 1) if total_rows % d == 0)
+
+
+def run_keys(seeds) -> jax.Array:
+    """One key per run from its seed alone, so a run's numbers do not depend on its batch."""
+    return jnp.stack([jax.random.key(int(s)) for s in seeds])
+
+
+def _shard_runs(tree, n_runs: int):
+    """Pad the run axis to a multiple of the device count and shard it over all local devices."""
+    devices = jax.local_devices()
+    pad = -n_runs % len(devices)
+    tree = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)]) if pad else x, tree)
+    sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
+    return jax.device_put(tree, sharding)
+
+
+class TrainResult(NamedTuple):
+    state: RunState  # final state of every run
+    metrics: dict  # name -> [T, R] array, T = steps / log_every + 1 logged rows
+    steps_T: np.ndarray  # the step each row was logged at
+    compile_seconds: float
+    run_seconds: float
+
+
+ChunkCallback = Callable[[int, int, dict], None]  # (rows done, rows total, rows of this chunk)
+
+
+def make_train(static: Static, rows_per_chunk: int | None = None):
+    """Compile once per Static; the returned train() accepts any hparams values and seeds."""
+    total_rows = static.steps // static.log_every
+    chunk_rows = rows_per_chunk or auto_rows_per_chunk(total_rows)
+    if total_rows % chunk_rows:
+        raise ValueError(f"rows_per_chunk={chunk_rows} must divide steps/log_every={total_rows}")
+    steps_T = np.arange(total_rows + 1) * static.log_every
+    init_R = jax.jit(jax.vmap(partial(init_run, static)))
+    chunk_R = jax.jit(jax.vmap(partial(run_chunk, static, chunk_rows), out_axes=(0, 1)))
+
+    def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None) -> TrainResult:
+        """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R]."""
+        n_runs = keys_R.shape[0]
+        hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
+        hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs)
+        t0 = time.perf_counter()
+        init_c = init_R.lower(hp_R, keys_R).compile()
+        state, row0 = init_c(hp_R, keys_R)
+        chunk_c = chunk_R.lower(state, hp_R).compile()
+        t1 = time.perf_counter()
+        chunks = [jax.tree.map(lambda x: x[None], row0)]
+        for done in range(0, total_rows, chunk_rows):
+            state, rows = chunk_c(state, hp_R)
+            chunks.append(rows)
+            if on_chunk is not None:
+                on_chunk(done + chunk_rows, total_rows, jax.tree.map(lambda x: np.asarray(x[:, :n_runs]), rows))
+        metrics = {k: np.concatenate([np.asarray(c[k]) for c in chunks])[:, :n_runs] for k in METRICS}
+        state = jax.tree.map(lambda x: x[:n_runs], state)
+        return TrainResult(state, metrics, steps_T, compile_seconds=t1 - t0, run_seconds=time.perf_counter() - t1)
+
+    train.chunk_rows = chunk_rows
+    return train

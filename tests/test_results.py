@@ -1,0 +1,32 @@
+import numpy as np
+from scipy import stats
+
+from sim import results
+
+
+def test_mean_ci95_uses_student_t():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    mean, lo, hi = results.mean_ci95(x)
+    half = stats.t.ppf(0.975, 3) * np.std(x, ddof=1) / 2
+    assert mean == 2.5 and np.isclose(hi - mean, half) and np.isclose(mean - lo, half)
+    assert np.isnan(results.mean_ci95(np.array([1.0]))[1])
+
+
+def test_metric_summary_skips_rows_that_are_all_nan():
+    x = np.array([[np.nan, np.nan], [1.0, 3.0], [2.0, 5.0]])
+    s = results.metric_summary(x)
+    assert s["start"] == 2.0 and s["end"] == 3.5 and s["delta_mean"] == 1.5 and s["n_seeds"] == 2
+
+
+def test_point_summaries_split_runs_by_point():
+    m = {"phi": np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 2.0, 2.0]])}
+    out = results.point_summaries(m, np.array([0, 0, 1, 1]), [{"lr": 0.1}, {"lr": 0.2}])
+    assert [p["metrics"]["phi"]["delta_mean"] for p in out] == [1.0, 2.0]
+    assert out[1]["values"] == {"lr": 0.2}
+
+
+def test_table_rows_has_one_row_per_run_and_step():
+    m = {"phi": np.arange(6.0).reshape(3, 2)}
+    header, rows = results.table_rows(m, np.array([0, 5, 10]), {"run": np.array([0, 1])})
+    assert header == ["run", "step", "phi"]
+    assert rows == [[0, 0, 0.0], [0, 5, 2.0], [0, 10, 4.0], [1, 0, 1.0], [1, 5, 3.0], [1, 10, 5.0]]

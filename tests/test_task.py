@@ -1,0 +1,54 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sim import task as T
+
+SPEC_A = T.RewardSpec(positions=(0, 1), good_tokens=(0, 1), shape="mean")
+SPEC_B = T.RewardSpec(positions=(2, 3), good_tokens=(2,), shape="all")
+TASK = T.Task(prompts=3, length=4, vocab=5, phi=SPEC_A, phi_prime=SPEC_B)
+
+
+def test_rewards_on_hand_built_sequences():
+    tokens = jnp.array([
+        [0, 1, 2, 2],  # phi: both good -> 1; phi_prime: all good -> 1
+        [0, 4, 2, 3],  # phi: half -> 0.5; phi_prime: one bad -> 0
+        [3, 4, 0, 1],  # phi: 0; phi_prime: 0 (good tokens of phi do not count for phi_prime)
+        [2, 2, 2, 2],  # phi: 0 (token 2 is phi_prime's); phi_prime: 1
+    ])
+    phi, phi_prime = T.rewards_B(TASK, tokens)
+    np.testing.assert_array_equal(phi, [1.0, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(phi_prime, [1.0, 0.0, 0.0, 1.0])
+
+
+def test_reference_puts_competence_on_good_tokens():
+    logp = T.reference_logits_PxLxV(TASK, (jnp.float32(0.3), jnp.float32(0.8)), jnp.float32(0.0))
+    probs = np.exp(np.asarray(logp))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probs[:, 0, [0, 1]].sum(-1), 0.3, rtol=1e-5)
+    np.testing.assert_allclose(probs[:, 3, 2], 0.8, rtol=1e-5)
+    np.testing.assert_allclose(probs[:, 0, 2:], 0.7 / 3, rtol=1e-5)  # bad tokens share the rest evenly
+
+
+def test_competence_spread_varies_prompts_around_the_competence():
+    wide = T.Task(prompts=2000, length=4, vocab=5, phi=SPEC_A, phi_prime=SPEC_B)
+    c = np.asarray(T.prompt_competence_P(wide, jnp.float32(0.5), jnp.float32(1.0), 0))
+    assert c.std() > 0.1 and abs(np.median(c) - 0.5) < 0.03  # symmetric in logit space around 0.5
+    flat = T.prompt_competence_P(wide, jnp.float32(0.5), jnp.float32(0.0), 0)
+    np.testing.assert_allclose(flat, 0.5)
+
+
+@pytest.mark.parametrize("shape", ["mean", "all"])
+def test_exact_expectation_matches_monte_carlo(shape):
+    task = T.Task(prompts=3, length=4, vocab=5, phi=SPEC_A,
+                  phi_prime=T.RewardSpec((2, 3), (2, 4), shape))
+    logits = jax.random.normal(jax.random.key(1), (3, 4, 5))
+    exact = np.asarray(T.expected_rewards_P(task, logits))
+    n = 200_000
+    prompts = jnp.repeat(jnp.arange(3), n)
+    tokens = jax.random.categorical(jax.random.key(2), logits[prompts])
+    sampled = np.stack([np.asarray(r).reshape(3, n).mean(1) for r in T.rewards_B(task, tokens)])
+    # Each estimate is a mean of n values in [0, 1]: its std is at most 0.5/sqrt(n) ~ 0.0011;
+    # 0.006 is over 5 standard errors, so this fails only if the formula is wrong.
+    np.testing.assert_allclose(sampled, exact, atol=0.006)
