@@ -7,6 +7,7 @@ show progress, stream metrics and checkpoint between chunks without changing any
 """
 from __future__ import annotations
 
+import functools
 import time
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -159,8 +160,11 @@ class TrainResult(NamedTuple):
 ChunkCallback = Callable[[int, int, dict], None]  # (rows done, rows total, rows of this chunk)
 
 
+@functools.lru_cache(maxsize=32)
 def make_train(static: Static, rows_per_chunk: int | None = None):
-    """Compile once per Static; the returned train() accepts any hparams values and seeds."""
+    """Compile once per (Static, batch size); train() accepts any hparams values and seeds.
+
+    Cached, so every caller in a process with the same Static shares the compiled programs."""
     total_rows = static.steps // static.log_every
     chunk_rows = rows_per_chunk or auto_rows_per_chunk(total_rows)
     if total_rows % chunk_rows:
@@ -169,15 +173,21 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
     init_R = jax.jit(jax.vmap(partial(init_run, static)))
     chunk_R = jax.jit(jax.vmap(partial(run_chunk, static, chunk_rows), out_axes=(0, 1)))
 
+    compiled = {}  # padded batch size -> (init, chunk) executables
+
     def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None) -> TrainResult:
         """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R]."""
         n_runs = keys_R.shape[0]
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
         hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs)
         t0 = time.perf_counter()
-        init_c = init_R.lower(hp_R, keys_R).compile()
-        state, row0 = init_c(hp_R, keys_R)
-        chunk_c = chunk_R.lower(state, hp_R).compile()
+        size = keys_R.shape[0]
+        if size not in compiled:
+            compiled[size] = [init_R.lower(hp_R, keys_R).compile(), None]
+        state, row0 = compiled[size][0](hp_R, keys_R)
+        if compiled[size][1] is None:  # lowered on the real state, so its shardings match
+            compiled[size][1] = chunk_R.lower(state, hp_R).compile()
+        chunk_c = compiled[size][1]
         t1 = time.perf_counter()
         chunks = [jax.tree.map(lambda x: x[None], row0)]
         for done in range(0, total_rows, chunk_rows):

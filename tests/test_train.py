@@ -84,3 +84,14 @@ def test_train_step_is_a_pure_function(small):
     a = train_step(exp.static, pol, params, hp, params, opt_state, jax.random.key(3))
     b = train_step(exp.static, pol, params, hp, params, opt_state, jax.random.key(3))
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_make_train_is_shared_and_compiles_once_per_batch_size(small):
+    exp = small()
+    train = make_train(exp.static)
+    assert make_train(exp.static) is train
+    batch = expand(exp)
+    first = train(batch.hparams_R, run_keys(batch.seeds_R))
+    hp = dict(batch.hparams_R, lr=batch.hparams_R["lr"] * 2)  # new values, same shapes
+    second = train(hp, run_keys(batch.seeds_R))
+    assert second.compile_seconds < 0.2 * first.compile_seconds or first.compile_seconds < 0.05
