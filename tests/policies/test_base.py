@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.policies.base import factorised
+from sim.policies.base import factorised, sample_inverse_cdf
 
 
 def test_sampling_frequencies_match_teacher_forced_probabilities():
@@ -18,3 +18,12 @@ def test_sampling_frequencies_match_teacher_forced_probabilities():
     lp = pol.log_probs(logits, prompts[:5], tokens[:5])
     expect = jax.nn.log_softmax(logits)[0, jnp.arange(3), tokens[:5]]
     np.testing.assert_allclose(lp, expect, rtol=1e-6)
+
+
+def test_inverse_cdf_never_draws_zero_probability_tokens_and_hits_the_edges():
+    logits = jnp.array([[-jnp.inf, 0.0, -jnp.inf, 0.0], [0.0, -jnp.inf, -jnp.inf, -jnp.inf],
+                        [-jnp.inf, -jnp.inf, -jnp.inf, 0.0]])
+    tok = sample_inverse_cdf(jax.random.key(0), jnp.repeat(logits, 5000, 0))
+    counts = [np.bincount(np.asarray(tok[i * 5000:(i + 1) * 5000]), minlength=4) for i in range(3)]
+    assert counts[0][0] == counts[0][2] == 0 and abs(counts[0][1] - 2500) < 250  # 7 std errors
+    assert counts[1][0] == 5000 and counts[2][3] == 5000
