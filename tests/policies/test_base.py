@@ -23,7 +23,7 @@ def test_sampling_frequencies_match_teacher_forced_probabilities():
 def test_inverse_cdf_never_draws_zero_probability_tokens_and_hits_the_edges():
     logits = jnp.array([[-jnp.inf, 0.0, -jnp.inf, 0.0], [0.0, -jnp.inf, -jnp.inf, -jnp.inf],
                         [-jnp.inf, -jnp.inf, -jnp.inf, 0.0]])
-    tok = sample_inverse_cdf(jax.random.key(0), jnp.repeat(logits, 5000, 0))
+    tok = sample_inverse_cdf(jax.random.key(0), jnp.cumsum(jax.nn.softmax(jnp.repeat(logits, 5000, 0)), -1))
     counts = [np.bincount(np.asarray(tok[i * 5000:(i + 1) * 5000]), minlength=4) for i in range(3)]
     assert counts[0][0] == counts[0][2] == 0 and abs(counts[0][1] - 2500) < 250  # 7 std errors
     assert counts[1][0] == 5000 and counts[2][3] == 5000
