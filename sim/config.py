@@ -32,7 +32,8 @@ HPARAM_KEYS: dict[str, str] = {
 # The keys each section accepts (anything else is a typo and is refused).
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence"}
 _KEYS: dict[str, set[str]] = {
-    "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots"},
+    "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "runtime"},
+    "runtime": {"compilation_cache", "cpu_devices"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS,
@@ -63,11 +64,18 @@ class Static:
 
 
 @dataclass(frozen=True)
+class Runtime:
+    compilation_cache: str | None = None
+    cpu_devices: int | str = "auto"
+
+
+@dataclass(frozen=True)
 class Experiment:
     static: Static
     hparams: dict[str, float]
     seeds: tuple[int, ...]
     plots: bool = True
+    runtime: Runtime = Runtime()
 
 
 def _get(cfg: Mapping, key: str) -> Any:
@@ -173,6 +181,16 @@ def _hparams(cfg) -> dict[str, float]:
     return out
 
 
+def _runtime(cfg: Mapping) -> Runtime:
+    rt = cfg.get("runtime") or {}
+    cache, devices = rt.get("compilation_cache"), rt.get("cpu_devices", "auto")
+    if cache is not None and not isinstance(cache, str):
+        raise ConfigError(f"runtime.compilation_cache={cache!r}: must be a directory path, or null for no cache")
+    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+        raise ConfigError(f"runtime.cpu_devices={devices!r}: must be auto or an integer >= 1")
+    return Runtime(cache, devices)
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     _check_keys(cfg)
@@ -194,4 +212,5 @@ def parse(cfg: Mapping) -> Experiment:
         optimizer=_choice(cfg, "optim.name", OPTIMIZERS), steps=steps, log_every=log_every,
     )
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
-    return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)))
+    return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)),
+                      _runtime(cfg))

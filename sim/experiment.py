@@ -23,7 +23,9 @@ PACKAGES = ("sim", "jax", "jaxlib", "optax", "numpy", "hydra-core", "matplotlib"
 
 
 def config_hash(plain_cfg: dict) -> str:
-    blob = json.dumps(plain_cfg, sort_keys=True, default=str).encode()
+    """Hash of what determines the numbers: the config less `runtime` (where and how it ran)."""
+    what = {k: v for k, v in plain_cfg.items() if k != "runtime"}
+    blob = json.dumps(what, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

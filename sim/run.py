@@ -29,7 +29,9 @@ def hydra_main(cfg: DictConfig) -> None:
         exp = parse(plain)
     except ConfigError as e:
         fail(str(e))
-    from sim import experiment  # heavy imports (jax, matplotlib) only once the config is valid
+    from sim import experiment, runtime  # heavy imports (matplotlib) only once the config is valid
+
+    runtime.configure(exp.runtime.compilation_cache, exp.runtime.cpu_devices)
 
     experiment.run_experiment(exp, plain, Path(HydraConfig.get().runtime.output_dir))
 

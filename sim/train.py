@@ -140,12 +140,16 @@ def run_keys(seeds) -> jax.Array:
     return jnp.stack([jax.random.key(int(s)) for s in seeds])
 
 
-def _shard_runs(tree, n_runs: int):
+def run_shardings() -> tuple[NamedSharding, NamedSharding]:
+    """Shardings of per-run arrays [R, ...] and of logged rows [C, R]: runs split over all devices."""
+    mesh = Mesh(np.array(jax.local_devices()), ("runs",))
+    return NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec(None, "runs"))
+
+
+def _shard_runs(tree, n_runs: int, sharding: NamedSharding):
     """Pad the run axis to a multiple of the device count and shard it over all local devices."""
-    devices = jax.local_devices()
-    pad = -n_runs % len(devices)
+    pad = -n_runs % sharding.mesh.size
     tree = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)]) if pad else x, tree)
-    sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
     return jax.device_put(tree, sharding)
 
 
@@ -170,8 +174,10 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
     if total_rows % chunk_rows:
         raise ValueError(f"rows_per_chunk={chunk_rows} must divide steps/log_every={total_rows}")
     steps_T = np.arange(total_rows + 1) * static.log_every
-    init_R = jax.jit(jax.vmap(partial(init_run, static)))
-    chunk_R = jax.jit(jax.vmap(partial(run_chunk, static, chunk_rows), out_axes=(0, 1)))
+    runs, rows = run_shardings()
+    init_R = jax.jit(jax.vmap(partial(init_run, static)), in_shardings=runs, out_shardings=runs)
+    chunk_R = jax.jit(jax.vmap(partial(run_chunk, static, chunk_rows), out_axes=(0, 1)),
+                      in_shardings=runs, out_shardings=(runs, rows))
 
     compiled = {}  # padded batch size -> (init, chunk) executables
 
@@ -179,7 +185,7 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R]."""
         n_runs = keys_R.shape[0]
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
-        hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs)
+        hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs, runs)
         t0 = time.perf_counter()
         size = keys_R.shape[0]
         if size not in compiled:

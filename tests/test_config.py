@@ -35,6 +35,8 @@ BAD = [
     (["task.phi_prime.good_tokens=[3,4]"], "must be disjoint from task.phi.good_tokens"),
     (["policy.overlap=1.5"], "policy.overlap=1.5: must be a number in [0, 1]"),
     (["policy.width=0"], "policy.width=0: must be an integer >= 1"),
+    (["runtime.cpu_devices=0"], "runtime.cpu_devices=0: must be auto or an integer >= 1"),
+    (["runtime.cpu_devices=many"], "runtime.cpu_devices='many'"),
 ]
 
 

@@ -95,3 +95,28 @@ def test_make_train_is_shared_and_compiles_once_per_batch_size(small):
     hp = dict(batch.hparams_R, lr=batch.hparams_R["lr"] * 2)  # new values, same shapes
     second = train(hp, run_keys(batch.seeds_R))
     assert second.compile_seconds < 0.2 * first.compile_seconds or first.compile_seconds < 0.05
+
+
+SHARDED = """
+import json, sys
+from sim import runtime
+runtime.configure(None, int(sys.argv[1]))
+from tests.conftest import experiment, SMALL
+from sim.sweep import expand
+from sim.train import make_train, run_keys
+exp = experiment(SMALL + ["seeds=3"])
+b = expand(exp)
+res = make_train(exp.static)(b.hparams_R, run_keys(b.seeds_R))
+print(json.dumps({k: v.tolist() for k, v in res.metrics.items() if k in ("phi", "phi_prime", "kl", "loss")}))
+"""
+
+
+def test_sharding_over_devices_does_not_change_the_numbers():
+    """3 runs on 1 device vs on 2 devices (padded to 4): each run's metrics must agree."""
+    import json, subprocess, sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parent.parent)
+    outs = [json.loads(subprocess.run([sys.executable, "-c", SHARDED, str(n)], capture_output=True, text=True,
+                                      check=True, cwd=root).stdout) for n in (1, 2)]
+    for k in outs[0]:
+        np.testing.assert_allclose(np.array(outs[0][k], float), np.array(outs[1][k], float), rtol=1e-5, atol=1e-6)
