@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sim import algos, policies
-from sim.task import SHAPES, RewardSpec, Task
+from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
 OPTIMIZERS = ("adam", "sgd")
+MODES = ("sampled", "exact")  # exact: the infinite-sample limit, by enumerating every response
 
 # hparam name -> its key in the config. Every numeric knob a sweep may vary lives here.
 HPARAM_KEYS: dict[str, str] = {
@@ -25,6 +26,9 @@ HPARAM_KEYS: dict[str, str] = {
     "competence_spread": "task.competence_spread",
     "overlap": "policy.overlap",
     "beta": "algo.kl.beta",
+    "eps_low": "algo.loss.eps_low",
+    "eps_high": "algo.loss.eps_high",
+    "entropy_coef": "algo.loss.entropy_coef",
     "lr": "optim.lr",
     "max_grad_norm": "optim.max_grad_norm",
 }
@@ -38,7 +42,8 @@ _KEYS: dict[str, set[str]] = {
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS,
     "policy": {"kind", "width", "overlap"},
-    "algo": {"advantage", "group_size", "std_eps", "kl"},
+    "algo": {"advantage", "group_size", "std_eps", "mode", "loss", "kl"},
+    "algo.loss": {"kind", "aggregation", "epochs", "eps_low", "eps_high", "entropy_coef"},
     "algo.kl": {"beta", "estimator", "placement"},
     "optim": {"name", "lr", "max_grad_norm"},
 }
@@ -61,6 +66,10 @@ class Static:
     optimizer: str
     steps: int
     log_every: int
+    mode: str = "sampled"  # or "exact": the expected update, summed over every response
+    loss: str = "pg"  # algos.LOSSES
+    aggregation: str = "seq_mean_token_sum"  # algos.AGGREGATIONS
+    epochs: int = 1  # optimizer steps on each batch (old log-probs held fixed)
 
 
 @dataclass(frozen=True)
@@ -162,10 +171,12 @@ _POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 _PROBABILITY = (lambda v: 0 < v < 1, "a number strictly between 0 and 1")
 _UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _CLIP = (lambda v: v > 0, "a number > 0, or null for no clipping (inf)")
+_EPS_HIGH = (lambda v: v >= 0, "a number >= 0, or null for no upper clip (inf)")
 _HPARAM_RULES = {
     "w_phi": _FINITE_NONNEG, "w_phi_prime": _FINITE_NONNEG,
     "competence_phi": _PROBABILITY, "competence_phi_prime": _PROBABILITY,
     "competence_spread": _FINITE_NONNEG, "overlap": _UNIT, "beta": _FINITE_NONNEG,
+    "eps_low": _UNIT, "eps_high": _EPS_HIGH, "entropy_coef": _FINITE_NONNEG,
     "lr": _POSITIVE, "max_grad_norm": _CLIP,
 }
 
@@ -191,13 +202,34 @@ def _runtime(cfg: Mapping) -> Runtime:
     return Runtime(cache, devices)
 
 
+def _check_algo(s: Static) -> None:
+    """Combinations that are each valid alone but not together."""
+    if s.advantage in algos.NEEDS_BATCH and s.mode == "sampled" and s.task.prompts * s.group_size < 2:
+        raise ConfigError(f"algo.group_size={s.group_size}: {s.advantage} whitens over the batch of "
+                          f"task.prompts * algo.group_size responses, which must be >= 2")
+    if s.epochs > 1 and s.loss != "clip":
+        raise ConfigError(f"algo.loss.epochs={s.epochs}: several epochs on the same samples need "
+                          f"algo.loss.kind=clip (the importance ratio); {s.loss} allows 1")
+    if s.kl_estimator == "exact" and s.kl_placement != "loss":
+        raise ConfigError("algo.kl.estimator=exact: needs algo.kl.placement=loss (the exact KL is not a "
+                          "per-response reward)")
+    if s.kl_estimator == "exact" and s.policy not in policies.FACTORISED:
+        raise ConfigError(f"algo.kl.estimator=exact: needs a factorised policy ({', '.join(policies.FACTORISED)}), "
+                          f"not policy.kind={s.policy}")
+    n = s.task.vocab ** s.task.length
+    if s.mode == "exact" and n > MAX_RESPONSES:
+        raise ConfigError(f"algo.mode=exact: enumerates task.vocab**task.length = {s.task.vocab}**{s.task.length} "
+                          f"= {n} responses; at most {MAX_RESPONSES} allowed")
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     _check_keys(cfg)
     task = _task(cfg)
     kind = _choice(cfg, "policy.kind", policies.KINDS)
     advantage = _choice(cfg, "algo.advantage", tuple(algos.ADVANTAGES))
-    lo = 2 if advantage in algos.NEEDS_GROUPS else 1
+    mode = _choice(cfg, "algo.mode", MODES)
+    lo = 2 if advantage in algos.NEEDS_GROUPS and mode == "sampled" else 1
     group_size = _int(cfg, "algo.group_size", lo)
     steps = _int(cfg, "steps", 1)
     log_every = _int(cfg, "log_every", 1, steps)
@@ -210,7 +242,11 @@ def parse(cfg: Mapping) -> Experiment:
         kl_estimator=_choice(cfg, "algo.kl.estimator", tuple(algos.KL_ESTIMATORS)),
         kl_placement=_choice(cfg, "algo.kl.placement", algos.KL_PLACEMENTS),
         optimizer=_choice(cfg, "optim.name", OPTIMIZERS), steps=steps, log_every=log_every,
+        mode=mode, loss=_choice(cfg, "algo.loss.kind", algos.LOSSES),
+        aggregation=_choice(cfg, "algo.loss.aggregation", algos.AGGREGATIONS),
+        epochs=_int(cfg, "algo.loss.epochs", 1),
     )
+    _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
     return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)),
                       _runtime(cfg))

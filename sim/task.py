@@ -89,3 +89,13 @@ def expected_rewards_P(task: Task, logits_PxLxV: jax.Array) -> tuple[jax.Array, 
     """Exact E[phi], E[phi_prime] per prompt under a factorised policy (positions independent)."""
     a, b = (_aggregate(good_prob_PxK(spec, logits_PxLxV), spec.shape) for spec in task.specs)
     return a, b
+
+
+MAX_RESPONSES = 65_536  # exact mode enumerates every response; beyond this it is too slow to be useful
+
+
+def all_responses_NxL(task: Task) -> jax.Array:
+    """Every response, in lexicographic order: N = V**L rows (exact mode sums over them)."""
+    V, L = task.vocab, task.length
+    n_N = jnp.arange(V**L)
+    return jnp.stack([(n_N // V ** (L - 1 - t)) % V for t in range(L)], -1).astype(jnp.int32)

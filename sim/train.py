@@ -26,7 +26,7 @@ from sim.policies.base import Policy
 EXACT_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy")
 # Statistics of the last training batch before the logged step (NaN at step 0: no batch yet).
 BATCH_METRICS = ("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampled",
-                 "adv_mean", "adv_std", "grad_norm", "loss")
+                 "adv_mean", "adv_std", "grad_norm", "loss", "clip_frac")
 METRICS = EXACT_METRICS + BATCH_METRICS
 
 
@@ -66,36 +66,109 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict) 
     }
 
 
-def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt_state, key):
-    """One policy-gradient update from one batch of P prompts x G samples."""
-    P, G = static.task.prompts, static.group_size
-    prompts_B = jnp.repeat(jnp.arange(P), G)
-    tokens_BxL = policy.sample(params, key, prompts_B)
-    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL)
-    reward_B = hp["w_phi"] * phi_B + hp["w_phi_prime"] * phi_prime_B
+class StepBatch(NamedTuple):
+    """One update's data, fixed across its inner epochs: the responses (samples, or every response
+    in exact mode) and what the policy that drew them says about them."""
+    prompts_B: jax.Array
+    tokens_BxL: jax.Array
+    weight_B: jax.Array  # probability weight of each response in the batch: 1/B, or pi_old(y|p)/P (exact)
+    logp_old_BxL: jax.Array
+    logp_ref_BxL: jax.Array
+    phi_B: jax.Array
+    phi_prime_B: jax.Array
+    kl_B: jax.Array  # the configured estimator under pi_old (the reward penalty and a metric)
+    adv_B: jax.Array
+
+
+def per_token_BxL(policy: Policy, f: Callable, params_list: tuple, prompts_B, tokens_BxL) -> jax.Array:
+    """f(*logits_BxLxV) -> BxL, a function of each token's full next-token distribution (entropy,
+    exact KL). In a factorised policy that distribution depends only on (prompt, position), so f
+    runs on the P x L x V table and is gathered: the same numbers for a fraction of the work
+    (in exact mode B = P * V**L)."""
+    if policy.marginals is not None:
+        return f(*(policy.marginals(p) for p in params_list))[prompts_B]
+    return f(*(policy.token_logits(p, prompts_B, tokens_BxL) for p in params_list))
+
+
+def _kl_tokens_BxL(static: Static, policy: Policy, ref_params, params, prompts_B, tokens_BxL, logp_BxL, logp_ref_BxL):
+    if static.kl_estimator == "exact":
+        exact_kl = lambda logits, ref_logits: algos.kl_BxL("exact", None, None, logits, ref_logits)
+        return per_token_BxL(policy, exact_kl, (params, ref_params), prompts_B, tokens_BxL)
+    return algos.kl_BxL(static.kl_estimator, logp_BxL, logp_ref_BxL)
+
+
+def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params, key) -> StepBatch:
+    """Draw P x G samples (sampled mode) or take all N = V**L responses of each prompt weighted by
+    their probability (exact mode), and compute rewards, KL and advantages under `params`."""
+    P = static.task.prompts
+    if static.mode == "exact":
+        all_NxL = task_lib.all_responses_NxL(static.task)
+        prompts_B = jnp.repeat(jnp.arange(P), all_NxL.shape[0])
+        tokens_BxL = jnp.tile(all_NxL, (P, 1))
+    else:
+        prompts_B = jnp.repeat(jnp.arange(P), static.group_size)
+        tokens_BxL = policy.sample(params, key, prompts_B)
+    logp_old_BxL = jax.lax.stop_gradient(policy.log_probs(params, prompts_B, tokens_BxL))
     logp_ref_BxL = policy.log_probs(ref_params, prompts_B, tokens_BxL)
+    u_PxG = None  # sample statistics
+    weight_B = jnp.full(prompts_B.shape, 1.0 / prompts_B.shape[0])
+    if static.mode == "exact":  # population statistics: each response weighted by pi_old(y|p)
+        u_PxG = jax.nn.softmax(jnp.sum(logp_old_BxL, -1).reshape(P, -1), -1)
+        weight_B = u_PxG.reshape(-1) / P
+    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL)
+    kl_B = jnp.sum(_kl_tokens_BxL(static, policy, ref_params, params, prompts_B, tokens_BxL,
+                                  logp_old_BxL, logp_ref_BxL), -1)
+    components, weights = [phi_B, phi_prime_B], [hp["w_phi"], hp["w_phi_prime"]]
+    if static.kl_placement == "reward":
+        components, weights = components + [kl_B], weights + [-hp["beta"]]
+    rewards_PxGxK = jnp.stack(components, -1).reshape(P, -1, len(components))
+    adv_B = algos.advantages_PxG(static.advantage, rewards_PxGxK, jnp.stack(weights), static.std_eps, u_PxG)
+    return StepBatch(prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B, kl_B,
+                     jax.lax.stop_gradient(adv_B.reshape(-1)))
 
-    def loss_fn(params):
-        logp_BxL = policy.log_probs(params, prompts_B, tokens_BxL)
-        kl_B = algos.kl_B(static.kl_estimator, logp_BxL, logp_ref_BxL)
-        shaped_B = reward_B
-        if static.kl_placement == "reward":
-            shaped_B = reward_B - hp["beta"] * jax.lax.stop_gradient(kl_B)
-        adv_B = algos.advantages_PxG(static.advantage, shaped_B.reshape(P, G), static.std_eps).reshape(-1)
-        loss = algos.policy_gradient_loss(logp_BxL, adv_B)
-        if static.kl_placement == "loss":
-            loss = loss + hp["beta"] * jnp.mean(kl_B)
-        return loss, (adv_B, kl_B)
 
-    (loss, (adv_B, kl_B)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+def loss_fn(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBatch, params):
+    """The surrogate whose gradient is the update; at params = pi_old it is the on-policy one."""
+    b = batch
+    logp_BxL = policy.log_probs(params, b.prompts_B, b.tokens_BxL)
+    kl_BxL = None
+    if static.kl_placement == "loss":
+        kl_BxL = _kl_tokens_BxL(static, policy, ref_params, params, b.prompts_B, b.tokens_BxL, logp_BxL, b.logp_ref_BxL)
+    entropy_BxL = per_token_BxL(policy, algos.entropy_BxL, (params,), b.prompts_B, b.tokens_BxL)
+    return algos.policy_loss(static.loss, static.aggregation, b.weight_B, logp_BxL, b.logp_old_BxL, b.adv_B,
+                             hp["eps_low"], hp["eps_high"], hp["beta"], kl_BxL, hp["entropy_coef"], entropy_BxL)
+
+
+def inner_epoch(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBatch, carry):
+    """One optimizer step on the batch; returns the new (params, opt_state) and (loss, grad norm, aux)."""
+    params, opt_state = carry
+    (loss, aux), grads = jax.value_and_grad(partial(loss_fn, static, policy, ref_params, hp, batch), has_aux=True)(params)
     updates, opt_state = make_optimizer(static, hp).update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), (loss, optax.tree.norm(grads), aux)
+
+
+def _weighted_mean_std(x_B, weight_B):
+    mean = jnp.sum(weight_B * x_B)
+    return mean, jnp.sqrt(jnp.sum(weight_B * (x_B - mean) ** 2))
+
+
+def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt_state, key):
+    """One policy-gradient update: a batch, then `static.epochs` optimizer steps on it."""
+    batch = make_step_batch(static, policy, ref_params, hp, params, key)
+    (params, opt_state), (loss_E, grad_norm_E, aux_E) = jax.lax.scan(
+        lambda carry, _: inner_epoch(static, policy, ref_params, hp, batch, carry), (params, opt_state), None,
+        length=static.epochs)
+    w_B = batch.weight_B  # batch statistics are weighted means: exact expectations in exact mode
+    reward_B = hp["w_phi"] * batch.phi_B + hp["w_phi_prime"] * batch.phi_prime_B
+    adv_mean, adv_std = _weighted_mean_std(batch.adv_B, w_B)
     metrics = {
-        "phi_sampled": jnp.mean(phi_B), "phi_prime_sampled": jnp.mean(phi_prime_B),
-        "reward_sampled": jnp.mean(reward_B), "kl_sampled": jnp.mean(kl_B),
-        "adv_mean": jnp.mean(adv_B), "adv_std": jnp.std(adv_B),
-        "grad_norm": optax.tree.norm(grads), "loss": loss,
+        "phi_sampled": jnp.sum(w_B * batch.phi_B), "phi_prime_sampled": jnp.sum(w_B * batch.phi_prime_B),
+        "reward_sampled": jnp.sum(w_B * reward_B), "kl_sampled": jnp.sum(w_B * batch.kl_B),
+        "adv_mean": adv_mean, "adv_std": adv_std,
+        "grad_norm": grad_norm_E[0], "loss": loss_E[0],  # the first epoch's: the on-policy update
+        "clip_frac": aux_E["clip_frac"][-1],  # the last epoch's: how much of the batch clipping froze
     }
-    return optax.apply_updates(params, updates), opt_state, metrics
+    return params, opt_state, metrics
 
 
 def init_run(static: Static, hp: dict, key: jax.Array) -> tuple[RunState, dict]:

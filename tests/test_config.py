@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
+from sim import algos
 from sim.config import ConfigError, parse
+from sim.run import CONF_DIR
 from tests.conftest import compose_plain
 
 
@@ -37,6 +41,19 @@ BAD = [
     (["policy.width=0"], "policy.width=0: must be an integer >= 1"),
     (["runtime.cpu_devices=0"], "runtime.cpu_devices=0: must be auto or an integer >= 1"),
     (["runtime.cpu_devices=many"], "runtime.cpu_devices='many'"),
+    (["algo=dr_grpo", "algo.group_size=1"], "algo.group_size=1: must be an integer >= 2"),
+    (["algo=reinforce_pp", "algo.group_size=1", "task.prompts=1"], "reinforce_pp whitens over the batch"),
+    (["algo.mode=fast"], "algo.mode='fast': allowed values are sampled, exact"),
+    (["algo.mode=exact"], "algo.mode=exact: enumerates task.vocab**task.length = 16**8 = 4294967296 responses"),
+    (["algo.loss.kind=ppo"], "algo.loss.kind='ppo': allowed values are pg, clip"),
+    (["algo.loss.aggregation=sum"], "algo.loss.aggregation='sum': allowed values are token_mean, seq_mean_token_mean"),
+    (["algo.loss.epochs=0"], "algo.loss.epochs=0: must be an integer >= 1"),
+    (["algo.loss.epochs=4"], "algo.loss.epochs=4: several epochs on the same samples need algo.loss.kind=clip"),
+    (["algo.loss.eps_low=1.5"], "algo.loss.eps_low=1.5: must be a number in [0, 1]"),
+    (["algo.loss.eps_high=-0.1"], "algo.loss.eps_high=-0.1: must be a number >= 0, or null"),
+    (["algo.loss.entropy_coef=-1"], "algo.loss.entropy_coef=-1: must be a finite number >= 0"),
+    (["algo.kl.estimator=exact", "algo.kl.placement=reward"], "algo.kl.estimator=exact: needs algo.kl.placement=loss"),
+    (["+algo.loss.foo=1"], "algo.loss.foo: unknown key"),
 ]
 
 
@@ -46,6 +63,36 @@ def test_bad_values_fail_with_one_line_naming_key_value_and_allowed(overrides, m
         parse(compose_plain(overrides))
     text = str(info.value)
     assert message in text and "\n" not in text
+
+
+ALGOS = sorted(p.stem for p in (Path(CONF_DIR) / "algo").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", ALGOS)
+def test_every_algorithm_is_selectable_by_name_and_documented_in_the_readme(name):
+    exp = parse(compose_plain([f"algo={name}"]))
+    assert exp.static.advantage == name
+    readme = (Path(CONF_DIR).parent / "README.md").read_text()
+    assert f"| `{name}` |" in readme, f"algo={name} is missing from the README's algorithm table"
+
+
+def test_algorithm_zoo_covers_the_estimators_and_dr_grpo_uses_a_constant_normaliser():
+    assert set(ALGOS) == set(algos.ADVANTAGES)
+    assert parse(compose_plain(["algo=dr_grpo"])).static.aggregation == "seq_mean_token_sum_norm"
+
+
+def test_loss_knobs_are_hparams_and_loss_shape_is_static():
+    exp = parse(compose_plain(["algo.loss.kind=clip", "algo.loss.epochs=3", "algo.loss.eps_high=0.28",
+                               "algo.loss.entropy_coef=0.01", "algo.loss.eps_high=null"]))
+    assert exp.static.loss == "clip" and exp.static.epochs == 3
+    assert exp.hparams["eps_high"] == float("inf") and exp.hparams["entropy_coef"] == 0.01
+    assert exp.hparams["eps_low"] == 0.2
+
+
+def test_exact_mode_accepts_small_tasks_and_groups_of_one():
+    tiny = ["task.length=4", "task.vocab=8", "task.phi.positions=[0,1]", "task.phi_prime.positions=[2,3]",
+            "algo.mode=exact", "algo.group_size=1"]
+    assert parse(compose_plain(tiny)).static.mode == "exact"
 
 
 def test_reinforce_accepts_groups_of_one():

@@ -8,6 +8,7 @@ from sim.policies.base import Policy
 from sim.task import Task
 
 KINDS = ("tabular", "lowrank")
+FACTORISED = ("tabular", "lowrank")  # positions independent given the prompt: exact per-position marginals
 
 
 def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax.Array, width: int = 0) -> Policy:

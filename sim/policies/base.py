@@ -22,6 +22,9 @@ class Policy(NamedTuple):
     log_probs: Callable[[Params, jax.Array, jax.Array], jax.Array]
     # factorised families only: (params) -> logits_PxLxV, the exact per-position marginals
     marginals: Callable[[Params], jax.Array] | None = None
+    # (params, prompts_B, tokens_BxL) -> logits_BxLxV of each token's next-token distribution
+    # (teacher-forced); the entropy bonus and the exact per-token KL read the full distribution
+    token_logits: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = None
 
 
 def sample_inverse_cdf(key: jax.Array, cdf_NxV: jax.Array) -> jax.Array:
@@ -44,8 +47,11 @@ def factorised(init: Callable[[], Params], logits_fn: Callable[[Params], jax.Arr
         cdf_PxLxV = jnp.cumsum(jax.nn.softmax(logits_fn(params)), -1)
         return sample_inverse_cdf(key, cdf_PxLxV[prompts_B])
 
+    def token_logits(params, prompts_B, tokens_BxL):
+        return logits_fn(params)[prompts_B]  # positions are independent: the tokens do not matter
+
     def log_probs(params, prompts_B, tokens_BxL):
         logp_PxLxV = jax.nn.log_softmax(logits_fn(params))
         return logp_PxLxV[prompts_B[:, None], jnp.arange(tokens_BxL.shape[1])[None, :], tokens_BxL]
 
-    return Policy(init=init, sample=sample, log_probs=log_probs, marginals=logits_fn)
+    return Policy(init=init, sample=sample, log_probs=log_probs, marginals=logits_fn, token_logits=token_logits)
