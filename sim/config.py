@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
+
 from sim import algos, policies
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
@@ -36,7 +38,8 @@ HPARAM_KEYS: dict[str, str] = {
 # The keys each section accepts (anything else is a typo and is refused).
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence"}
 _KEYS: dict[str, set[str]] = {
-    "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "runtime"},
+    "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "runtime",
+         "checkpoint_every", "resume", "overwrite"},
     "runtime": {"compilation_cache", "cpu_devices"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
@@ -85,6 +88,15 @@ class Experiment:
     seeds: tuple[int, ...]
     plots: bool = True
     runtime: Runtime = Runtime()
+    # How a run is executed; none of these changes a number. The loop runs in chunks of
+    # `checkpoint_every` steps with a checkpoint after each (None: about 10 chunks; 0: no checkpoints).
+    checkpoint_every: int | None = None
+    resume: bool = True  # continue an interrupted run of the same config found in the output directory
+    overwrite: bool = False  # replace whatever run the output directory holds
+
+    @property
+    def rows_per_chunk(self) -> int | None:
+        return self.checkpoint_every // self.static.log_every if self.checkpoint_every else None
 
 
 def _get(cfg: Mapping, key: str) -> Any:
@@ -111,14 +123,34 @@ def _choice(cfg, key: str, allowed) -> str:
     return v
 
 
+def _bool(cfg, key: str, default: bool) -> bool:
+    v = cfg.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}={v!r}: must be true or false")
+    return v
+
+
+def _checkpoint_every(cfg, steps: int, log_every: int) -> int | None:
+    if cfg.get("checkpoint_every") is None:
+        return None
+    every = _int(cfg, "checkpoint_every", 0)
+    if every and (every % log_every or steps % every):
+        raise ConfigError(f"checkpoint_every={every}: must be a multiple of log_every={log_every} that divides "
+                          f"steps={steps}, 0 for no checkpoints, or null for about 10 per run")
+    return every
+
+
 def _float(cfg, key: str, check, allowed: str) -> float:
     v = _get(cfg, key)
     if v is None and "inf" in allowed:
         return math.inf
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if not ok or math.isnan(v) or not check(float(v)):
+    try:
+        x = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    except OverflowError:  # an integer too large for a float
+        x = math.nan
+    if math.isnan(x) or not check(x):
         raise ConfigError(f"{key}={v!r}: must be {allowed}")
-    return float(v)
+    return x
 
 
 def _int_list(cfg, key: str, lo: int, hi: int) -> tuple[int, ...]:
@@ -166,9 +198,13 @@ def _task(cfg) -> Task:
                 phi=phi, phi_prime=phi_prime, seed=_int(cfg, "task.seed", 0))
 
 
-_FINITE_NONNEG = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
-_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
-_PROBABILITY = (lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+# Hparams are float32 on the device: "finite" means finite as a float32, and a probability must
+# stay strictly inside (0, 1) after rounding to float32 (and not be subnormal, which XLA may flush).
+_F32_MAX, _F32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+_FINITE_NONNEG = (lambda v: 0 <= v <= _F32_MAX, "a finite number >= 0 (float32: at most 3.4e38)")
+_POSITIVE = (lambda v: 0 < v <= _F32_MAX, "a finite number > 0 (float32: at most 3.4e38)")
+_PROBABILITY = (lambda v: _F32_TINY <= v < 1 and np.float32(v) < 1,
+                "a number strictly between 0 and 1 (float32: from 1.2e-38 to 0.99999994)")
 _UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _CLIP = (lambda v: v > 0, "a number > 0, or null for no clipping (inf)")
 _EPS_HIGH = (lambda v: v >= 0, "a number >= 0, or null for no upper clip (inf)")
@@ -248,5 +284,6 @@ def parse(cfg: Mapping) -> Experiment:
     )
     _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
-    return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)),
-                      _runtime(cfg))
+    return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
+                      runtime=_runtime(cfg), checkpoint_every=_checkpoint_every(cfg, steps, log_every),
+                      resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False))

@@ -1,12 +1,14 @@
-"""Run a validated Experiment and write its outputs (the file-writing edge, no Hydra here)."""
+"""Run a validated Experiment and write its outputs (the file-writing edge, no Hydra here).
+
+Order of writes: provenance.json and config.yaml first; metrics.csv rows and a checkpoint after
+every chunk; rewards.png; summary.json last (its presence marks the run complete); then the
+checkpoints are deleted. See sim/rundir.py for what happens to an existing run directory.
+"""
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
-import platform
+import shutil
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -14,91 +16,149 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import plots, results
+from sim import plots, results, rundir
+from sim.checkpoint import Checkpoints
 from sim.config import Experiment
+from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
 from sim.sweep import Batch, expand
-from sim.train import TrainResult, make_train, run_keys
-
-PACKAGES = ("sim", "jax", "jaxlib", "optax", "numpy", "hydra-core", "matplotlib")
+from sim.train import METRICS, Snapshot, TrainResult, make_train, run_keys, snapshot_template
 
 
-def config_hash(plain_cfg: dict) -> str:
-    """Hash of what determines the numbers: the config less `runtime` (where and how it ran)."""
-    what = {k: v for k, v in plain_cfg.items() if k != "runtime"}
-    blob = json.dumps(what, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def train_with_progress(exp: Experiment, batch: Batch) -> TrainResult:
-    """Train with a progress bar on stderr; the bar starts after compilation so steps/s is honest."""
-    train = make_train(exp.static)
+def train_with_progress(exp: Experiment, batch: Batch, **train_kw) -> TrainResult:
+    """Train with a progress bar on stderr; the bar starts after compilation so steps/s is honest.
+    `train_kw` goes to train() (start, on_snapshot)."""
+    train = make_train(exp.static, exp.rows_per_chunk)
     print(f"sim: compiling {batch.size} runs x {exp.static.steps} steps ...", file=sys.stderr, flush=True)
     bars = []
 
     def on_chunk(done, total, rows):
         step = done * exp.static.log_every
         if not bars:
-            bars.append(tqdm(total=exp.static.steps, initial=step, unit="step", file=sys.stderr,
-                             dynamic_ncols=True, desc=f"{batch.size} runs", mininterval=0.2))
+            bars.append(tqdm(total=exp.static.steps, initial=step, unit="step",
+                             file=sys.stderr, dynamic_ncols=True, desc=f"{batch.size} runs", mininterval=0.2))
         bars[0].update(step - bars[0].n)
         bars[0].set_postfix(phi=f"{np.mean(rows['phi'][-1]):.3f}", phi_prime=f"{np.mean(rows['phi_prime'][-1]):.3f}")
 
     try:
-        return train(batch.hparams_R, run_keys(batch.seeds_R), on_chunk=on_chunk)
+        return train(batch.hparams_R, run_keys(batch.seeds_R), on_chunk=on_chunk, **train_kw)
     finally:
         for bar in bars:
             bar.close()
 
 
-def write_metrics_csv(path: Path, result: TrainResult, batch: Batch) -> None:
+def run_columns(batch: Batch) -> dict[str, np.ndarray]:
+    """Per-run columns of metrics.csv: run index, seed, sweep point and the swept values."""
     columns = {"run": np.arange(batch.size), "seed": batch.seeds_R, "point": batch.points_R}
     for name in sorted({k for v in batch.point_values for k in v}):
         columns[name] = np.array([batch.point_values[p][name] for p in batch.points_R])
-    header, rows = results.table_rows(result.metrics, result.steps_T, columns)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+    return columns
 
 
-def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult) -> dict:
+def diverged_runs(batch: Batch, result: TrainResult) -> list[dict]:
+    return [{"run": int(r), "seed": int(batch.seeds_R[r]), "point": int(batch.points_R[r]),
+             "step": int(result.diverged_at_step_R[r])} for r in np.flatnonzero(result.diverged_at_step_R >= 0)]
+
+
+def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, provenance: dict) -> dict:
+    diverged = diverged_runs(batch, result)
     return {
-        "config_hash": config_hash(plain_cfg),
+        "config_hash": provenance["config_hash"],
         "n_runs": batch.size,
         "n_points": len(batch.point_values),
-        "points": results.point_summaries(result.metrics, batch.points_R, batch.point_values),
+        # runs whose loss, sampled rewards or parameters went non-finite: frozen at that step,
+        # left out of every statistic below (n_seeds counts the healthy runs of a point)
+        "n_diverged": len(diverged),
+        "diverged": diverged,
+        "points": results.point_summaries(result.metrics, batch.points_R, batch.point_values,
+                                          result.diverged_at_step_R),
         "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds,
-        "devices": [str(d) for d in jax.local_devices()],
-        "versions": versions(),
+        "devices": provenance["devices"],
+        "versions": provenance["versions"],
+        "git": provenance["git"],
     }
 
 
+def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints | None) -> Snapshot | None:
+    start = None
+    if checkpoints is not None:
+        keys_R = run_keys(batch.seeds_R)
+        start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows))
+    step = start.rows_done * exp.static.log_every if start else 0
+    print(f"sim: resuming the interrupted run in {out} from step {step}", file=sys.stderr, flush=True)
+    return start
+
+
+def _check_provenance(out: Path, now: dict) -> None:
+    """A resumed run continues bit-identically only under the same software and devices."""
+    try:
+        before = json.loads((out / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return
+    changed = [k for k in ("versions", "git", "devices") if before.get(k) != now[k]]
+    if changed:
+        print(f"sim: warning: {', '.join(changed)} changed since this run started; the resumed metrics may "
+              "differ from an uninterrupted run's", file=sys.stderr)
+
+
 def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
+    """Run `exp` into `out` (fresh, resumed or already done: see rundir.plan) and return the summary.
+    Raises ConfigError when `out` holds a run it must not touch."""
+    prov = rundir.provenance(plain_cfg, [str(d) for d in jax.local_devices()])
+    action = rundir.plan(out, prov["config_hash"], exp.resume, exp.overwrite)
+    if action == "done":
+        print(f"sim: {out} already holds this completed run; left alone (overwrite=true runs it again)",
+              file=sys.stderr)
+        return json.loads((out / "summary.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(plain_cfg, sort_keys=False))
+    if action == "fresh":
+        rundir.clear(out)
+        rundir.write_atomic(out / "provenance.json", json.dumps(prov, indent=2))
+        rundir.write_atomic(out / "config.yaml", yaml.safe_dump(plain_cfg, sort_keys=False))
+    else:
+        _check_provenance(out, prov)
     batch = expand(exp)
-    result = train_with_progress(exp, batch)
-    write_metrics_csv(out / "metrics.csv", result, batch)
-    info = summary(exp, plain_cfg, batch, result)
-    (out / "summary.json").write_text(json.dumps(info, indent=2))
+    checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every) \
+        if exp.checkpoint_every != 0 else None
+    try:
+        start = _resume_from(exp, batch, out, checkpoints) if action == "resume" else None
+        steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
+        table = rundir.MetricsCsv(out / "metrics.csv", METRICS + ("diverged_at_step",), steps_T, run_columns(batch))
+        if start is not None:
+            table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
+
+        def on_snapshot(snap: Snapshot) -> None:
+            table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
+            if checkpoints is not None:
+                checkpoints.save(snap)
+
+        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot)
+    finally:
+        if checkpoints is not None:
+            checkpoints.close()
+    info = summary(exp, plain_cfg, batch, result, prov)
     if exp.plots:
-        labels = [", ".join(f"{k}={v:g}" for k, v in values.items()) for values in batch.point_values]
-        title = (f"{exp.static.advantage}, {exp.static.policy} policy, "
-                 f"r = {exp.hparams['w_phi']:g}·φ + {exp.hparams['w_phi_prime']:g}·φ′")
-        plots.rewards_figure(out / "rewards.png", result.steps_T, result.metrics, batch.points_R, labels, title)
+        write_figure(exp, batch, result, out / "rewards.png")
+    rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2))
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     point = info["points"][0]["metrics"]
-    print(f"phi {point['phi']['start']:.3f} -> {point['phi']['end']:.3f}, "
-          f"phi_prime {point['phi_prime']['start']:.3f} -> {point['phi_prime']['end']:.3f} "
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (None: every run of the point diverged)
+    print(f"phi {fmt(point['phi']['start'])} -> {fmt(point['phi']['end'])}, "
+          f"phi_prime {fmt(point['phi_prime']['start'])} -> {fmt(point['phi_prime']['end'])} "
           f"(compile {result.compile_seconds:.1f}s, run {result.run_seconds:.1f}s); outputs in {out}")
     return info
+
+
+def write_figure(exp: Experiment, batch: Batch, result: TrainResult, path: Path) -> None:
+    """rewards.png over the healthy runs; diverged runs are left out and counted in the labels."""
+    healthy_R = result.diverged_at_step_R < 0
+    labels = []
+    for p, values in enumerate(batch.point_values):
+        parts = [f"{k}={v:g}" for k, v in values.items()]
+        lost = int(np.sum((batch.points_R == p) & ~healthy_R))
+        parts += [f"{lost} diverged run{'s' * (lost > 1)} left out"] if lost else []
+        labels.append(", ".join(parts))
+    title = (f"{exp.static.advantage}, {exp.static.policy} policy, "
+             f"r = {exp.hparams['w_phi']:g}·φ + {exp.hparams['w_phi_prime']:g}·φ′")
+    points_R = np.where(healthy_R, batch.points_R, -1)  # -1: in no point's band
+    plots.rewards_figure(path, result.steps_T, result.metrics, points_R, labels, title)

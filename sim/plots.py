@@ -27,7 +27,9 @@ def rewards_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.ndarra
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     styles = ["-", "--", ":", "-."]
     for p, label in enumerate(point_labels):
-        runs = np.flatnonzero(points_R == p)
+        runs = np.flatnonzero(points_R == p)  # runs marked -1 (e.g. diverged) belong to no point
+        if runs.size == 0:
+            continue
         suffix = f" ({label})" if label else ""
         ls = styles[p % len(styles)]
         for name, (color, sym) in REWARD_STYLE.items():

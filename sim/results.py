@@ -53,25 +53,30 @@ def _none_if_nan(v: float):
     return None if np.isnan(v) else v
 
 
-def point_summaries(metrics: dict[str, np.ndarray], points_R: np.ndarray, point_values: list[dict]) -> list[dict]:
-    """One entry per sweep point: its swept values and a metric_summary per metric."""
+def point_summaries(metrics: dict[str, np.ndarray], points_R: np.ndarray, point_values: list[dict],
+                    diverged_R: np.ndarray | None = None) -> list[dict]:
+    """One entry per sweep point: its swept values and a metric_summary per metric over its
+    healthy runs; runs flagged in `diverged_R` (step >= 0) are left out and counted."""
+    healthy_R = np.ones(len(points_R), bool) if diverged_R is None else np.asarray(diverged_R) < 0
     out = []
     for p, values in enumerate(point_values):
-        runs = np.flatnonzero(points_R == p)
+        runs = np.flatnonzero((points_R == p) & healthy_R)
         out.append({"values": values,
+                    "n_diverged": int(np.sum((points_R == p) & ~healthy_R)),
                     "metrics": {k: metric_summary(v[:, runs]) for k, v in metrics.items()}})
     return out
 
 
 def table_rows(metrics: dict[str, np.ndarray], steps_T: np.ndarray, columns_R: dict[str, np.ndarray]):
-    """The long metrics table: one row per (run, logged step); `columns_R` are per-run columns
-    (run index, seed, swept values) repeated on each of the run's rows."""
+    """The long metrics table: one row per (logged step, run), in step order so that it can be
+    appended chunk by chunk; `columns_R` are per-run columns (run index, seed, swept values)
+    repeated on each of the run's rows. Integer metrics stay integers."""
     names = list(metrics)
     header = list(columns_R) + ["step"] + names
     T, R = metrics[names[0]].shape
     rows = []
-    for r in range(R):
-        lead = [columns_R[c][r] for c in columns_R]
-        for t in range(T):
-            rows.append(lead + [int(steps_T[t])] + [float(metrics[k][t, r]) for k in names])
+    for t in range(T):
+        for r in range(R):
+            lead = [columns_R[c][r] for c in columns_R]
+            rows.append(lead + [int(steps_T[t])] + [metrics[k][t, r].item() for k in names])
     return header, rows

@@ -1,7 +1,12 @@
 """`python -m sim.run [overrides]`: compose -> validate -> build -> train -> write.
 
-The only module that knows Hydra. Outputs go to the Hydra run directory: config.yaml,
-metrics.csv, summary.json and rewards.png.
+The only module that knows Hydra. Outputs go to the Hydra run directory: provenance.json,
+config.yaml, metrics.csv, summary.json and rewards.png.
+
+Exit status: 0 success (or the directory already holds this completed run); 2 a user error
+(bad configuration, or a run directory that must not be touched), one line on stderr, nothing
+written; 3 the run finished and wrote everything, but some runs diverged (non-finite loss,
+rewards or parameters) and were left out of the statistics.
 """
 from __future__ import annotations
 
@@ -10,16 +15,30 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sim.config import ConfigError, parse
+from sim.config import ConfigError, Experiment, parse
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+EXIT_CONFIG_ERROR = 2
+EXIT_DIVERGED = 3
 
 
 def fail(message: str) -> None:
     print(f"sim: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_CONFIG_ERROR)
+
+
+def finish(info: dict) -> None:
+    """Report diverged runs (the outputs are complete) and exit with EXIT_DIVERGED if there are any."""
+    diverged = info.get("diverged", [])
+    if diverged:
+        where = ", ".join(f"run {d['run']} (seed {d['seed']}) at step {d['step']}" for d in diverged[:5])
+        more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
+        print(f"sim: warning: {len(diverged)} of {info['n_runs']} runs diverged (non-finite loss, rewards or "
+              f"parameters): {where}{more}; frozen there and left out of summary.json and rewards.png",
+              file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
@@ -27,33 +46,59 @@ def hydra_main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
         exp = parse(plain)
+        from sim import experiment, runtime  # heavy imports (matplotlib) only once the config is valid
+
+        runtime.configure(exp.runtime.compilation_cache, exp.runtime.cpu_devices)
+        info = experiment.run_experiment(exp, plain, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as e:
         fail(str(e))
-    from sim import experiment, runtime  # heavy imports (matplotlib) only once the config is valid
-
-    runtime.configure(exp.runtime.compilation_cache, exp.runtime.cpu_devices)
-
-    experiment.run_experiment(exp, plain, Path(HydraConfig.get().runtime.output_dir))
+    finish(info)
 
 
-def preflight(argv: list[str]) -> None:
-    """Compose the config once before Hydra does, to turn composition errors (unknown group,
-    option or key, bad override syntax) into one line instead of Hydra's multi-line report."""
-    if any(a.startswith("-") for a in argv):  # --multirun, --cfg, --help ...: Hydra's own business
-        return
+def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
+    """Compose, resolve and parse the config exactly as a run would; any user error becomes a
+    ConfigError of one line (unknown group, option or key, bad override syntax, bad value)."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException, MissingConfigException
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in argv if not a.startswith("hydra.")]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-            compose("config", overrides=overrides)
+            cfg = compose("config", overrides=list(argv), return_hydra_config=True)
+        run_dir = Path(str(cfg.hydra.run.dir))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        plain = OmegaConf.to_container(cfg, resolve=True)
     except MissingConfigException as e:
         group, _, option = (e.missing_cfg_file or "?/?").rpartition("/")
-        fail(f"{group}={option}: unknown option; allowed values are {', '.join(e.options or [])}")
-    except (HydraException, OmegaConfBaseException) as e:
-        fail(" ".join(str(e).split()))
+        raise ConfigError(f"{group}={option}: unknown option; allowed values are {', '.join(e.options or [])}")
+    except OverrideParseException as e:
+        raise ConfigError(f"{e.override}: cannot parse this override: {' '.join(e.message.split())}")
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(" ".join(str(e).split()))
+    return parse(plain), plain, run_dir
+
+
+def preflight(argv: list[str]) -> Experiment | None:
+    """Validate before Hydra starts (and writes into the run directory): a bad config or a run
+    directory that must not be touched stops here with one line; a completed run is reported."""
+    if any(a.startswith("-") for a in argv):  # --multirun, --cfg, --help ...: Hydra's own business
+        return None
+    try:
+        exp, plain, run_dir = validate(argv)
+        from sim import rundir
+
+        action = rundir.plan(run_dir, rundir.config_hash(plain), exp.resume, exp.overwrite)
+    except ConfigError as e:
+        fail(str(e))
+    if action == "done":
+        import json
+
+        print(f"sim: {run_dir} already holds this completed run; left alone (overwrite=true runs it again)",
+              file=sys.stderr)
+        finish(json.loads((run_dir / "summary.json").read_text()))
+        sys.exit(0)
+    return exp
 
 
 def main() -> None:

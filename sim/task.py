@@ -45,10 +45,14 @@ def position_mask_L(spec: RewardSpec, length: int) -> jax.Array:
     return jnp.zeros(length, bool).at[jnp.array(spec.positions)].set(True)
 
 
-def prompt_competence_P(task: Task, competence: jax.Array, spread: jax.Array, which: int) -> jax.Array:
-    """Per-prompt competence: logit(c) shifted by spread * z_p, z_p ~ N(0,1) fixed by task.seed."""
+def prompt_logit_P(task: Task, competence: jax.Array, spread: jax.Array, which: int) -> jax.Array:
+    """Per-prompt competence in logit space: logit(c) shifted by spread * z_p, z_p ~ N(0,1) fixed by task.seed."""
     z_P = jax.random.normal(jax.random.fold_in(jax.random.key(task.seed), which), (task.prompts,))
-    return jax.nn.sigmoid(jax.scipy.special.logit(competence) + spread * z_P)
+    return jax.scipy.special.logit(competence) + spread * z_P
+
+
+def prompt_competence_P(task: Task, competence: jax.Array, spread: jax.Array, which: int) -> jax.Array:
+    return jax.nn.sigmoid(prompt_logit_P(task, competence, spread, which))
 
 
 def reference_logits_PxLxV(task: Task, competence: tuple[jax.Array, jax.Array], spread: jax.Array) -> jax.Array:
@@ -56,10 +60,12 @@ def reference_logits_PxLxV(task: Task, competence: tuple[jax.Array, jax.Array], 
     V = task.vocab
     logp_PxLxV = jnp.full((task.prompts, task.length, V), -jnp.log(V))
     for which, (spec, c) in enumerate(zip(task.specs, competence)):
-        c_P = prompt_competence_P(task, c, spread, which)
+        # log c and log(1 - c) from the logit: finite even where a large spread saturates c to 0 or 1
+        x_P = prompt_logit_P(task, c, spread, which)
         n_good = len(spec.good_tokens)
         good_V = good_mask_V(spec, V)
-        row_PxV = jnp.where(good_V, jnp.log(c_P / n_good)[:, None], jnp.log((1 - c_P) / (V - n_good))[:, None])
+        row_PxV = jnp.where(good_V, (jax.nn.log_sigmoid(x_P) - jnp.log(n_good))[:, None],
+                            (jax.nn.log_sigmoid(-x_P) - jnp.log(V - n_good))[:, None])
         pos_L = position_mask_L(spec, task.length)
         logp_PxLxV = jnp.where(pos_L[None, :, None], row_PxV[:, None, :], logp_PxLxV)
     return logp_PxLxV

@@ -35,6 +35,8 @@ class RunState(NamedTuple):
     opt_state: Any
     key: jax.Array  # advanced every step
     policy_key: jax.Array  # draws the family's fixed parts (e.g. features); constant
+    step: jax.Array  # int32: updates attempted so far
+    diverged_at: jax.Array  # int32: the step whose update went non-finite (run frozen since); -1: healthy
 
 
 def build_policy(static: Static, hp: dict, policy_key: jax.Array) -> Policy:
@@ -177,7 +179,30 @@ def init_run(static: Static, hp: dict, key: jax.Array) -> tuple[RunState, dict]:
     params = policy.init()
     row = exact_metrics(static, policy, params, params, hp)
     row.update({name: jnp.float32(jnp.nan) for name in BATCH_METRICS})
-    return RunState(params, make_optimizer(static, hp).init(params), key, policy_key), row
+    state = RunState(params, make_optimizer(static, hp).init(params), key, policy_key,
+                     step=jnp.int32(0), diverged_at=jnp.int32(-1))
+    row["diverged_at_step"] = state.diverged_at
+    return state, row
+
+
+def _all_finite(*trees) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
+
+
+def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: RunState) -> tuple[RunState, dict]:
+    """train_step, but a run whose loss, sampled rewards or new parameters are non-finite keeps
+    its previous parameters and optimizer state from then on (frozen) and records the step.
+    Runs are vmapped, so one run's NaN never reaches another run's numbers; the select is exact,
+    so healthy runs get bit-identical results with or without the guard."""
+    key, step_key = jax.random.split(state.key)
+    params, opt_state, m = train_step(static, policy, ref_params, hp, state.params, state.opt_state, step_key)
+    step = state.step + 1
+    ok = (state.diverged_at < 0) & _all_finite(params, m["loss"], m["reward_sampled"])
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                     (params, opt_state), (state.params, state.opt_state))
+    diverged_at = jnp.where((state.diverged_at < 0) & ~ok, step, state.diverged_at)
+    m = jax.tree.map(lambda x: jnp.where(ok, x, jnp.nan), m)  # no update happened: no batch statistics
+    return state._replace(params=params, opt_state=opt_state, key=key, step=step, diverged_at=diverged_at), m
 
 
 def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[RunState, dict]:
@@ -185,21 +210,17 @@ def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[Run
     policy = build_policy(static, hp, state.policy_key)
     ref_params = policy.init()
 
-    def one_step(carry, _):
-        params, opt_state, key = carry
-        key, step_key = jax.random.split(key)
-        params, opt_state, m = train_step(static, policy, ref_params, hp, params, opt_state, step_key)
-        return (params, opt_state, key), m
+    def one_step(state, _):
+        return guarded_step(static, policy, ref_params, hp, state)
 
-    def one_interval(carry, _):
-        carry, m_S = jax.lax.scan(one_step, carry, None, length=static.log_every)
-        row = exact_metrics(static, policy, carry[0], ref_params, hp)
+    def one_interval(state, _):
+        state, m_S = jax.lax.scan(one_step, state, None, length=static.log_every)
+        row = exact_metrics(static, policy, state.params, ref_params, hp)
         row.update(jax.tree.map(lambda x: x[-1], m_S))
-        return carry, row
+        row["diverged_at_step"] = state.diverged_at
+        return state, row
 
-    (params, opt_state, key), rows_C = jax.lax.scan(
-        one_interval, (state.params, state.opt_state, state.key), None, length=rows)
-    return RunState(params, opt_state, key, state.policy_key), rows_C
+    return jax.lax.scan(one_interval, state, None, length=rows)
 
 
 def auto_rows_per_chunk(total_rows: int, target_chunks: int = 10) -> int:
@@ -231,10 +252,50 @@ class TrainResult(NamedTuple):
     metrics: dict  # name -> [T, R] array, T = steps / log_every + 1 logged rows
     steps_T: np.ndarray  # the step each row was logged at
     compile_seconds: float
-    run_seconds: float
+    run_seconds: float  # this call's share: a resumed run counts only what it ran itself
+    diverged_at_step_R: np.ndarray  # the step whose update went non-finite, -1 for healthy runs
+
+
+class Snapshot(NamedTuple):
+    """Everything needed to continue a batch exactly where it was: written after each chunk."""
+    rows_done: int  # logged intervals completed (step = rows_done * log_every)
+    state: RunState  # host form (see host_state), R runs
+    rows: dict  # name -> [rows_done + 1, R]: every logged row so far, step 0 included
 
 
 ChunkCallback = Callable[[int, int, dict], None]  # (rows done, rows total, rows of this chunk)
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def host_state(state: RunState) -> RunState:
+    """A numpy copy of a state with its typed PRNG keys as raw key data, for checkpoint files."""
+    return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x) if _is_key(x) else x), state)
+
+
+def snapshot_template(static: Static, hp_R: dict, keys_R: jax.Array, rows_done: int) -> Snapshot:
+    """Shapes and dtypes of a Snapshot of this batch (host form), to restore a checkpoint into."""
+    hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
+    state, row = jax.eval_shape(jax.vmap(partial(init_run, static)), hp_R, keys_R)
+    state = jax.tree.map(lambda x: jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x, state)
+    rows = {k: jax.ShapeDtypeStruct((rows_done + 1,) + v.shape, v.dtype) for k, v in row.items()}
+    return Snapshot(rows_done, state, rows)
+
+
+def _device_state(host: RunState, like: RunState, n_runs: int) -> RunState:
+    """Inverse of host_state: pad the run axis as _shard_runs does and place each leaf like `like`."""
+    def leaf(h, ref):
+        h = np.concatenate([h, np.repeat(h[-1:], ref.shape[0] - n_runs, 0)]) if ref.shape[0] > n_runs else h
+        x = jax.random.wrap_key_data(h, impl=jax.random.key_impl(ref)) if _is_key(ref) else jnp.asarray(h, ref.dtype)
+        if x.shape != ref.shape:
+            raise ValueError(f"checkpoint leaf of shape {x.shape} where the state has {ref.shape}")
+        return jax.device_put(x, ref.sharding)
+
+    if jax.tree.structure(host) != jax.tree.structure(like):
+        raise ValueError("checkpoint does not have the structure of this configuration's state")
+    return jax.tree.map(leaf, host, like)
 
 
 @functools.lru_cache(maxsize=32)
@@ -254,8 +315,12 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
 
     compiled = {}  # padded batch size -> (init, chunk) executables
 
-    def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None) -> TrainResult:
-        """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R]."""
+    def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *,
+              start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None) -> TrainResult:
+        """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R].
+
+        `start` continues a batch from a Snapshot of the same hp_R and keys_R (the numbers are
+        those of an uninterrupted call); `on_snapshot` receives one after every chunk."""
         n_runs = keys_R.shape[0]
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
         hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs, runs)
@@ -267,16 +332,27 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         if compiled[size][1] is None:  # lowered on the real state, so its shardings match
             compiled[size][1] = chunk_R.lower(state, hp_R).compile()
         chunk_c = compiled[size][1]
+        unpad = partial(jax.tree.map, lambda x: np.asarray(x[:, :n_runs]))
+        chunks = [unpad(jax.tree.map(lambda x: x[None], row0))]
+        rows_done = 0
+        if start is not None:
+            if start.rows_done % chunk_rows or start.rows_done > total_rows:
+                raise ValueError(f"cannot resume at row {start.rows_done} with chunks of {chunk_rows} rows")
+            state = _device_state(start.state, state, n_runs)
+            chunks, rows_done = [dict(start.rows)], start.rows_done
         t1 = time.perf_counter()
-        chunks = [jax.tree.map(lambda x: x[None], row0)]
-        for done in range(0, total_rows, chunk_rows):
+        for done in range(rows_done + chunk_rows, total_rows + 1, chunk_rows):
             state, rows = chunk_c(state, hp_R)
-            chunks.append(rows)
+            chunks.append(unpad(rows))
             if on_chunk is not None:
-                on_chunk(done + chunk_rows, total_rows, jax.tree.map(lambda x: np.asarray(x[:, :n_runs]), rows))
-        metrics = {k: np.concatenate([np.asarray(c[k]) for c in chunks])[:, :n_runs] for k in METRICS}
+                on_chunk(done, total_rows, chunks[-1])
+            if on_snapshot is not None:
+                chunks = [{k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}]
+                on_snapshot(Snapshot(done, host_state(jax.tree.map(lambda x: x[:n_runs], state)), chunks[0]))
+        metrics = {k: np.concatenate([c[k] for c in chunks]) for k in METRICS}
         state = jax.tree.map(lambda x: x[:n_runs], state)
-        return TrainResult(state, metrics, steps_T, compile_seconds=t1 - t0, run_seconds=time.perf_counter() - t1)
+        return TrainResult(state, metrics, steps_T, compile_seconds=t1 - t0, run_seconds=time.perf_counter() - t1,
+                           diverged_at_step_R=np.asarray(state.diverged_at))
 
     train.chunk_rows = chunk_rows
     return train

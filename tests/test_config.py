@@ -54,6 +54,15 @@ BAD = [
     (["algo.loss.entropy_coef=-1"], "algo.loss.entropy_coef=-1: must be a finite number >= 0"),
     (["algo.kl.estimator=exact", "algo.kl.placement=reward"], "algo.kl.estimator=exact: needs algo.kl.placement=loss"),
     (["+algo.loss.foo=1"], "algo.loss.foo: unknown key"),
+    # hparams are float32 on the device: values that overflow or round to 0 or 1 there are refused
+    (["task.phi.weight=1e39"], "task.phi.weight=1e+39: must be a finite number >= 0 (float32"),
+    (["task.phi.weight=1" + "0" * 400], "task.phi.weight=1000"),
+    (["task.phi.competence=0.99999999"], "task.phi.competence=0.99999999: must be a number strictly between"),
+    (["task.phi.competence=1e-40"], "task.phi.competence=1e-40"),
+    (["checkpoint_every=7"], "checkpoint_every=7: must be a multiple of log_every=10 that divides steps=200"),
+    (["checkpoint_every=-1"], "checkpoint_every=-1: must be an integer >= 0"),
+    (["resume=yes"], "resume='yes': must be true or false"),
+    (["plots=1"], "plots=1: must be true or false"),
 ]
 
 
@@ -97,6 +106,14 @@ def test_exact_mode_accepts_small_tasks_and_groups_of_one():
 
 def test_reinforce_accepts_groups_of_one():
     assert parse(compose_plain(["algo=reinforce", "algo.group_size=1"])).static.group_size == 1
+
+
+def test_execution_options_change_no_static_or_hparam():
+    base = parse(compose_plain())
+    other = parse(compose_plain(["checkpoint_every=20", "resume=false", "overwrite=true"]))
+    assert other.static == base.static and other.hparams == base.hparams
+    assert (other.checkpoint_every, other.rows_per_chunk, other.resume, other.overwrite) == (20, 2, False, True)
+    assert (base.checkpoint_every, base.rows_per_chunk, base.resume, base.overwrite) == (None, None, True, False)
 
 
 def test_null_grad_clip_means_no_clipping():

@@ -1,15 +1,21 @@
 import csv
 import json
 
+import numpy as np
+import pytest
+
+from sim import experiment
+from sim.config import ConfigError, parse
 from sim.experiment import config_hash, run_experiment, versions
+from sim.run import EXIT_DIVERGED, finish
 from tests.conftest import SMALL, compose_plain
-from sim.config import parse
 
 
 def test_run_experiment_writes_every_output(tmp_path):
     plain = compose_plain(SMALL + ["plots=true"])
     info = run_experiment(parse(plain), plain, tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "rewards.png"}
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "rewards.png",
+                                                   "provenance.json"}
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert len(rows) == 4 * (20 // 5 + 1)  # runs x logged steps
     assert {"run", "seed", "step", "phi", "phi_prime", "kl", "entropy", "grad_norm"} <= set(rows[0])
@@ -19,7 +25,58 @@ def test_run_experiment_writes_every_output(tmp_path):
     assert set(phi) == {"start", "end", "delta_mean", "delta_ci95", "n_seeds"} and phi["n_seeds"] == 4
     assert saved["config_hash"] == config_hash(plain) and saved["versions"]["jax"] == versions()["jax"]
     assert saved["compile_seconds"] > 0 and saved["run_seconds"] > 0
+    assert saved["n_diverged"] == 0 and saved["diverged"] == [] and "git" in saved
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert {k: saved[k] for k in ("config_hash", "versions", "git", "devices")} == provenance
 
 
 def test_config_hash_changes_with_the_config():
     assert config_hash({"a": 1}) != config_hash({"a": 2}) and config_hash({"a": 1}) == config_hash({"a": 1})
+
+
+def _mtimes(path):
+    return {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
+
+
+def test_an_existing_run_is_left_alone_refused_or_overwritten_on_request(tmp_path):
+    plain = compose_plain(SMALL)
+    first = run_experiment(parse(plain), plain, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # complete: nothing left to resume
+    before = _mtimes(tmp_path)
+    assert run_experiment(parse(plain), plain, tmp_path) == json.loads(json.dumps(first))  # done: reported
+    other = compose_plain(SMALL + ["seed=7"])
+    with pytest.raises(ConfigError, match="holds a run of another configuration"):
+        run_experiment(parse(other), other, tmp_path)
+    assert _mtimes(tmp_path) == before  # neither call wrote anything
+    other = compose_plain(SMALL + ["seed=7", "overwrite=true"])
+    run_experiment(parse(other), other, tmp_path)
+    assert {r["seed"] for r in csv.DictReader(open(tmp_path / "metrics.csv"))} == {"7", "8", "9", "10"}
+
+
+def test_a_diverged_run_is_flagged_in_every_output_and_left_out_of_the_statistics(tmp_path, monkeypatch):
+    """Run 0 gets w_phi = nan past validation (patched into the batch): the run must finish,
+    and summary.json, metrics.csv and the figure must flag it or leave it out."""
+    plain = compose_plain(SMALL + ["plots=true"])
+    real_expand = experiment.expand
+
+    def poisoned(exp):
+        batch = real_expand(exp)
+        batch.hparams_R["w_phi"][0] = np.nan
+        return batch
+
+    monkeypatch.setattr(experiment, "expand", poisoned)
+    info = run_experiment(parse(plain), plain, tmp_path)
+    assert info["n_diverged"] == 1 and info["diverged"] == [{"run": 0, "seed": 0, "point": 0, "step": 1}]
+    point = info["points"][0]
+    assert point["n_diverged"] == 1 and point["metrics"]["phi"]["n_seeds"] == 3
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    flag = {(r["run"], r["step"]): r["diverged_at_step"] for r in rows}
+    assert flag[("0", "0")] == "-1" and flag[("0", "5")] == flag[("0", "20")] == "1"
+    assert {v for (run, _), v in flag.items() if run != "0"} == {"-1"}
+    phi = {(r["run"], r["step"]): float(r["phi"]) for r in rows}
+    healthy_delta = np.mean([phi[(r, "20")] - phi[(r, "0")] for r in "123"])
+    assert point["metrics"]["phi"]["delta_mean"] == pytest.approx(healthy_delta, rel=1e-6)
+    assert (tmp_path / "rewards.png").stat().st_size > 0
+    with pytest.raises(SystemExit) as exit_info:
+        finish(info)
+    assert exit_info.value.code == EXIT_DIVERGED == 3

@@ -25,8 +25,19 @@ def test_point_summaries_split_runs_by_point():
     assert out[1]["values"] == {"lr": 0.2}
 
 
-def test_table_rows_has_one_row_per_run_and_step():
-    m = {"phi": np.arange(6.0).reshape(3, 2)}
+def test_table_rows_has_one_row_per_run_and_step_in_step_order():
+    m = {"phi": np.arange(6.0).reshape(3, 2), "diverged_at_step": np.array([[-1, -1], [-1, 5], [-1, 5]])}
     header, rows = results.table_rows(m, np.array([0, 5, 10]), {"run": np.array([0, 1])})
-    assert header == ["run", "step", "phi"]
-    assert rows == [[0, 0, 0.0], [0, 5, 2.0], [0, 10, 4.0], [1, 0, 1.0], [1, 5, 3.0], [1, 10, 5.0]]
+    assert header == ["run", "step", "phi", "diverged_at_step"]
+    assert rows == [[0, 0, 0.0, -1], [1, 0, 1.0, -1], [0, 5, 2.0, -1], [1, 5, 3.0, 5], [0, 10, 4.0, -1],
+                    [1, 10, 5.0, 5]]
+    assert isinstance(rows[3][3], int)  # integer columns are written as integers
+
+
+def test_point_summaries_leave_out_diverged_runs_and_count_them():
+    m = {"phi": np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 9.0, 2.0, 2.0]])}
+    out = results.point_summaries(m, np.array([0, 0, 1, 1]), [{}, {}], diverged_R=np.array([-1, 1, 1, 1]))
+    assert out[0]["n_diverged"] == 1 and out[0]["metrics"]["phi"]["delta_mean"] == 1.0
+    assert out[0]["metrics"]["phi"]["n_seeds"] == 1
+    assert out[1]["n_diverged"] == 2 and out[1]["metrics"]["phi"]["n_seeds"] == 0
+    assert out[1]["metrics"]["phi"]["end"] is None

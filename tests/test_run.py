@@ -1,11 +1,26 @@
-"""The command line as a user meets it: `python -m sim.run` in a subprocess."""
+"""The command line as a user meets it: `python -m sim.run` in a subprocess, and its validation
+path (`preflight`) in-process for the generated hostile configurations."""
+import contextlib
+import io
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.conftest import SMALL
+from sim.config import Experiment, parse
+from sim.experiment import run_experiment
+from sim.run import preflight
+from sim.sweep import expand
+from sim.train import EXACT_METRICS, make_train, run_keys
+from tests.conftest import SMALL, compose_plain
 
 
 def sim_run(*args, cwd):
@@ -30,9 +45,243 @@ def test_end_to_end_writes_all_outputs(tmp_path):
     (["foo=1"], "foo"),
     (["optim.lr=-1"], "optim.lr=-1: must be a finite number > 0"),
     (["algo.group_size=1"], "algo.group_size=1: must be an integer >= 2"),
+    (["optim.lr=[1,2]"], "optim.lr=[1, 2]: must be a finite number > 0"),
+    (["optim.lr=${oops}"], "oops"),
+    (["steps=[1,"], "steps=[1,"),
 ])
 def test_bad_input_is_one_line_no_traceback_nonzero_exit(tmp_path, args, message):
     proc = sim_run(*args, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+# 20 chunks of 5 steps, each followed by a checkpoint: long enough to be killed in the middle.
+KILLABLE = ["seeds=4", "steps=100", "log_every=5", "task.prompts=4", "plots=false", "checkpoint_every=5"]
+
+
+def _first_checkpoint(out, proc, timeout=240.0):
+    """Poll until orbax has renamed a finished checkpoint into place (its name is its step)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [p.name for p in (out / "checkpoints").glob("*") if p.name.isdigit()]
+        if done:
+            return done
+        time.sleep(0.01)
+    raise AssertionError(f"no checkpoint appeared (exit status {proc.poll()})")
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_metrics(tmp_path):
+    out = tmp_path / "run"
+    args = [*KILLABLE, f"hydra.run.dir={out}"]
+    with open(tmp_path / "first.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _first_checkpoint(out, proc)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (out / "summary.json").exists()
+    streamed = (out / "metrics.csv").read_text().splitlines()
+    assert len(streamed) >= 1 + 2 * 4  # header, step 0 and the first chunk's rows of the 4 runs, at least
+
+    resumed = sim_run(*args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    step = int(re.search(r"resuming the interrupted run in .* from step (\d+)", resumed.stderr).group(1))
+    assert 0 < step < 100
+
+    plain = compose_plain(KILLABLE)  # the same configuration, uninterrupted, in this process
+    reference = run_experiment(parse(plain), plain, tmp_path / "reference")
+    assert (out / "metrics.csv").read_bytes() == (tmp_path / "reference" / "metrics.csv").read_bytes()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["points"] == json.loads(json.dumps(reference["points"]))
+    assert summary["config_hash"] == reference["config_hash"] and not (out / "checkpoints").exists()
+
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = sim_run(*args, cwd=tmp_path)  # the same command once more: reported, left alone
+    assert again.returncode == 0 and "already holds this completed run" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_run_directory_of_another_configuration_is_refused_before_hydra_writes(tmp_path):
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)
+    (out / "provenance.json").write_text(json.dumps({"config_hash": "0123456789abcdef"}))
+    (out / ".hydra" / "overrides.yaml").write_text("- seeds=99\n")
+    proc = sim_run(*SMALL, f"hydra.run.dir={out}", cwd=tmp_path)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "holds a run of another configuration (config_hash 0123456789abcdef" in err
+    assert (out / ".hydra" / "overrides.yaml").read_text() == "- seeds=99\n"
+    assert sorted(p.name for p in out.iterdir()) == [".hydra", "provenance.json"]
+
+
+# --- Hostile configurations (hypothesis) -------------------------------------------------------
+# Each example is a list of overrides, some drawn from values that are valid for their key and
+# some from values that are invalid whatever the other overrides say. It goes through the real
+# entry point's validation (`preflight`: Hydra compose + resolve + config.parse + the run
+# directory check). It must be accepted, or refused with exit status 2 and one line on stderr;
+# any other exception is a traceback and fails the test. An example holding an invalid value
+# must be refused.
+
+_WORD = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=6).map(lambda s: "x" + s)  # never a keyword
+_NOT_A_NUMBER = st.sampled_from(["'5'", "[1,2]", "{a:1}", "true", "${oops}", "[]"]) | _WORD
+
+
+def _num(x: float) -> str:
+    return repr(float(x)) if isinstance(x, float) else str(x)
+
+
+def _ints(lo, hi=10**6):
+    return st.integers(lo, hi).map(str), (st.integers(-10**6, lo - 1).map(str) | st.floats(0.5, 99.5).map(_num)
+                                         | _NOT_A_NUMBER)
+
+
+def _floats(lo, *, lo_open=False, hi=None, hi_open=False, inf_ok=False):
+    """Valid: [lo, hi] (ends open as asked; no hi: up to 1e6, and inf if inf_ok). Invalid: the rest."""
+    top = 1e6 if hi is None else hi
+    ok = st.floats(lo, top, exclude_min=lo_open, exclude_max=hi_open and hi is not None).map(_num)
+    below = st.floats(-1e6, lo).filter(lambda x: x < lo or (lo_open and x == lo))
+    bad = below.map(_num) | st.sampled_from(["nan", "-inf"]) | _NOT_A_NUMBER
+    if hi is not None:
+        bad |= st.floats(hi, 1e6).filter(lambda x: x > hi or (hi_open and x == hi)).map(_num) | st.just("inf")
+    elif not inf_ok:
+        bad |= st.just("inf")
+    return (ok | st.just("inf")) if inf_ok else ok, bad
+
+
+def _competence():
+    """Valid: strictly inside (0, 1) in float32 and not subnormal; the float64 values that round
+    out of it (5e-324, 0.99999999) are invalid."""
+    tiny, below_one = float(np.finfo(np.float32).tiny), float(np.nextafter(np.float32(1), np.float32(0)))
+    ok, bad = _floats(0, lo_open=True, hi=1, hi_open=True)
+    return st.floats(tiny, below_one).map(_num), bad | st.sampled_from(["5e-324", "1e-40", "0.99999999"])
+
+
+def _choice(allowed):
+    return st.sampled_from(allowed), _WORD | st.sampled_from(["1", "[a]", "null"])
+
+
+def _bool():
+    return st.sampled_from(["true", "false"]), st.sampled_from(["1", "0", "'true'", "yes", "null", "[true]"])
+
+
+def _int_list(hi):
+    ok = st.lists(st.integers(0, hi - 1), min_size=1, max_size=3, unique=True).map(lambda v: f"[{','.join(map(str, v))}]")
+    bad = st.sampled_from(["[]", "[-1]", "[0,0]", "[a]", "[1.5]", "3", "[[1]]", "{a:1}", "xyz"])
+    return ok, bad
+
+
+KEYS = {  # key -> (valid values, invalid values) as Hydra override text
+    "seeds": _ints(1), "seed": _ints(0), "steps": _ints(1), "log_every": _ints(1),
+    "task.prompts": _ints(1), "task.length": _ints(2, 50), "task.vocab": _ints(4, 50), "task.seed": _ints(0),
+    "policy.width": _ints(1), "algo.group_size": _ints(2, 64),
+    "checkpoint_every": (st.sampled_from(["null", "0", "10", "20", "200"]),
+                         st.integers(-1000, -1).map(str) | st.floats(0.5, 99.5).map(_num) | _NOT_A_NUMBER),
+    "task.phi.weight": _floats(0), "task.phi_prime.weight": _floats(0),
+    "task.phi.competence": _competence(), "task.phi_prime.competence": _competence(),
+    "task.competence_spread": _floats(0), "policy.overlap": _floats(0, hi=1),
+    "algo.kl.beta": _floats(0), "optim.lr": _floats(0, lo_open=True), "algo.std_eps": _floats(0),
+    "optim.max_grad_norm": (_floats(0, lo_open=True, inf_ok=True)[0] | st.just("null"),
+                            _floats(0, lo_open=True, inf_ok=True)[1]),
+    "optim.name": _choice(["adam", "sgd"]), "algo.kl.estimator": _choice(["k1", "k2", "k3"]),
+    "algo.kl.placement": _choice(["loss", "reward"]), "task.phi.shape": _choice(["mean", "all"]),
+    "task.phi_prime.shape": _choice(["mean", "all"]),
+    "algo.advantage": _choice(["grpo", "rloo", "reinforce", "reinforce_baseline"]),
+    "plots": _bool(), "resume": _bool(), "overwrite": _bool(),
+    "task.phi.positions": _int_list(4), "task.phi_prime.positions": _int_list(8),
+    "task.phi.good_tokens": _int_list(4), "task.phi_prime.good_tokens": _int_list(16),
+}
+GROUPS = {"policy": ["lowrank", "tabular"], "algo": ["grpo", "rloo", "reinforce", "reinforce_baseline"],
+          "task": ["blog"]}
+ALWAYS_BAD = ["+foo=1", "foo=1", "+task.bar=2", "+algo.kl.gamma=0.1", "task.phi.weights=4", "~optim.lr",
+              "~steps", "steps=[1,", "optim.lr=)", "=3", "steps", "optim.lr=${nope}", "task=5", "optim=5",
+              "policy=mlp", "algo=ppo", "task=xyz", "seeds=${task.phi}", "+seeds=3", "task.phi=1",
+              "optim.lr=1e400", "task.phi.weight=1" + "0" * 400, "task.phi.weight=1e39", "task.phi.competence=1e-40",
+              "task.phi_prime.competence=0.99999999"]
+
+
+@st.composite
+def hostile_overrides(draw) -> tuple[list[str], bool]:
+    """(overrides, must_fail): up to 4 key overrides, maybe a group choice and, in hostile
+    examples (2 in 3), invalid values and overrides that are wrong in themselves."""
+    hostile = draw(st.integers(0, 2)) > 0
+    keys = draw(st.lists(st.sampled_from(sorted(KEYS)), max_size=4, unique=True))
+    overrides, must_fail = [], False
+    for key in keys:
+        bad = hostile and draw(st.booleans())
+        overrides.append(f"{key}={draw(KEYS[key][bad])}")
+        must_fail |= bad
+    if draw(st.booleans()):
+        group = draw(st.sampled_from(sorted(GROUPS)))
+        overrides.append(f"{group}={draw(st.sampled_from(GROUPS[group]))}")
+    if hostile and (not must_fail or draw(st.booleans())):
+        overrides.append(draw(st.sampled_from(ALWAYS_BAD)))
+        must_fail = True
+    return draw(st.permutations(overrides)), must_fail
+
+
+def test_hostile_configs_are_accepted_or_refused_in_one_line(tmp_path):
+    seen = Counter()
+    nowhere = tmp_path / "never-created"
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(hostile_overrides())
+    def check(case):
+        overrides, must_fail = case
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                exp = preflight(overrides + [f"hydra.run.dir={nowhere}"])
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        text = err.getvalue()
+        if code == 0:
+            assert isinstance(exp, Experiment) and text == "", (overrides, text)
+            assert not must_fail, f"accepted an invalid override: {overrides}"
+        else:
+            assert code == 2 and text.startswith("sim: error: ") and text.count("\n") == 1, (overrides, text)
+        seen["refused" if code else "accepted"] += 1
+        seen["refused, invalid value"] += bool(code and must_fail)
+
+    check()
+    print(f"\nhostile configs: {dict(seen)}")
+    assert not nowhere.exists()
+    assert seen["refused"] + seen["accepted"] >= 200 and seen["refused, invalid value"] >= 100, seen
+    assert seen["accepted"] >= 30, seen
+
+
+# A few valid small configs run end to end. Only hparams values vary (the shapes are SMALL's), so
+# they all share one compiled program with the other tests.
+VALID_SMALL = {key: KEYS[key][0] for key in ("task.phi.weight", "task.phi_prime.weight", "task.phi.competence",
+                                             "task.phi_prime.competence", "task.competence_spread", "policy.overlap",
+                                             "algo.kl.beta", "optim.lr", "optim.max_grad_norm", "seed")}
+
+
+@st.composite
+def valid_small_overrides(draw) -> list[str]:
+    keys = draw(st.lists(st.sampled_from(sorted(VALID_SMALL)), min_size=1, max_size=5, unique=True))
+    return [f"{k}={draw(VALID_SMALL[k])}" for k in keys]
+
+
+def test_valid_small_configs_run_and_every_run_is_finite_or_flagged(tmp_path):
+    ran = []
+
+    @settings(max_examples=8, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(valid_small_overrides())
+    def check(overrides):
+        exp = preflight(SMALL + overrides + [f"hydra.run.dir={tmp_path / 'never-created'}"])
+        batch = expand(exp)
+        res = make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R))
+        healthy_R = res.diverged_at_step_R < 0
+        for name in EXACT_METRICS:
+            assert np.all(np.isfinite(res.metrics[name][:, healthy_R])), (overrides, name)
+        assert np.all(res.diverged_at_step_R[~healthy_R] >= 1)
+        ran.append(overrides)
+
+    check()
+    assert len(ran) >= 8

@@ -5,7 +5,8 @@ import pytest
 
 from sim import algos
 from sim.sweep import expand
-from sim.train import auto_rows_per_chunk, build_policy, loss_fn, make_step_batch, make_train, run_keys, train_step
+from sim.train import (auto_rows_per_chunk, build_policy, loss_fn, make_step_batch, make_train, run_keys,
+                       snapshot_template, train_step)
 
 
 def _run(exp, **kw):
@@ -346,3 +347,67 @@ def test_per_token_quantities_from_the_marginals_table_equal_the_teacher_forced_
     general = per_token_BxL(pol._replace(marginals=None), algos.entropy_BxL, (theta,), prompts_B, tokens_BxL)
     np.testing.assert_allclose(fast, general, rtol=1e-6)
     assert fast.shape == (3, 2)
+
+
+def test_a_non_finite_run_is_frozen_and_flagged_and_the_others_are_untouched(small):
+    """Run 0 gets w_phi = nan (config validation forbids it; train() is driven directly), so its
+    first sampled reward is NaN. It must be frozen at step 1, and runs 1-3 must give exactly the
+    metrics they give in a batch without the bad run."""
+    exp = small()
+    batch = expand(exp)
+    train = make_train(exp.static)
+    clean = train(batch.hparams_R, run_keys(batch.seeds_R))
+    hp = {k: v.copy() for k, v in batch.hparams_R.items()}
+    hp["w_phi"][0] = np.nan
+    bad = train(hp, run_keys(batch.seeds_R))
+    assert list(bad.diverged_at_step_R) == [1, -1, -1, -1] and list(clean.diverged_at_step_R) == [-1] * 4
+    for k in clean.metrics:
+        np.testing.assert_array_equal(bad.metrics[k][:, 1:], clean.metrics[k][:, 1:], err_msg=k)
+    # frozen: run 0 keeps the reference parameters and logs no batch statistics after step 0
+    np.testing.assert_array_equal(bad.metrics["phi"][:, 0], clean.metrics["phi"][0, 0])
+    np.testing.assert_array_equal(bad.metrics["kl"][:, 0], 0.0)
+    assert np.all(np.isnan(bad.metrics["loss"][:, 0]))
+    np.testing.assert_array_equal(bad.state.params[0], 0.0)  # lowrank W starts at 0 (the reference)
+
+
+def test_non_finite_parameters_freeze_a_run_at_the_step_they_appear(small):
+    """lr = inf for run 1 (injected past validation): its loss and rewards at step 1 are finite
+    (computed at the reference) but the updated parameters are not, so the parameter check alone
+    must freeze it at step 1, keeping finite parameters; the other runs are untouched."""
+    exp = small()
+    batch = expand(exp)
+    train = make_train(exp.static)
+    clean = train(batch.hparams_R, run_keys(batch.seeds_R))
+    hp = {k: v.copy() for k, v in batch.hparams_R.items()}
+    hp["lr"][1] = np.inf
+    res = train(hp, run_keys(batch.seeds_R))
+    assert list(res.diverged_at_step_R) == [-1, 1, -1, -1]
+    assert np.all(np.isfinite(np.asarray(res.state.params)))
+    np.testing.assert_array_equal(res.metrics["phi"][:, [0, 2, 3]], clean.metrics["phi"][:, [0, 2, 3]])
+
+
+def test_resuming_from_any_snapshot_gives_the_uninterrupted_metrics(small):
+    exp = small()
+    batch = expand(exp)
+    train = make_train(exp.static, 1)
+    snaps = []
+    full = train(batch.hparams_R, run_keys(batch.seeds_R), on_snapshot=snaps.append)
+    assert [s.rows_done for s in snaps] == [1, 2, 3, 4]
+    assert snaps[-1].rows["phi"].shape == (5, 4) and snaps[-1].state.key.dtype == np.uint32  # host form
+    for snap in snaps[:2]:
+        resumed = train(batch.hparams_R, run_keys(batch.seeds_R), start=snap)
+        for k in full.metrics:
+            np.testing.assert_array_equal(resumed.metrics[k], full.metrics[k], err_msg=k)
+        np.testing.assert_array_equal(resumed.state.params, full.state.params)
+
+
+def test_snapshot_template_matches_a_real_snapshot(small):
+    exp = small()
+    batch = expand(exp)
+    snaps = []
+    make_train(exp.static, 1)(batch.hparams_R, run_keys(batch.seeds_R), on_snapshot=snaps.append)
+    like = snapshot_template(exp.static, batch.hparams_R, run_keys(batch.seeds_R), 2)
+    real = snaps[1]
+    assert like.rows_done == real.rows_done and jax.tree.structure(like) == jax.tree.structure(real)
+    for a, b in zip(jax.tree.leaves((like.state, like.rows)), jax.tree.leaves((real.state, real.rows))):
+        assert a.shape == np.shape(b) and a.dtype == np.asarray(b).dtype

@@ -1,0 +1,52 @@
+"""Checkpoints of a training batch, with orbax: <run dir>/checkpoints/<step>/{state,rows,meta}.
+
+Orbax writes each checkpoint into a temporary folder and renames it once complete, so a process
+killed at any moment leaves the last complete checkpoint readable. Saving is asynchronous: the
+arrays are already on the host (train.host_state) and a background thread writes them while the
+next chunk runs. Only the latest checkpoint is kept (each holds every metrics row so far).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import orbax.checkpoint as ocp
+
+from sim.train import Snapshot
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that exists but does not belong to this run."""
+
+
+class Checkpoints:
+    def __init__(self, directory: Path, config_hash: str, log_every: int):
+        self.config_hash, self.log_every = config_hash, log_every
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
+                                               cleanup_tmp_directories=True)
+        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def save(self, snap: Snapshot) -> None:
+        meta = {"rows_done": snap.rows_done, "config_hash": self.config_hash}
+        self._manager.save(snap.rows_done * self.log_every, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(snap.state), rows=ocp.args.StandardSave(snap.rows),
+            meta=ocp.args.JsonSave(meta)))
+
+    def latest(self, template: Callable[[int], Snapshot]) -> Snapshot | None:
+        """The last complete checkpoint, restored into `template(rows_done)` (host form); None if none."""
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        if meta.get("config_hash") != self.config_hash:
+            raise CheckpointError(f"checkpoint at step {step} belongs to config_hash {meta.get('config_hash')}, "
+                                  f"not {self.config_hash}")
+        like = template(int(meta["rows_done"]))
+        got = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(like.state), rows=ocp.args.StandardRestore(like.rows)))
+        return Snapshot(like.rows_done, got["state"], dict(got["rows"]))
+
+    def close(self) -> None:
+        """Wait for the writes in flight, then release the manager's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()
