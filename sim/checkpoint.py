@@ -4,9 +4,14 @@ Orbax writes each checkpoint into a temporary folder and renames it once complet
 killed at any moment leaves the last complete checkpoint readable. Saving is asynchronous: the
 arrays are already on the host (train.host_state) and a background thread writes them while the
 next chunk runs. Only the latest checkpoint is kept (each holds every metrics row so far).
+
+An orbax save has a fixed cost of about 0.1 s on a loaded 2-core machine however small the
+state (folders, metadata, tensorstore), which would double the default run's 1.3 s if taken
+after each of its 10 chunks; `every_seconds` spaces checkpoints out in time instead.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +25,10 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpoints:
-    def __init__(self, directory: Path, config_hash: str, log_every: int):
-        self.config_hash, self.log_every = config_hash, log_every
+    def __init__(self, directory: Path, config_hash: str, log_every: int, every_seconds: float | None = 0.0):
+        """`every_seconds`: least time between two checkpoints (0: every chance; None: never save)."""
+        self.config_hash, self.log_every, self.every_seconds = config_hash, log_every, every_seconds
+        self._last = time.monotonic()
         options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
                                                cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
@@ -31,6 +38,14 @@ class Checkpoints:
         self._manager.save(snap.rows_done * self.log_every, args=ocp.args.Composite(
             state=ocp.args.StandardSave(snap.state), rows=ocp.args.StandardSave(snap.rows),
             meta=ocp.args.JsonSave(meta)))
+
+    def maybe_save(self, snap: Snapshot) -> bool:
+        """Save `snap` if every_seconds have passed since the last save (or since the start)."""
+        if self.every_seconds is None or time.monotonic() - self._last < self.every_seconds:
+            return False
+        self.save(snap)
+        self._last = time.monotonic()
+        return True
 
     def latest(self, template: Callable[[int], Snapshot]) -> Snapshot | None:
         """The last complete checkpoint, restored into `template(rows_done)` (host form); None if none."""

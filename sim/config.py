@@ -39,7 +39,7 @@ HPARAM_KEYS: dict[str, str] = {
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "runtime",
-         "checkpoint_every", "resume", "overwrite"},
+         "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
     "runtime": {"compilation_cache", "cpu_devices"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
@@ -89,14 +89,16 @@ class Experiment:
     plots: bool = True
     runtime: Runtime = Runtime()
     # How a run is executed; none of these changes a number. The loop runs in chunks of
-    # `checkpoint_every` steps with a checkpoint after each (None: about 10 chunks; 0: no checkpoints).
-    checkpoint_every: int | None = None
+    # `chunk_steps` steps (None: about 10 chunks); after a chunk, a checkpoint is written if
+    # `checkpoint_seconds` have passed since the last one (0: after every chunk; None: never).
+    chunk_steps: int | None = None
+    checkpoint_seconds: float | None = 60.0
     resume: bool = True  # continue an interrupted run of the same config found in the output directory
     overwrite: bool = False  # replace whatever run the output directory holds
 
     @property
     def rows_per_chunk(self) -> int | None:
-        return self.checkpoint_every // self.static.log_every if self.checkpoint_every else None
+        return self.chunk_steps // self.static.log_every if self.chunk_steps else None
 
 
 def _get(cfg: Mapping, key: str) -> Any:
@@ -130,14 +132,20 @@ def _bool(cfg, key: str, default: bool) -> bool:
     return v
 
 
-def _checkpoint_every(cfg, steps: int, log_every: int) -> int | None:
-    if cfg.get("checkpoint_every") is None:
+def _chunk_steps(cfg, steps: int, log_every: int) -> int | None:
+    if cfg.get("chunk_steps") is None:
         return None
-    every = _int(cfg, "checkpoint_every", 0)
-    if every and (every % log_every or steps % every):
-        raise ConfigError(f"checkpoint_every={every}: must be a multiple of log_every={log_every} that divides "
-                          f"steps={steps}, 0 for no checkpoints, or null for about 10 per run")
-    return every
+    chunk = _int(cfg, "chunk_steps", 1)
+    if chunk % log_every or steps % chunk:
+        raise ConfigError(f"chunk_steps={chunk}: must be a multiple of log_every={log_every} that divides "
+                          f"steps={steps}, or null for about 10 chunks")
+    return chunk
+
+
+def _checkpoint_seconds(cfg) -> float | None:
+    if "checkpoint_seconds" in cfg and cfg["checkpoint_seconds"] is None:
+        return None
+    return _float(cfg, "checkpoint_seconds", *_FINITE_NONNEG) if "checkpoint_seconds" in cfg else 60.0
 
 
 def _float(cfg, key: str, check, allowed: str) -> float:
@@ -285,5 +293,6 @@ def parse(cfg: Mapping) -> Experiment:
     _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
     return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
-                      runtime=_runtime(cfg), checkpoint_every=_checkpoint_every(cfg, steps, log_every),
+                      runtime=_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
+                      checkpoint_seconds=_checkpoint_seconds(cfg),
                       resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False))

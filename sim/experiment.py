@@ -17,8 +17,8 @@ import yaml
 from tqdm import tqdm
 
 from sim import plots, results, rundir
-from sim.checkpoint import Checkpoints
-from sim.config import Experiment
+from sim.checkpoint import CheckpointError, Checkpoints
+from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
 from sim.sweep import Batch, expand
 from sim.train import METRICS, Snapshot, TrainResult, make_train, run_keys, snapshot_template
@@ -79,11 +79,12 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
     }
 
 
-def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints | None) -> Snapshot | None:
-    start = None
-    if checkpoints is not None:
-        keys_R = run_keys(batch.seeds_R)
+def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints) -> Snapshot | None:
+    keys_R = run_keys(batch.seeds_R)
+    try:
         start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows))
+    except CheckpointError as e:
+        raise ConfigError(f"hydra.run.dir={out}: {e}; pass overwrite=true to start again") from None
     step = start.rows_done * exp.static.log_every if start else 0
     print(f"sim: resuming the interrupted run in {out} from step {step}", file=sys.stderr, flush=True)
     return start
@@ -118,8 +119,7 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     else:
         _check_provenance(out, prov)
     batch = expand(exp)
-    checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every) \
-        if exp.checkpoint_every != 0 else None
+    checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
     try:
         start = _resume_from(exp, batch, out, checkpoints) if action == "resume" else None
         steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
@@ -129,13 +129,11 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
 
         def on_snapshot(snap: Snapshot) -> None:
             table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
-            if checkpoints is not None:
-                checkpoints.save(snap)
+            checkpoints.maybe_save(snap)
 
         result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot)
     finally:
-        if checkpoints is not None:
-            checkpoints.close()
+        checkpoints.close()
     info = summary(exp, plain_cfg, batch, result, prov)
     if exp.plots:
         write_figure(exp, batch, result, out / "rewards.png")

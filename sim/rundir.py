@@ -32,8 +32,8 @@ from sim.config import ConfigError
 PACKAGES = ("sim", "jax", "jaxlib", "optax", "numpy", "hydra-core", "matplotlib", "orbax-checkpoint")
 # Options that choose where and how a run is executed, not what it computes: left out of the
 # config hash, so that e.g. `overwrite=true` does not make a run a different configuration.
-# (checkpoint_every stays in: a checkpoint can only be resumed with the chunking that wrote it.)
-EXECUTION_KEYS = ("runtime", "resume", "overwrite")
+# (chunk_steps stays in: a checkpoint can only be resumed with the chunking that wrote it.)
+EXECUTION_KEYS = ("runtime", "checkpoint_seconds", "resume", "overwrite")
 # Files and folders a run writes (overwrite=true removes these and nothing else).
 RUN_OUTPUTS = ("provenance.json", "config.yaml", "metrics.csv", "summary.json", "rewards.png", "checkpoints")
 

@@ -32,6 +32,16 @@ def test_latest_checkpoint_restores_the_snapshot_exactly(small, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [str(3 * exp.static.log_every)]
 
 
+def test_maybe_save_spaces_checkpoints_in_time(small, tmp_path):
+    exp = small()
+    _, snaps = _snapshots(exp)
+    for seconds, saved in ((None, False), (3600.0, False), (0.0, True)):
+        ckpt = Checkpoints(tmp_path / str(seconds), "abc", exp.static.log_every, every_seconds=seconds)
+        assert ckpt.maybe_save(snaps[0]) == saved
+        ckpt.close()
+        assert any((tmp_path / str(seconds)).iterdir()) == saved
+
+
 def test_a_checkpoint_of_another_configuration_is_refused(small, tmp_path):
     exp = small()
     batch, snaps = _snapshots(exp)

@@ -59,8 +59,9 @@ BAD = [
     (["task.phi.weight=1" + "0" * 400], "task.phi.weight=1000"),
     (["task.phi.competence=0.99999999"], "task.phi.competence=0.99999999: must be a number strictly between"),
     (["task.phi.competence=1e-40"], "task.phi.competence=1e-40"),
-    (["checkpoint_every=7"], "checkpoint_every=7: must be a multiple of log_every=10 that divides steps=200"),
-    (["checkpoint_every=-1"], "checkpoint_every=-1: must be an integer >= 0"),
+    (["chunk_steps=7"], "chunk_steps=7: must be a multiple of log_every=10 that divides steps=200"),
+    (["chunk_steps=0"], "chunk_steps=0: must be an integer >= 1"),
+    (["checkpoint_seconds=-1"], "checkpoint_seconds=-1: must be a finite number >= 0"),
     (["resume=yes"], "resume='yes': must be true or false"),
     (["plots=1"], "plots=1: must be true or false"),
 ]
@@ -110,10 +111,13 @@ def test_reinforce_accepts_groups_of_one():
 
 def test_execution_options_change_no_static_or_hparam():
     base = parse(compose_plain())
-    other = parse(compose_plain(["checkpoint_every=20", "resume=false", "overwrite=true"]))
+    other = parse(compose_plain(["chunk_steps=20", "checkpoint_seconds=0", "resume=false", "overwrite=true"]))
     assert other.static == base.static and other.hparams == base.hparams
-    assert (other.checkpoint_every, other.rows_per_chunk, other.resume, other.overwrite) == (20, 2, False, True)
-    assert (base.checkpoint_every, base.rows_per_chunk, base.resume, base.overwrite) == (None, None, True, False)
+    assert (other.chunk_steps, other.rows_per_chunk, other.checkpoint_seconds, other.resume, other.overwrite) == \
+        (20, 2, 0.0, False, True)
+    assert (base.chunk_steps, base.rows_per_chunk, base.checkpoint_seconds, base.resume, base.overwrite) == \
+        (None, None, 60.0, True, False)
+    assert parse(compose_plain(["checkpoint_seconds=null"])).checkpoint_seconds is None
 
 
 def test_null_grad_clip_means_no_clipping():

@@ -39,6 +39,16 @@ def test_competence_spread_varies_prompts_around_the_competence():
     np.testing.assert_allclose(flat, 0.5)
 
 
+def test_reference_stays_finite_when_the_spread_saturates_the_competence():
+    """A spread of 50 pushes some prompts' competence to 0 or 1 in float32; log c and log(1 - c)
+    must still be finite (they come from the logit), and rows still sum to 1."""
+    logp = np.asarray(T.reference_logits_PxLxV(TASK, (jnp.float32(0.2), jnp.float32(0.9)), jnp.float32(50.0)))
+    c = np.asarray(T.prompt_competence_P(TASK, jnp.float32(0.2), jnp.float32(50.0), 0))
+    assert np.any((c == 0) | (c == 1))  # saturated in float32 (z_p ~ N(0, 1), 3 prompts: |50 z| > 17)
+    assert np.all(np.isfinite(logp))
+    np.testing.assert_allclose(np.exp(logp).sum(-1), 1.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize("shape", ["mean", "all"])
 def test_exact_expectation_matches_monte_carlo(shape):
     task = T.Task(prompts=3, length=4, vocab=5, phi=SPEC_A,
