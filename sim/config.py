@@ -143,9 +143,9 @@ def _chunk_steps(cfg, steps: int, log_every: int) -> int | None:
 
 
 def _checkpoint_seconds(cfg) -> float | None:
-    if "checkpoint_seconds" in cfg and cfg["checkpoint_seconds"] is None:
-        return None
-    return _float(cfg, "checkpoint_seconds", *_FINITE_NONNEG) if "checkpoint_seconds" in cfg else 60.0
+    if "checkpoint_seconds" not in cfg:
+        return Experiment.checkpoint_seconds
+    return None if cfg["checkpoint_seconds"] is None else _float(cfg, "checkpoint_seconds", *_FINITE_NONNEG)
 
 
 def _float(cfg, key: str, check, allowed: str) -> float:

@@ -29,16 +29,21 @@ def fail(message: str) -> None:
     sys.exit(EXIT_CONFIG_ERROR)
 
 
-def finish(info: dict) -> None:
-    """Report diverged runs (the outputs are complete) and exit with EXIT_DIVERGED if there are any."""
+def report(info: dict) -> int:
+    """Warn about diverged runs (their outputs are complete); the exit status this run calls for."""
     diverged = info.get("diverged", [])
-    if diverged:
-        where = ", ".join(f"run {d['run']} (seed {d['seed']}) at step {d['step']}" for d in diverged[:5])
-        more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
-        print(f"sim: warning: {len(diverged)} of {info['n_runs']} runs diverged (non-finite loss, rewards or "
-              f"parameters): {where}{more}; frozen there and left out of summary.json and rewards.png",
-              file=sys.stderr)
-        sys.exit(EXIT_DIVERGED)
+    if not diverged:
+        return 0
+    where = ", ".join(f"run {d['run']} (seed {d['seed']}) at step {d['step']}" for d in diverged[:5])
+    more = f" and {len(diverged) - 5} more" if len(diverged) > 5 else ""
+    print(f"sim: warning: {len(diverged)} of {info['n_runs']} runs diverged (non-finite loss, rewards or "
+          f"parameters): {where}{more}; frozen there and left out of summary.json and rewards.png", file=sys.stderr)
+    return EXIT_DIVERGED
+
+
+# Exit statuses of the jobs this process ran; main() exits with the worst once Hydra returns, so
+# that a diverged job of a multirun sweep does not stop the jobs after it.
+_statuses: list[int] = []
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
@@ -52,7 +57,7 @@ def hydra_main(cfg: DictConfig) -> None:
         info = experiment.run_experiment(exp, plain, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as e:
         fail(str(e))
-    finish(info)
+    _statuses.append(report(info))
 
 
 def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
@@ -96,14 +101,14 @@ def preflight(argv: list[str]) -> Experiment | None:
 
         print(f"sim: {run_dir} already holds this completed run; left alone (overwrite=true runs it again)",
               file=sys.stderr)
-        finish(json.loads((run_dir / "summary.json").read_text()))
-        sys.exit(0)
+        sys.exit(report(json.loads((run_dir / "summary.json").read_text())))
     return exp
 
 
 def main() -> None:
     preflight(sys.argv[1:])
     hydra_main()
+    sys.exit(max(_statuses, default=0))
 
 
 if __name__ == "__main__":

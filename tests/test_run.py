@@ -109,6 +109,19 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_metrics(tm
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
+def test_diverged_runs_give_exit_status_3_after_every_output_is_written(tmp_path):
+    """w_phi = 3e38 is a valid float32, but a group's rewards sum past the float32 maximum, so every
+    run's GRPO advantages (and loss) are non-finite at step 1: all 4 runs are frozen and flagged."""
+    out = tmp_path / "run"
+    proc = sim_run(*SMALL, "plots=true", "task.phi.weight=3e38", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "sim: warning: 4 of 4 runs diverged" in proc.stderr and "Traceback" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_diverged"] == 4 and {d["step"] for d in summary["diverged"]} == {1}
+    assert summary["points"][0]["metrics"]["phi"]["n_seeds"] == 0
+    assert (out / "rewards.png").stat().st_size > 0 and not (out / "checkpoints").exists()
+
+
 def test_a_run_directory_of_another_configuration_is_refused_before_hydra_writes(tmp_path):
     out = tmp_path / "run"
     (out / ".hydra").mkdir(parents=True)
