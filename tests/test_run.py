@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from sim.config import Experiment, parse
 from sim.experiment import run_experiment
-from sim.run import preflight
+from sim.run import CONF_DIR, preflight
 from sim.sweep import expand
 from sim.train import EXACT_METRICS, make_train, run_keys
 from tests.conftest import SMALL, compose_plain
@@ -191,6 +192,7 @@ def _int_list(hi):
     return ok, bad
 
 
+GROUPS = {group: sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")) for group in ("policy", "algo", "task")}
 KEYS = {  # key -> (valid values, invalid values) as Hydra override text
     "seeds": _ints(1), "seed": _ints(0), "steps": _ints(1), "log_every": _ints(1),
     "task.prompts": _ints(1), "task.length": _ints(2, 50), "task.vocab": _ints(4, 50), "task.seed": _ints(0),
@@ -204,17 +206,21 @@ KEYS = {  # key -> (valid values, invalid values) as Hydra override text
     "algo.kl.beta": _floats(0), "optim.lr": _floats(0, lo_open=True), "algo.std_eps": _floats(0),
     "optim.max_grad_norm": (_floats(0, lo_open=True, inf_ok=True)[0] | st.just("null"),
                             _floats(0, lo_open=True, inf_ok=True)[1]),
-    "optim.name": _choice(["adam", "sgd"]), "algo.kl.estimator": _choice(["k1", "k2", "k3"]),
-    "algo.kl.placement": _choice(["loss", "reward"]), "task.phi.shape": _choice(["mean", "all"]),
+    "optim.name": _choice(["adam", "sgd"]), "algo.kl.estimator": _choice(["k1", "k2", "k3", "exact"]),
+    "algo.kl.placement": _choice(["loss", "reward"]),
+    "algo.mode": _choice(["sampled", "exact"]), "algo.loss.kind": _choice(["pg", "clip"]),
+    "algo.loss.aggregation": _choice(["token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
+                                      "seq_mean_token_sum_norm"]),
+    "algo.loss.epochs": _ints(1, 8), "algo.loss.eps_low": _floats(0, hi=1),
+    "algo.loss.eps_high": (_floats(0, inf_ok=True)[0] | st.just("null"), _floats(0, inf_ok=True)[1]),
+    "algo.loss.entropy_coef": _floats(0), "task.phi.shape": _choice(["mean", "all"]),
     "task.phi_prime.shape": _choice(["mean", "all"]),
-    "algo.advantage": _choice(["grpo", "rloo", "reinforce", "reinforce_baseline"]),
+    "algo.advantage": _choice(GROUPS["algo"]),
     "plots": _bool(), "resume": _bool(), "overwrite": _bool(),
     "runtime.cpu_devices": (st.integers(1, 64).map(str) | st.just("auto"), _ints(1)[1]),
     "task.phi.positions": _int_list(4), "task.phi_prime.positions": _int_list(8),
     "task.phi.good_tokens": _int_list(4), "task.phi_prime.good_tokens": _int_list(16),
 }
-GROUPS = {"policy": ["lowrank", "tabular"], "algo": ["grpo", "rloo", "reinforce", "reinforce_baseline"],
-          "task": ["blog"]}
 ALWAYS_BAD = ["+foo=1", "foo=1", "+task.bar=2", "+algo.kl.gamma=0.1", "task.phi.weights=4", "~optim.lr",
               "~steps", "steps=[1,", "optim.lr=)", "=3", "steps", "optim.lr=${nope}", "task=5", "optim=5",
               "policy=mlp", "algo=ppo", "task=xyz", "seeds=${task.phi}", "+seeds=3", "task.phi=1",
