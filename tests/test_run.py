@@ -95,7 +95,8 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_metrics(tm
     step = int(re.search(r"resuming the interrupted run in .* from step (\d+)", resumed.stderr).group(1))
     assert 0 < step < 100
 
-    plain = compose_plain(KILLABLE)  # the same configuration, uninterrupted, in this process
+    # the same configuration, uninterrupted, in this process (no checkpoints needed: not part of the hash)
+    plain = compose_plain(KILLABLE + ["checkpoint_seconds=null"])
     reference = run_experiment(parse(plain), plain, tmp_path / "reference")
     assert (out / "metrics.csv").read_bytes() == (tmp_path / "reference" / "metrics.csv").read_bytes()
     summary = json.loads((out / "summary.json").read_text())
