@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sim import algos, policies
+from sim import algos, geometry, policies
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
 OPTIMIZERS = ("adam", "sgd")
@@ -31,14 +31,18 @@ HPARAM_KEYS: dict[str, str] = {
     "entropy_coef": "algo.loss.entropy_coef",
     "lr": "optim.lr",
     "max_grad_norm": "optim.max_grad_norm",
+    # A target KL-cost asymmetry per reward (NaN = none); when set it decides the competence.
+    "kappa_phi_target": "task.phi.kappa",
+    "kappa_phi_prime_target": "task.phi_prime.kappa",
+    "kappa_delta": "task.kappa_delta",
 }
 
 # The keys each section accepts (anything else is a typo and is refused).
-_REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence"}
+_REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "runtime"},
     "runtime": {"compilation_cache", "cpu_devices"},
-    "task": {"prompts", "length", "vocab", "seed", "competence_spread", "phi", "phi_prime"},
+    "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS,
     "policy": {"kind", "width", "overlap"},
@@ -172,12 +176,14 @@ _PROBABILITY = (lambda v: 0 < v < 1, "a number strictly between 0 and 1")
 _UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _CLIP = (lambda v: v > 0, "a number > 0, or null for no clipping (inf)")
 _EPS_HIGH = (lambda v: v >= 0, "a number >= 0, or null for no upper clip (inf)")
+_KAPPA = (lambda v: math.isnan(v) or (math.isfinite(v) and v > 0), "a finite number > 0, or null to use the competence")
 _HPARAM_RULES = {
     "w_phi": _FINITE_NONNEG, "w_phi_prime": _FINITE_NONNEG,
     "competence_phi": _PROBABILITY, "competence_phi_prime": _PROBABILITY,
     "competence_spread": _FINITE_NONNEG, "overlap": _UNIT, "beta": _FINITE_NONNEG,
     "eps_low": _UNIT, "eps_high": _EPS_HIGH, "entropy_coef": _FINITE_NONNEG,
     "lr": _POSITIVE, "max_grad_norm": _CLIP,
+    "kappa_phi_target": _KAPPA, "kappa_phi_prime_target": _KAPPA, "kappa_delta": _PROBABILITY,
 }
 
 
@@ -188,6 +194,9 @@ def _hparams(cfg) -> dict[str, float]:
             out[name] = 0.0  # families without features ignore it
             continue
         check, allowed = _HPARAM_RULES[name]
+        if check is _KAPPA[0] and _get(cfg, key) is None:
+            out[name] = math.nan  # no target kappa: the competence stands
+            continue
         out[name] = _float(cfg, key, check, allowed)
     return out
 
@@ -202,24 +211,8 @@ def _runtime(cfg: Mapping) -> Runtime:
     return Runtime(cache, devices)
 
 
-def _check_algo(s: Static) -> None:
-    """Combinations that are each valid alone but not together."""
-    if s.advantage in algos.NEEDS_BATCH and s.mode == "sampled" and s.task.prompts * s.group_size < 2:
-        raise ConfigError(f"algo.group_size={s.group_size}: {s.advantage} whitens over the batch of "
-                          f"task.prompts * algo.group_size responses, which must be >= 2")
-    if s.epochs > 1 and s.loss != "clip":
-        raise ConfigError(f"algo.loss.epochs={s.epochs}: several epochs on the same samples need "
-                          f"algo.loss.kind=clip (the importance ratio); {s.loss} allows 1")
-    if s.kl_estimator == "exact" and s.kl_placement != "loss":
-        raise ConfigError("algo.kl.estimator=exact: needs algo.kl.placement=loss (the exact KL is not a "
-                          "per-response reward)")
-    if s.kl_estimator == "exact" and s.policy not in policies.FACTORISED:
-        raise ConfigError(f"algo.kl.estimator=exact: needs a factorised policy ({', '.join(policies.FACTORISED)}), "
-                          f"not policy.kind={s.policy}")
-    n = s.task.vocab ** s.task.length
-    if s.mode == "exact" and n > MAX_RESPONSES:
-        raise ConfigError(f"algo.mode=exact: enumerates task.vocab**task.length = {s.task.vocab}**{s.task.length} "
-                          f"= {n} responses; at most {MAX_RESPONSES} allowed")
+from sim import algos, geometry, policies
+from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
 
 def parse(cfg: Mapping) -> Experiment:
@@ -248,5 +241,5 @@ def parse(cfg: Mapping) -> Experiment:
     )
     _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
-    return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)),
-                      _runtime(cfg))
+    hparams = resolve_kappa_targets(task, _hparams(cfg))
+    return Experiment(static, hparams, tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)), _runtime(cfg))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import plots, results
+from sim import analysis, diagnostics, plots, results
 from sim.config import Experiment
 from sim.sweep import Batch, expand
 from sim.train import TrainResult, make_train, run_keys
@@ -84,6 +85,28 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult)
     }
 
 
+def write_diagnostic_figures(out: Path, exp: Experiment, batch: Batch, result: TrainResult, point0: dict,
+                             arrays: dict, labels: list[str], title: str) -> None:
+    """kl_cost.png, diagnostics.png and orthogonality.png (the last two for sweep point 0)."""
+    plots.diagnostics_figure(out / "diagnostics.png", result.steps_T, result.metrics, batch.points_R, labels, title)
+    plots.kl_cost_figure(out / "kl_cost.png", arrays["curves"], exp.static.policy, title + " — reference of point 0")
+    values_J, values_K, ref_JxK, final_RxJxK = arrays["joints"]
+    ortho = point0["orthogonality"]
+    values_J, values_K, ref = diagnostics.collapse(values_J, values_K, ref_JxK)
+    final = diagnostics.collapse(*arrays["joints"][:2], np.mean(final_RxJxK, 0))[2]
+    plots.orthogonality_figure(out / "orthogonality.png", values_J, values_K, ref, final,
+                               ortho["reference"]["corr"], ortho["final"]["corr_mean"])
+
+
+def one_line_diagnostics(point: dict) -> str:
+    """The reference's kappa per reward and whether the blog's quadrant inequality held."""
+    geo, blog = point["geometry"], point["quadrants"]["blog_inequality"]
+    kappa = {name: geo[name]["tilt"]["kappa"] for name in ("phi", "phi_prime")}
+    kappa = ", ".join(f"{name} {'n/a' if k is None else format(k, '.3f')}" for name, k in kappa.items())
+    return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime not up) > p(both up) "
+            f"{'held' if blog['holds'] else 'did not hold'} over training")
+
+
 def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(plain_cfg, sort_keys=False))
@@ -91,14 +114,22 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     result = train_with_progress(exp, batch)
     write_metrics_csv(out / "metrics.csv", result, batch)
     info = summary(exp, plain_cfg, batch, result)
-    (out / "summary.json").write_text(json.dumps(info, indent=2))
+    t0 = time.perf_counter()
+    extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
+    for point, extra in zip(info["points"], extras):
+        point.update(extra)
+    info["analysis_seconds"] = time.perf_counter() - t0
+    info = results.json_safe(info)
+    (out / "summary.json").write_text(json.dumps(info, indent=2, allow_nan=False))
     if exp.plots:
         labels = [", ".join(f"{k}={v:g}" for k, v in values.items()) for values in batch.point_values]
         title = (f"{exp.static.advantage}, {exp.static.policy} policy, "
                  f"r = {exp.hparams['w_phi']:g}·φ + {exp.hparams['w_phi_prime']:g}·φ′")
         plots.rewards_figure(out / "rewards.png", result.steps_T, result.metrics, batch.points_R, labels, title)
+        write_diagnostic_figures(out, exp, batch, result, info["points"][0], arrays, labels, title)
     point = info["points"][0]["metrics"]
     print(f"phi {point['phi']['start']:.3f} -> {point['phi']['end']:.3f}, "
           f"phi_prime {point['phi_prime']['start']:.3f} -> {point['phi_prime']['end']:.3f} "
           f"(compile {result.compile_seconds:.1f}s, run {result.run_seconds:.1f}s); outputs in {out}")
+    print(one_line_diagnostics(info["points"][0]))
     return info

@@ -54,6 +54,10 @@ BAD = [
     (["algo.loss.entropy_coef=-1"], "algo.loss.entropy_coef=-1: must be a finite number >= 0"),
     (["algo.kl.estimator=exact", "algo.kl.placement=reward"], "algo.kl.estimator=exact: needs algo.kl.placement=loss"),
     (["+algo.loss.foo=1"], "algo.loss.foo: unknown key"),
+    (["task.phi.kappa=-1"], "task.phi.kappa=-1: must be a finite number > 0, or null to use the competence"),
+    (["task.phi_prime.kappa=5"], "task.phi_prime.kappa=5: unreachable at task.kappa_delta=0.05 for shape mean "
+                                 "over 4 positions; reachable targets at this delta lie between"),
+    (["task.kappa_delta=0"], "task.kappa_delta=0: must be a number strictly between 0 and 1"),
 ]
 
 

@@ -30,3 +30,8 @@ def test_table_rows_has_one_row_per_run_and_step():
     header, rows = results.table_rows(m, np.array([0, 5, 10]), {"run": np.array([0, 1])})
     assert header == ["run", "step", "phi"]
     assert rows == [[0, 0, 0.0], [0, 5, 2.0], [0, 10, 4.0], [1, 0, 1.0], [1, 5, 3.0], [1, 10, 5.0]]
+
+
+def test_json_safe_turns_non_finite_numbers_into_null():
+    obj = {"a": [1.0, float("nan"), np.float32(np.inf)], "b": {"c": -np.inf, "d": 2, "e": "x"}, "f": (np.float64(0.5),)}
+    assert results.json_safe(obj) == {"a": [1.0, None, None], "b": {"c": None, "d": 2, "e": "x"}, "f": [0.5]}
