@@ -201,8 +201,10 @@ def _hparams(cfg) -> dict[str, float]:
     return out
 
 
-def _runtime(cfg: Mapping) -> Runtime:
+def parse_runtime(cfg: Mapping) -> Runtime:
     rt = cfg.get("runtime") or {}
+    if not isinstance(rt, Mapping):
+        raise ConfigError(f"runtime={rt!r}: must be a section with keys {', '.join(sorted(_KEYS['runtime']))}")
     cache, devices = rt.get("compilation_cache"), rt.get("cpu_devices", "auto")
     if cache is not None and not isinstance(cache, str):
         raise ConfigError(f"runtime.compilation_cache={cache!r}: must be a directory path, or null for no cache")
@@ -242,4 +244,5 @@ def parse(cfg: Mapping) -> Experiment:
     _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
     hparams = resolve_kappa_targets(task, _hparams(cfg))
-    return Experiment(static, hparams, tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)), _runtime(cfg))
+    return Experiment(static, hparams, tuple(range(seed, seed + seeds)), bool(cfg.get("plots", True)),
+                      parse_runtime(cfg))

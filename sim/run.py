@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sim.config import ConfigError, parse
+from sim.config import ConfigError, parse, parse_runtime
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -25,13 +25,17 @@ def fail(message: str) -> None:
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
 def hydra_main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
+    from sim import runtime
+
     try:
+        # JAX settings first: validation may already compute with JAX (a target kappa is solved
+        # for its competence), and the device count is fixed once a backend exists.
+        settings = parse_runtime(plain)
+        runtime.configure(settings.compilation_cache, settings.cpu_devices)
         exp = parse(plain)
     except ConfigError as e:
         fail(str(e))
-    from sim import experiment, runtime  # heavy imports (matplotlib) only once the config is valid
-
-    runtime.configure(exp.runtime.compilation_cache, exp.runtime.cpu_devices)
+    from sim import experiment  # heavy imports (matplotlib) only once the config is valid
 
     experiment.run_experiment(exp, plain, Path(HydraConfig.get().runtime.output_dir))
 

@@ -89,11 +89,32 @@ def test_mean_of_independent_positions_has_the_bernoulli_kappa():
     np.testing.assert_allclose(float(loss[0, 0]), 3 * bernoulli_kl(0.25, 0.3), rtol=1e-3)
 
 
+@pytest.mark.parametrize("shape", ["mean", "all"])
+def test_the_root_solver_hits_the_target_shift_across_the_reachable_range(shape):
+    """Competences 0.01-0.99 with and without prompt spread; deltas from 0.001 to 0.999 of the
+    way to the lowest / highest reward. The shift must be within kl_cost's own tolerance,
+    1e-3 |delta| + 1e-7 (the 1e-7: float32 rounding of a mean near 1)."""
+    task = T.Task(16, 8, 16, T.RewardSpec((0, 1, 2, 3), (0, 1, 2, 3), shape), T.RewardSpec((4,), (4,)))
+    fractions = jnp.array([-0.999, -0.9, -0.5, -0.01, -0.001, 0.001, 0.01, 0.5, 0.9, 0.999])
+
+    @jax.jit
+    def relative_miss(c, spread):
+        values_J, pmf_PxJ = G.policy_pmfs(task, T.reference_logits_PxLxV(task, (c, c), spread))[0]
+        m = jnp.mean(pmf_PxJ @ values_J)
+        delta_F = jnp.where(fractions > 0, fractions * (1 - m), fractions * m)
+        shift_F = jax.vmap(lambda d: G._tilt(values_J, jnp.log(pmf_PxJ), G.tilt_lambda(values_J, pmf_PxJ, d))[0])(delta_F)
+        return jnp.abs(shift_F - delta_F) / (1e-3 * jnp.abs(delta_F) + 1e-7)
+
+    miss = jax.vmap(jax.vmap(relative_miss, (0, None)), (None, 0))(
+        jnp.array([0.01, 0.2, 0.5, 0.8, 0.99]), jnp.array([0.0, 2.0]))
+    assert float(jnp.max(miss)) <= 1.0
+
+
 def test_unreachable_moves_cost_infinity():
     values_J, pmf_PxJ = jnp.array([0.0, 1.0]), jnp.array([[0.97, 0.03]])
-    assert np.isinf(G.kl_cost(values_J, pmf_PxJ, jnp.float32(-0.05)))  # below the minimum reward
-    assert float(G.kappa(values_J, pmf_PxJ, jnp.float32(0.05))) == 0.0
-    assert np.isinf(G.kl_cost(values_J, pmf_PxJ, jnp.float32(0.98)))
+    assert np.isinf(kl_cost(values_J, pmf_PxJ, jnp.float32(-0.05)))  # below the minimum reward
+    assert float(jax.jit(G.kappa)(values_J, pmf_PxJ, jnp.float32(0.05))) == 0.0
+    assert np.isinf(kl_cost(values_J, pmf_PxJ, jnp.float32(0.98)))
 
 
 @pytest.mark.parametrize("target", [0.6, 1.8])
