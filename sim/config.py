@@ -213,8 +213,42 @@ def parse_runtime(cfg: Mapping) -> Runtime:
     return Runtime(cache, devices)
 
 
-from sim import algos, geometry, policies
-from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
+def _check_algo(s: Static) -> None:
+    """Combinations that are each valid alone but not together."""
+    if s.advantage in algos.NEEDS_BATCH and s.mode == "sampled" and s.task.prompts * s.group_size < 2:
+        raise ConfigError(f"algo.group_size={s.group_size}: {s.advantage} whitens over the batch of "
+                          f"task.prompts * algo.group_size responses, which must be >= 2")
+    if s.epochs > 1 and s.loss != "clip":
+        raise ConfigError(f"algo.loss.epochs={s.epochs}: several epochs on the same samples need "
+                          f"algo.loss.kind=clip (the importance ratio); {s.loss} allows 1")
+    if s.kl_estimator == "exact" and s.kl_placement != "loss":
+        raise ConfigError("algo.kl.estimator=exact: needs algo.kl.placement=loss (the exact KL is not a "
+                          "per-response reward)")
+    if s.kl_estimator == "exact" and s.policy not in policies.FACTORISED:
+        raise ConfigError(f"algo.kl.estimator=exact: needs a factorised policy ({', '.join(policies.FACTORISED)}), "
+                          f"not policy.kind={s.policy}")
+    n = s.task.vocab ** s.task.length
+    if s.mode == "exact" and n > MAX_RESPONSES:
+        raise ConfigError(f"algo.mode=exact: enumerates task.vocab**task.length = {s.task.vocab}**{s.task.length} "
+                          f"= {n} responses; at most {MAX_RESPONSES} allowed")
+
+
+def resolve_kappa_targets(task: Task, hp: dict[str, float]) -> dict[str, float]:
+    """One sweep point's hparams with each reward's competence solved from its target kappa
+    (where one is set). Idempotent; raises ConfigError naming the key when a target is unreachable."""
+    out = dict(hp)
+    for which, name in enumerate(("phi", "phi_prime")):
+        target = hp[f"kappa_{name}_target"]
+        if math.isnan(target):
+            continue
+        try:
+            out[f"competence_{name}"] = geometry.competence_for_kappa(
+                task, which, target, hp["kappa_delta"], hp["competence_spread"])
+        except ValueError as e:
+            spec = task.specs[which]
+            raise ConfigError(f"task.{name}.kappa={target:g}: unreachable at task.kappa_delta={hp['kappa_delta']:g} "
+                              f"for shape {spec.shape} over {len(spec.positions)} positions; {e}") from None
+    return out
 
 
 def parse(cfg: Mapping) -> Experiment:
