@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sim import algos, policies
+from sim import algos, geometry, policies
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
 OPTIMIZERS = ("adam", "sgd")
@@ -33,15 +33,19 @@ HPARAM_KEYS: dict[str, str] = {
     "entropy_coef": "algo.loss.entropy_coef",
     "lr": "optim.lr",
     "max_grad_norm": "optim.max_grad_norm",
+    # A target KL-cost asymmetry per reward (NaN = none); when set it decides the competence.
+    "kappa_phi_target": "task.phi.kappa",
+    "kappa_phi_prime_target": "task.phi_prime.kappa",
+    "kappa_delta": "task.kappa_delta",
 }
 
 # The keys each section accepts (anything else is a typo and is refused).
-_REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence"}
+_REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "runtime",
          "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
     "runtime": {"compilation_cache", "cpu_devices"},
-    "task": {"prompts", "length", "vocab", "seed", "competence_spread", "phi", "phi_prime"},
+    "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS,
     "policy": {"kind", "width", "overlap"},
@@ -216,12 +220,14 @@ _PROBABILITY = (lambda v: _F32_TINY <= v < 1 and np.float32(v) < 1,
 _UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _CLIP = (lambda v: v > 0, "a number > 0, or null for no clipping (inf)")
 _EPS_HIGH = (lambda v: v >= 0, "a number >= 0, or null for no upper clip (inf)")
+_KAPPA = (lambda v: math.isnan(v) or (math.isfinite(v) and v > 0), "a finite number > 0, or null to use the competence")
 _HPARAM_RULES = {
     "w_phi": _FINITE_NONNEG, "w_phi_prime": _FINITE_NONNEG,
     "competence_phi": _PROBABILITY, "competence_phi_prime": _PROBABILITY,
     "competence_spread": _FINITE_NONNEG, "overlap": _UNIT, "beta": _FINITE_NONNEG,
     "eps_low": _UNIT, "eps_high": _EPS_HIGH, "entropy_coef": _FINITE_NONNEG,
     "lr": _POSITIVE, "max_grad_norm": _CLIP,
+    "kappa_phi_target": _KAPPA, "kappa_phi_prime_target": _KAPPA, "kappa_delta": _PROBABILITY,
 }
 
 
@@ -232,12 +238,17 @@ def _hparams(cfg) -> dict[str, float]:
             out[name] = 0.0  # families without features ignore it
             continue
         check, allowed = _HPARAM_RULES[name]
+        if check is _KAPPA[0] and _get(cfg, key) is None:
+            out[name] = math.nan  # no target kappa: the competence stands
+            continue
         out[name] = _float(cfg, key, check, allowed)
     return out
 
 
-def _runtime(cfg: Mapping) -> Runtime:
+def parse_runtime(cfg: Mapping) -> Runtime:
     rt = cfg.get("runtime") or {}
+    if not isinstance(rt, Mapping):
+        raise ConfigError(f"runtime={rt!r}: must be a section with keys {', '.join(sorted(_KEYS['runtime']))}")
     cache, devices = rt.get("compilation_cache"), rt.get("cpu_devices", "auto")
     if cache is not None and not isinstance(cache, str):
         raise ConfigError(f"runtime.compilation_cache={cache!r}: must be a directory path, or null for no cache")
@@ -266,6 +277,24 @@ def _check_algo(s: Static) -> None:
                           f"= {n} responses; at most {MAX_RESPONSES} allowed")
 
 
+def resolve_kappa_targets(task: Task, hp: dict[str, float]) -> dict[str, float]:
+    """One sweep point's hparams with each reward's competence solved from its target kappa
+    (where one is set). Idempotent; raises ConfigError naming the key when a target is unreachable."""
+    out = dict(hp)
+    for which, name in enumerate(("phi", "phi_prime")):
+        target = hp[f"kappa_{name}_target"]
+        if math.isnan(target):
+            continue
+        try:
+            out[f"competence_{name}"] = geometry.competence_for_kappa(
+                task, which, target, hp["kappa_delta"], hp["competence_spread"])
+        except ValueError as e:
+            spec = task.specs[which]
+            raise ConfigError(f"task.{name}.kappa={target:g}: unreachable at task.kappa_delta={hp['kappa_delta']:g} "
+                              f"for shape {spec.shape} over {len(spec.positions)} positions; {e}") from None
+    return out
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     _check_keys(cfg)
@@ -292,7 +321,8 @@ def parse(cfg: Mapping) -> Experiment:
     )
     _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
-    return Experiment(static, _hparams(cfg), tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
-                      runtime=_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
+    hparams = resolve_kappa_targets(task, _hparams(cfg))
+    return Experiment(static, hparams, tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
+                      runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
                       checkpoint_seconds=_checkpoint_seconds(cfg),
                       resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -16,7 +17,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import plots, results, rundir
+from sim import analysis, diagnostics, plots, results, rundir
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -102,6 +103,28 @@ def _check_provenance(out: Path, now: dict) -> None:
               "differ from an uninterrupted run's", file=sys.stderr)
 
 
+def write_diagnostic_figures(out: Path, exp: Experiment, result: TrainResult, point0: dict, arrays: dict,
+                             points_R: np.ndarray, labels: list[str], title: str) -> None:
+    """kl_cost.png, diagnostics.png and orthogonality.png (the last two for sweep point 0)."""
+    plots.diagnostics_figure(out / "diagnostics.png", result.steps_T, result.metrics, points_R, labels, title)
+    plots.kl_cost_figure(out / "kl_cost.png", arrays["curves"], exp.static.policy, title + " — reference of point 0")
+    values_J, values_K, ref_JxK, final_RxJxK = arrays["joints"]
+    ortho = point0["orthogonality"]
+    values_J, values_K, ref = diagnostics.collapse(values_J, values_K, ref_JxK)
+    final = diagnostics.collapse(*arrays["joints"][:2], np.mean(final_RxJxK, 0))[2]
+    plots.orthogonality_figure(out / "orthogonality.png", values_J, values_K, ref, final,
+                               ortho["reference"]["corr"], ortho["final"]["corr_mean"])
+
+
+def one_line_diagnostics(point: dict) -> str:
+    """The reference's kappa per reward and whether the blog's quadrant inequality held."""
+    geo, blog = point["geometry"], point["quadrants"]["blog_inequality"]
+    kappa = {name: geo[name]["tilt"]["kappa"] for name in ("phi", "phi_prime")}
+    kappa = ", ".join(f"{name} {'n/a' if k is None else format(k, '.3f')}" for name, k in kappa.items())
+    return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime not up) > p(both up) "
+            f"{'held' if blog['holds'] else 'did not hold'} over training")
+
+
 def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     """Run `exp` into `out` (fresh, resumed or already done: see rundir.plan) and return the summary.
     Raises ConfigError when `out` holds a run it must not touch."""
@@ -135,20 +158,28 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     finally:
         checkpoints.close()
     info = summary(exp, plain_cfg, batch, result, prov)
+    t0 = time.perf_counter()
+    extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
+    for point, extra in zip(info["points"], extras):
+        point.update(extra)
+    info["analysis_seconds"] = time.perf_counter() - t0
+    info = results.json_safe(info)
     if exp.plots:
-        write_figure(exp, batch, result, out / "rewards.png")
-    rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2))
+        write_figures(out, exp, batch, result, info["points"][0], arrays)
+    rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2, allow_nan=False))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     point = info["points"][0]["metrics"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (None: every run of the point diverged)
     print(f"phi {fmt(point['phi']['start'])} -> {fmt(point['phi']['end'])}, "
           f"phi_prime {fmt(point['phi_prime']['start'])} -> {fmt(point['phi_prime']['end'])} "
           f"(compile {result.compile_seconds:.1f}s, run {result.run_seconds:.1f}s); outputs in {out}")
+    print(one_line_diagnostics(info["points"][0]))
     return info
 
 
-def write_figure(exp: Experiment, batch: Batch, result: TrainResult, path: Path) -> None:
-    """rewards.png over the healthy runs; diverged runs are left out and counted in the labels."""
+def write_figures(out: Path, exp: Experiment, batch: Batch, result: TrainResult, point0: dict, arrays: dict) -> None:
+    """rewards.png and the diagnostic figures over the healthy runs; diverged runs are left out and
+    counted in the labels."""
     healthy_R = result.diverged_at_step_R < 0
     labels = []
     for p, values in enumerate(batch.point_values):
@@ -159,4 +190,5 @@ def write_figure(exp: Experiment, batch: Batch, result: TrainResult, path: Path)
     title = (f"{exp.static.advantage}, {exp.static.policy} policy, "
              f"r = {exp.hparams['w_phi']:g}·φ + {exp.hparams['w_phi_prime']:g}·φ′")
     points_R = np.where(healthy_R, batch.points_R, -1)  # -1: in no point's band
-    plots.rewards_figure(path, result.steps_T, result.metrics, points_R, labels, title)
+    plots.rewards_figure(out / "rewards.png", result.steps_T, result.metrics, points_R, labels, title)
+    write_diagnostic_figures(out, exp, result, point0, arrays, points_R, labels, title)

@@ -80,3 +80,15 @@ def table_rows(metrics: dict[str, np.ndarray], steps_T: np.ndarray, columns_R: d
             lead = [columns_R[c][r] for c in columns_R]
             rows.append(lead + [int(steps_T[t])] + [metrics[k][t, r].item() for k in names])
     return header, rows
+
+
+def json_safe(obj):
+    """A copy with every non-finite float replaced by None: strict JSON has no NaN or Infinity
+    (an undefined statistic, or a kappa whose move is out of reach)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj

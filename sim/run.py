@@ -17,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sim.config import ConfigError, Experiment, parse
+from sim.config import ConfigError, Experiment, parse, parse_runtime
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_CONFIG_ERROR = 2
@@ -50,14 +50,23 @@ _statuses: list[int] = []
 def hydra_main(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
+        configure_runtime(plain)
         exp = parse(plain)
-        from sim import experiment, runtime  # heavy imports (matplotlib) only once the config is valid
+        from sim import experiment  # heavy imports (matplotlib) only once the config is valid
 
-        runtime.configure(exp.runtime.compilation_cache, exp.runtime.cpu_devices)
         info = experiment.run_experiment(exp, plain, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as e:
         fail(str(e))
     _statuses.append(report(info))
+
+
+def configure_runtime(plain: dict) -> None:
+    """JAX settings before anything computes: validation may already use JAX (a target kappa is
+    solved for its competence), and the device count is fixed once a backend exists."""
+    from sim import runtime
+
+    settings = parse_runtime(plain)
+    runtime.configure(settings.compilation_cache, settings.cpu_devices)
 
 
 def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
@@ -81,6 +90,7 @@ def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
         raise ConfigError(f"{e.override}: cannot parse this override: {' '.join(e.message.split())}")
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(" ".join(str(e).split()))
+    configure_runtime(plain)
     return parse(plain), plain, run_dir
 
 

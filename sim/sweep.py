@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.config import Experiment
+from sim.config import Experiment, resolve_kappa_targets
 
 
 @dataclass(frozen=True)
@@ -28,5 +28,7 @@ def expand(exp: Experiment) -> Batch:
     points = [{}]
     seeds = np.array(exp.seeds)
     n, S = len(points), len(seeds)
-    hparams_R = {k: np.full(n * S, v, np.float32) for k, v in exp.hparams.items()}
+    # each point's target kappas decide its competences (a kappa axis sweeps the competence)
+    hp_points = [resolve_kappa_targets(exp.static.task, {**exp.hparams, **values}) for values in points]
+    hparams_R = {k: np.repeat(np.array([hp[k] for hp in hp_points], np.float32), S) for k in exp.hparams}
     return Batch(hparams_R, np.tile(seeds, n), np.repeat(np.arange(n), S), points)

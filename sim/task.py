@@ -75,6 +75,14 @@ def _aggregate(good_BxK: jax.Array, shape: str) -> jax.Array:
     return jnp.mean(good_BxK, -1) if shape == "mean" else jnp.prod(good_BxK, -1)
 
 
+def reward_of_count_J(spec: RewardSpec) -> jax.Array:
+    """The reward of a response with j = 0..K good tokens at the reward's K positions (every
+    shape is symmetric in the positions, so the count of good tokens determines the reward)."""
+    K = len(spec.positions)
+    good_JxK = (jnp.arange(K)[None, :] < jnp.arange(K + 1)[:, None]).astype(jnp.float32)
+    return _aggregate(good_JxK, spec.shape)
+
+
 def rewards_B(task: Task, tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(phi, phi_prime) of each sampled response."""
     out = []

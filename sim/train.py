@@ -18,15 +18,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sim import algos, policies, task as task_lib
+from sim import algos, diagnostics, geometry, policies, task as task_lib
 from sim.config import Static
 from sim.policies.base import Policy
 
-# Exact expectations under the current policy, logged at every logged step (step 0 included).
-EXACT_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy")
+# Exact expectations under the current policy, logged at every logged step (step 0 included);
+# kappa_*: KL-cost asymmetry C(+delta) / C(-delta) with the current policy as the reference.
+EXACT_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy", "kappa_phi", "kappa_phi_prime")
 # Statistics of the last training batch before the logged step (NaN at step 0: no batch yet).
 BATCH_METRICS = ("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampled",
-                 "adv_mean", "adv_std", "grad_norm", "loss", "clip_frac")
+                 "adv_mean", "adv_std", "grad_norm", "loss", "clip_frac") + diagnostics.BATCH_METRICS
 METRICS = EXACT_METRICS + BATCH_METRICS
 
 
@@ -63,9 +64,9 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict) 
         "phi": jnp.mean(phi_P),
         "phi_prime": jnp.mean(phi_prime_P),
         "reward": jnp.mean(hp["w_phi"] * phi_P + hp["w_phi_prime"] * phi_prime_P),
-        "kl": jnp.mean(jnp.sum(p_PxLxV * (logp_PxLxV - logq_PxLxV), (-1, -2))),
+        "kl": geometry.factorised_kl(logp_PxLxV, logq_PxLxV),
         "entropy": jnp.mean(-jnp.sum(p_PxLxV * logp_PxLxV, (-1, -2))),
-    }
+    } | geometry.policy_kappas(static.task, logp_PxLxV, hp["kappa_delta"])
 
 
 class StepBatch(NamedTuple):
@@ -170,6 +171,9 @@ def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt
         "grad_norm": grad_norm_E[0], "loss": loss_E[0],  # the first epoch's: the on-policy update
         "clip_frac": aux_E["clip_frac"][-1],  # the last epoch's: how much of the batch clipping froze
     }
+    P = static.task.prompts  # the blog's Table 1 and the advantage split, per prompt group
+    metrics |= diagnostics.batch_metrics(*(x.reshape(P, -1) for x in (batch.phi_B, batch.phi_prime_B,
+                                                                         batch.adv_B, w_B)))
     return params, opt_state, metrics
 
 

@@ -64,6 +64,10 @@ BAD = [
     (["checkpoint_seconds=-1"], "checkpoint_seconds=-1: must be a finite number >= 0"),
     (["resume=yes"], "resume='yes': must be true or false"),
     (["plots=1"], "plots=1: must be true or false"),
+    (["task.phi.kappa=-1"], "task.phi.kappa=-1: must be a finite number > 0, or null to use the competence"),
+    (["task.phi_prime.kappa=5"], "task.phi_prime.kappa=5: unreachable at task.kappa_delta=0.05 for shape mean "
+                                 "over 4 positions; reachable targets at this delta lie between"),
+    (["task.kappa_delta=0"], "task.kappa_delta=0: must be a number strictly between 0 and 1"),
 ]
 
 

@@ -41,3 +41,8 @@ def test_point_summaries_leave_out_diverged_runs_and_count_them():
     assert out[0]["metrics"]["phi"]["n_seeds"] == 1
     assert out[1]["n_diverged"] == 2 and out[1]["metrics"]["phi"]["n_seeds"] == 0
     assert out[1]["metrics"]["phi"]["end"] is None
+
+
+def test_json_safe_turns_non_finite_numbers_into_null():
+    obj = {"a": [1.0, float("nan"), np.float32(np.inf)], "b": {"c": -np.inf, "d": 2, "e": "x"}, "f": (np.float64(0.5),)}
+    assert results.json_safe(obj) == {"a": [1.0, None, None], "b": {"c": None, "d": 2, "e": "x"}, "f": [0.5]}

@@ -411,3 +411,23 @@ def test_snapshot_template_matches_a_real_snapshot(small):
     assert like.rows_done == real.rows_done and jax.tree.structure(like) == jax.tree.structure(real)
     for a, b in zip(jax.tree.leaves((like.state, like.rows)), jax.tree.leaves((real.state, real.rows))):
         assert a.shape == np.shape(b) and a.dtype == np.asarray(b).dtype
+
+
+def _bernoulli_kl(a, p):
+    return a * np.log(a / p) + (1 - a) * np.log((1 - a) / (1 - p))
+
+
+def test_diagnostic_metrics_are_logged(small):
+    """kappa at step 0 is the reference's: for shape 'mean' over positions of equal competence c
+    it is the single Bernoulli's KL(c+d||c) / KL(c-d||c). Quadrant fractions partition each batch."""
+    exp = small()
+    res = _run(exp)
+    d = exp.hparams["kappa_delta"]
+    for name in ("phi", "phi_prime"):
+        c = exp.hparams[f"competence_{name}"]
+        closed = _bernoulli_kl(c + d, c) / _bernoulli_kl(c - d, c)
+        np.testing.assert_allclose(res.metrics[f"kappa_{name}"][0], closed, rtol=1e-3)
+    total = sum(res.metrics[f"quad_frac_{q}"][1:] for q in ("uu", "ud", "du", "dd"))
+    np.testing.assert_allclose(total, 1.0, rtol=1e-6)
+    shares = res.metrics["adv_share_phi"][1:] + res.metrics["adv_share_phi_prime"][1:]
+    assert np.all(shares <= 1.0 + 1e-4) and np.all(res.metrics["adv_share_phi"][1:] > 0)  # an R^2, split

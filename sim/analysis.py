@@ -1,0 +1,129 @@
+"""After a run: per sweep point, the KL geometry of the reference (C(delta) and kappa, over all
+policies and within the policy family), the orthogonality certificate, and the blog's quadrant
+table over training. Pure (arrays in, plain dicts and arrays out); experiment.py writes them.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim import diagnostics, geometry, results, task as task_lib
+from sim.config import Experiment, Static
+from sim.sweep import Batch
+from sim.task import REWARDS
+from sim.train import TrainResult, build_policy
+
+CURVE_DELTAS = np.round(np.linspace(0.025, 0.3, 12), 4)  # |delta| grid of the KL-cost figure
+
+
+def point_hparams(batch: Batch, point: int) -> tuple[int, dict[str, jnp.ndarray]]:
+    """The first run of a sweep point and its hparams (every run of a point shares them)."""
+    run = int(np.flatnonzero(batch.points_R == point)[0])
+    return run, {k: jnp.float32(v[run]) for k, v in batch.hparams_R.items()}
+
+
+def _reference_logits(static: Static, hp: dict) -> jax.Array:
+    return task_lib.reference_logits_PxLxV(static.task, (hp["competence_phi"], hp["competence_phi_prime"]),
+                                           hp["competence_spread"])
+
+
+@functools.lru_cache(maxsize=8)
+def _point_arrays(static: Static):
+    """One jitted program for everything a sweep point's analysis computes:
+    (hp, policy_keys_R, params_R, delta_D) -> (curves, joints).
+
+    curves: reward -> {mean, tilt_gain, tilt_loss, family_gain, family_loss} (C over the delta
+    grid, over all policies and within the family of the point's first run); joints: (values_J,
+    values_K, reference joint JxK, final joints RxJxK) of (phi, phi_prime)."""
+
+    def arrays(hp, policy_keys_R, params_R, delta_D):
+        D = delta_D.size
+        signed_2D = jnp.concatenate([delta_D, -delta_D])
+        ref_logits_PxLxV = _reference_logits(static, hp)
+        which_4D = jnp.repeat(jnp.arange(2), 2 * D)  # both rewards in one vmapped family solve
+        family_4D, _ = geometry.family_kl_cost(static.task, which_4D, build_policy(static, hp, policy_keys_R[0]),
+                                               jnp.tile(signed_2D, 2))
+        curves = {}
+        for which, (name, (values_J, pmf_PxJ)) in enumerate(zip(REWARDS, geometry.policy_pmfs(static.task,
+                                                                                               ref_logits_PxLxV))):
+            tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
+            family_2D = family_4D[2 * D * which: 2 * D * (which + 1)]
+            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:],
+                            "family_gain": family_2D[:D], "family_loss": family_2D[D:]}
+
+        def final(policy_key, params):
+            return diagnostics.joint_pmf(static.task, build_policy(static, hp, policy_key).marginals(params))[2]
+
+        values_J, values_K, ref_JxK = diagnostics.joint_pmf(static.task, ref_logits_PxLxV)
+        return curves, (values_J, values_K, ref_JxK, jax.vmap(final)(policy_keys_R, params_R))
+
+    return jax.jit(arrays)
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def geometry_summary(hp: dict, curves: dict, delta_D: np.ndarray, at: int, seed: int) -> dict:
+    """Each reward's competence, E_ref[R], and C(+-delta) and kappa at delta = delta_D[at], over
+    all policies (tilt) and within the policy family (of the run with this seed)."""
+    out = {"delta": float(delta_D[at]), "family_seed": seed}
+    for name in REWARDS:
+        c = curves[name]
+        out[name] = {"competence": float(hp[f"competence_{name}"]), "mean": float(c["mean"])}
+        for kind in ("tilt", "family"):
+            gain, loss = float(c[f"{kind}_gain"][at]), float(c[f"{kind}_loss"][at])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[name][kind] = {"cost_gain": _finite(gain), "cost_loss": _finite(loss),
+                                   "kappa": _finite(np.float64(gain) / loss)}
+    return out
+
+
+def orthogonality_summary(values_J, values_K, ref_JxK, final_RxJxK) -> dict:
+    """Correlation and joint support of (phi, phi_prime) under the reference and the final policies."""
+    finals = [diagnostics.orthogonality(values_J, values_K, j) for j in np.asarray(final_RxJxK)]
+    corr, lo, hi = results.mean_ci95(np.array([f["corr"] for f in finals]))
+    return {"reference": diagnostics.orthogonality(values_J, values_K, ref_JxK),
+            "final": {"corr_mean": corr, "corr_ci95": [_finite(lo), _finite(hi)],
+                      "support_pairs_min": min(f["support_pairs"] for f in finals),
+                      "value_pairs": finals[0]["value_pairs"],
+                      "min_pair_prob": min(f["min_pair_prob"] for f in finals)}}
+
+
+def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict:
+    """The blog's Table 1 over training (batch rows only): mean fraction and mean advantage per
+    cell, and whether p(ud) > p(uu) (phi up, phi_prime not up vs both up) holds."""
+    rows = slice(1, None)  # row 0 is the reference, before any batch
+    cells = {q: {"frac": float(np.mean(metrics[f"quad_frac_{q}"][rows][:, runs])),
+                 "adv": _finite(np.nanmean(metrics[f"quad_adv_{q}"][rows][:, runs]))}
+             for q in diagnostics.QUADRANTS}
+    gap_TxN = metrics["quad_frac_ud"][rows][:, runs] - metrics["quad_frac_uu"][rows][:, runs]
+    mean, lo, hi = results.mean_ci95(np.mean(gap_TxN, 0))
+    return {"cells": cells,
+            "blog_inequality": {"ud_minus_uu_mean": mean, "ud_minus_uu_ci95": [_finite(lo), _finite(hi)],
+                                "holds": bool(mean > 0),
+                                "holds_at_fraction_of_logged_steps": float(np.mean(np.mean(gap_TxN, 1) > 0)),
+                                "ud_minus_uu_first": float(np.mean(gap_TxN[0])),
+                                "ud_minus_uu_last": float(np.mean(gap_TxN[-1]))}}
+
+
+def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dict], dict]:
+    """(one dict per sweep point for summary.json, the arrays the figures of point 0 need)."""
+    delta_D = np.unique(np.append(CURVE_DELTAS, batch.hparams_R["kappa_delta"])).astype(np.float32)
+    points, figures = [], {}
+    for p in range(len(batch.point_values)):
+        run, hp = point_hparams(batch, p)
+        runs = np.flatnonzero(batch.points_R == p)
+        at = int(np.flatnonzero(delta_D == batch.hparams_R["kappa_delta"][run])[0])
+        state = jax.tree.map(lambda x: x[runs], result.state)
+        curves, joints = jax.tree.map(np.asarray, _point_arrays(exp.static)(hp, state.policy_key, state.params, delta_D))
+        points.append({"geometry": geometry_summary(hp, curves, delta_D, at, int(batch.seeds_R[run])),
+                       "orthogonality": orthogonality_summary(*joints),
+                       "quadrants": quadrant_summary(result.metrics, runs)})
+        if p == 0:
+            figures = {"curves": {"delta": delta_D, **curves}, "joints": joints}
+    return points, figures

@@ -1,0 +1,230 @@
+"""The KL price of moving a reward: C(delta) and the asymmetry kappa(delta) = C(+delta) / C(-delta).
+
+C(delta) = min KL(pi || pi_ref) subject to E_pi[R] = E_ref[R] + delta. Over *all* policies the
+minimiser is the exponential tilt pi ∝ pi_ref * exp(lam * R) (Gibbs' variational principle). A
+tilt reweights responses by their reward only, so both E_pi[R] and the KL depend on pi_ref
+through the distribution of R under pi_ref alone: a pmf over the reward's values, exact by a
+DP over positions for a factorised policy (`reward_pmf_PxJ`) or by enumeration of all V^L
+responses for tiny tasks (`enumerated_pmf_PxJ`).
+
+Prompts: the objective is the prompt-averaged KL under the prompt-averaged reward constraint,
+which is what training pays for and what `phi` reports. Its minimiser tilts every prompt with
+ONE shared lam (the multiplier of the single constraint), so prompts on which R varies more
+move more; tilting each prompt by delta on its own costs more and is not the minimum.
+
+Within a policy family (`family_kl_cost`) the same minimum is taken over the family's
+parameters by an augmented Lagrangian; a family can only be as cheap as the tilt.
+
+Everything here is pure JAX (jittable, vmappable); `competence_for_kappa` is the one host-side
+solver (scipy), for configs that state a target kappa instead of a competence.
+"""
+from __future__ import annotations
+
+import itertools
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import optimize
+
+from sim import task as task_lib
+from sim.policies.base import Policy
+from sim.task import RewardSpec, Task
+
+# Safeguarded Newton (Newton inside a shrinking bracket, bisection when it would leave it): 12
+# steps already hit every delta up to 0.999 of the reachable range to float32 rounding, for
+# competences 0.01-0.99 (tests/test_geometry.py); 16 leave a margin.
+ROOT_STEPS = 16
+LAM_SPAN = 64.0  # |lam| * (smallest reward step) <= 64: beyond, probability ratios exceed e^64
+
+
+def reward_pmf_PxJ(spec: RewardSpec, good_prob_PxK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(values_J, pmf_PxJ): the reward's values for j = 0..K good tokens and their probabilities
+    per prompt, by a DP over positions (positions independent given the prompt)."""
+    P, K = good_prob_PxK.shape
+    pmf_PxJ = jnp.zeros((P, K + 1)).at[:, 0].set(1.0)
+    for k in range(K):  # add position k: j good so far -> j (bad here) or j + 1 (good here)
+        c_Px1 = good_prob_PxK[:, k:k + 1]
+        shifted_PxJ = jnp.pad(pmf_PxJ, ((0, 0), (1, 0)))[:, :-1]
+        pmf_PxJ = pmf_PxJ * (1 - c_Px1) + shifted_PxJ * c_Px1
+    return task_lib.reward_of_count_J(spec), pmf_PxJ
+
+
+def policy_pmfs(task: Task, logits_PxLxV: jax.Array) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """(values_J, pmf_PxJ) of phi and of phi_prime under a factorised policy."""
+    return tuple(reward_pmf_PxJ(spec, task_lib.good_prob_PxK(spec, logits_PxLxV)) for spec in task.specs)
+
+
+def enumerated_pmf_PxJ(task: Task, which: int, logits_PxLxV: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(values_J, pmf_PxJ) with one entry per response (J = V^L): exact for any reward, tiny tasks only."""
+    L, V = task.length, task.vocab
+    tokens_JxL = jnp.array(list(itertools.product(range(V), repeat=L)))
+    values_J = task_lib.rewards_B(task, tokens_JxL)[which]
+    logp_PxLxV = jax.nn.log_softmax(logits_PxLxV)
+    logp_PxJ = jnp.sum(logp_PxLxV[:, jnp.arange(L), tokens_JxL], -1)
+    return values_J, jnp.exp(logp_PxJ)
+
+
+def _tilt(values_J: jax.Array, logq_PxJ: jax.Array, lam: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(shift, kl, d shift / d lam) of the tilt pi_p ∝ q_p exp(lam R), averaged over prompts. The
+    reward is centred per prompt so that KL = lam (m - m0) - log E_q[exp(lam (R - m0))] does not
+    cancel digits; the slope is the tilted variance of R."""
+    m0_P = jnp.sum(jnp.exp(logq_PxJ) * values_J, -1)
+    logw_PxJ = logq_PxJ + lam * (values_J - m0_P[:, None])
+    logz_P = jax.nn.logsumexp(logw_PxJ, -1)
+    pi_PxJ = jnp.exp(logw_PxJ - logz_P[:, None])
+    m_P = jnp.sum(pi_PxJ * values_J, -1)
+    var_P = jnp.sum(pi_PxJ * (values_J - m_P[:, None]) ** 2, -1)
+    return jnp.mean(m_P - m0_P), jnp.mean(lam * (m_P - m0_P) - logz_P), jnp.mean(var_P)
+
+
+def tilt_lambda(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> jax.Array:
+    """The shared multiplier lam whose tilt moves the prompt-averaged E[R] by delta. The shift is
+    increasing in lam (its slope is the tilted variance), so a bracket [lo, hi] around the root
+    shrinks at every step; Newton steps converge fast, bisection guards the far tails."""
+    logq_PxJ = jnp.log(pmf_PxJ)
+    steps_J = jnp.diff(jnp.unique(values_J, size=values_J.size, fill_value=jnp.max(values_J)))
+    smallest_step = jnp.min(jnp.where(steps_J > 0, steps_J, jnp.inf))
+    span = LAM_SPAN / jnp.where(jnp.isfinite(smallest_step), smallest_step, 1.0)
+
+    def step(_, carry):
+        lo, hi, lam = carry
+        shift, _, slope = _tilt(values_J, logq_PxJ, lam)
+        below = shift < delta
+        lo, hi = jnp.where(below, lam, lo), jnp.where(below, hi, lam)
+        newton = lam + (delta - shift) / slope
+        # <=: at convergence the Newton point may round onto the bracket's end; False for NaN
+        inside = (newton >= lo) & (newton <= hi)
+        # bisect in asinh(lam): from a wide bracket it reaches lam ~ 1 in a few steps, not ~log2(span)
+        mid = jnp.sinh(0.5 * (jnp.arcsinh(lo) + jnp.arcsinh(hi)))
+        return lo, hi, jnp.where(inside, newton, mid)
+
+    return jax.lax.fori_loop(0, ROOT_STEPS, step, (-span, span, jnp.zeros_like(span)))[2]
+
+
+def kl_cost(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> jax.Array:
+    """C(delta) over all policies; inf where no tilt reaches the target (e.g. a loss larger than
+    the current mean, or a gain past the maximum reward)."""
+    lam = tilt_lambda(values_J, pmf_PxJ, delta)
+    shift, kl, _ = _tilt(values_J, jnp.log(pmf_PxJ), lam)
+    reached = jnp.abs(shift - delta) <= 1e-3 * jnp.abs(delta) + 1e-7
+    return jnp.where(reached, jnp.maximum(kl, 0.0), jnp.inf)
+
+
+def kappa(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> jax.Array:
+    """kappa(delta) = C(+delta) / C(-delta): > 1 when gains cost more KL than losses; inf when
+    only the gain is unreachable, 0 when only the loss is."""
+    gain, loss = jax.vmap(lambda d: kl_cost(values_J, pmf_PxJ, d))(jnp.stack([delta, -delta]))
+    return gain / loss
+
+
+def policy_kappas(task: Task, logits_PxLxV: jax.Array, delta: jax.Array) -> dict[str, jax.Array]:
+    """kappa of phi and phi_prime with the given factorised policy as the reference: the asymmetry
+    the optimiser faces from where it is now (logged during training)."""
+    return {f"kappa_{name}": kappa(values_J, pmf_PxJ, delta)
+            for name, (values_J, pmf_PxJ) in zip(task_lib.REWARDS, policy_pmfs(task, logits_PxLxV))}
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def reference_costs(task: Task, which: int, competence_C: jax.Array, spread: jax.Array,
+                    delta_D: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(C(+delta), C(-delta)), each CxD, of reward `which` for the reference at each competence c
+    (the other reward's competence does not matter: it lives on other positions)."""
+    spec = task.specs[which]
+
+    def at(c):
+        comp = (c, c)  # the same value for both rewards; only reward `which` is read
+        logits_PxLxV = task_lib.reference_logits_PxLxV(task, comp, spread)
+        values_J, pmf_PxJ = reward_pmf_PxJ(spec, task_lib.good_prob_PxK(spec, logits_PxLxV))
+        cost = jax.vmap(lambda d: kl_cost(values_J, pmf_PxJ, d))
+        return cost(delta_D), cost(-delta_D)
+
+    return jax.vmap(at)(competence_C)
+
+
+def competence_for_kappa(task: Task, which: int, target: float, delta: float, spread: float) -> float:
+    """The competence at which the reference's kappa(delta) of reward `which` equals `target`.
+
+    Raises ValueError naming the reachable range when no competence gives it (kappa is bounded
+    for a fixed delta: a gain of delta is impossible above competence ~1 - delta, a loss below ~delta).
+    """
+    logits_C = np.linspace(-12.0, 12.0, 2001)
+    grid_C = jax.nn.sigmoid(jnp.asarray(logits_C, jnp.float32))
+    gain_CxD, loss_CxD = reference_costs(task, which, grid_C, jnp.float32(spread), jnp.array([delta], jnp.float32))
+    kappa_C = np.asarray(gain_CxD[:, 0] / loss_CxD[:, 0], np.float64)
+    finite = np.isfinite(kappa_C) & (kappa_C > 0)
+    if not finite.any():
+        raise ValueError(f"no competence gives a finite kappa at delta={delta:g}")
+    lo_k, hi_k = kappa_C[finite].min(), kappa_C[finite].max()
+
+    def log_ratio(logit_c: float) -> float:
+        c = jax.nn.sigmoid(jnp.array([logit_c], jnp.float32))
+        gain, loss = reference_costs(task, which, c, jnp.float32(spread), jnp.array([delta], jnp.float32))
+        with np.errstate(divide="ignore"):
+            return float(np.clip(np.log(float(gain[0, 0]) / float(loss[0, 0])) - np.log(target), -50, 50))
+
+    with np.errstate(divide="ignore"):
+        above = np.nan_to_num(np.log(kappa_C) - np.log(target), nan=-50.0, posinf=50.0, neginf=-50.0) > 0
+    crossing = np.flatnonzero(~above[:-1] & above[1:])
+    if crossing.size:
+        i = crossing[0]
+        logit_c = optimize.brentq(log_ratio, logits_C[i], logits_C[i + 1], xtol=1e-7)
+        if abs(log_ratio(logit_c)) < 1e-3:
+            return float(jax.nn.sigmoid(logit_c))
+    raise ValueError(f"reachable targets at this delta lie between {lo_k:.3g} and {hi_k:.3g}")
+
+
+def factorised_kl(logp_PxLxV: jax.Array, logq_PxLxV: jax.Array) -> jax.Array:
+    """Exact KL(pi || q) of factorised policies: summed over positions, averaged over prompts."""
+    return jnp.mean(jnp.sum(jnp.exp(logp_PxLxV) * (logp_PxLxV - logq_PxLxV), (-1, -2)))
+
+
+def family_kl_cost(task: Task, which: int | jax.Array, policy: Policy, delta_D: jax.Array, outer: int = 8,
+                   inner: int = 150, rho: float = 1e3, lr: float = 0.02) -> tuple[jax.Array, jax.Array]:
+    """(C_D, shift_D): the least KL within the policy's family (over its params) that moves the
+    prompt-averaged E[R] of reward `which` (an int, or one per delta) by delta, started at the
+    reference; C is inf where the family cannot reach the target (missed by > 1e-3 |delta|).
+
+    Augmented Lagrangian: `outer` multiplier updates mu <- mu - rho * gap, each after `inner` Adam
+    steps on KL - mu * gap + rho/2 * gap^2. Near the optimum the multiplier error contracts by
+    ~1 / (1 + rho Var[R]) per update, so rho = 1e3 and 8 updates converge for Var[R] >= 1e-3.
+    Adam rather than L-BFGS: as accurate here (tabular matches the tilt to 1e-5) and it compiles
+    in a fraction of the time of optax's line searches. Needs a factorised family (marginals)."""
+    if policy.marginals is None:
+        raise ValueError("family_kl_cost needs a factorised policy family (one with marginals)")
+    logq_PxLxV = jax.nn.log_softmax(policy.marginals(policy.init()))
+    opt = optax.adam(lr)
+
+    def solve(which, delta):  # `which` is data, so both rewards share one compiled solver
+        def mean(logp_PxLxV):
+            return jnp.mean(jnp.stack(task_lib.expected_rewards_P(task, logp_PxLxV))[which])
+
+        m0 = mean(logq_PxLxV)
+
+        def kl_and_shift(params):
+            logp_PxLxV = jax.nn.log_softmax(policy.marginals(params))
+            return factorised_kl(logp_PxLxV, logq_PxLxV), mean(logp_PxLxV) - m0
+
+        def outer_step(carry, _):
+            params, mu = carry
+
+            def lagrangian(p):
+                kl, shift = kl_and_shift(p)
+                return kl - mu * (shift - delta) + 0.5 * rho * (shift - delta) ** 2
+
+            def inner_step(state, _):
+                p, s = state
+                updates, s = opt.update(jax.grad(lagrangian)(p), s, p)
+                return (optax.apply_updates(p, updates), s), None
+
+            (params, _), _ = jax.lax.scan(inner_step, (params, opt.init(params)), None, length=inner)
+            return (params, mu - rho * (kl_and_shift(params)[1] - delta)), None
+
+        (params, _), _ = jax.lax.scan(outer_step, (policy.init(), jnp.float32(0.0)), None, length=outer)
+        kl, shift = kl_and_shift(params)
+        reached = jnp.abs(shift - delta) <= 1e-3 * jnp.abs(delta) + 1e-7
+        return jnp.where(reached, kl, jnp.inf), shift
+
+    return jax.vmap(solve)(jnp.broadcast_to(which, delta_D.shape), delta_D)

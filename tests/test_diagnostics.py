@@ -1,0 +1,104 @@
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim import diagnostics as D, task as T
+
+
+def test_quadrant_fractions_and_advantages_match_a_direct_count():
+    phi = np.array([[1.0, 0.5, 0.5, 0.0],     # mean 0.5: up, tie, tie, down
+                    [0.25, 0.25, 0.25, 0.25],  # all at the mean: nobody is up
+                    [0.0, 1.0, 0.0, 1.0]])
+    phi_prime = np.array([[0.0, 1.0, 0.5, 1.0],
+                          [1.0, 0.0, 0.0, 0.0],
+                          [1.0, 1.0, 0.0, 0.0]])
+    adv = np.arange(12.0).reshape(3, 4) - 5
+    counts, sums = {}, {}
+    for p, g in itertools.product(range(3), range(4)):
+        cell = ("u" if phi[p, g] > phi[p].mean() else "d") + ("u" if phi_prime[p, g] > phi_prime[p].mean() else "d")
+        counts[cell] = counts.get(cell, 0) + 1
+        sums[cell] = sums.get(cell, 0.0) + adv[p, g]
+    out = D.quadrant_metrics(jnp.array(phi), jnp.array(phi_prime), jnp.array(adv), jnp.full((3, 4), 1 / 12))
+    for q in D.QUADRANTS:
+        np.testing.assert_allclose(float(out[f"quad_frac_{q}"]), counts.get(q, 0) / 12, rtol=1e-6)
+        if q in counts:
+            np.testing.assert_allclose(float(out[f"quad_adv_{q}"]), sums[q] / counts[q], rtol=1e-6)
+        else:
+            assert np.isnan(out[f"quad_adv_{q}"])
+    assert counts == {"uu": 1, "ud": 2, "du": 4, "dd": 5}  # every cell (and a tie) is exercised
+
+
+def test_ties_at_the_group_mean_count_as_not_up_despite_rounding():
+    thirds = jnp.full((1, 6), 1.0 / 3.0)  # a group mean of thirds may differ from 1/3 by an ulp
+    out = D.quadrant_metrics(thirds, thirds, jnp.zeros((1, 6)), jnp.full((1, 6), 1 / 6))
+    assert float(out["quad_frac_dd"]) == 1.0
+
+
+def test_advantage_split_attributes_variance_by_weight_squared_for_orthogonal_rewards():
+    """Within a group phi = [1,1,0,0] and phi_prime = [1,0,1,0] are orthogonal after centring, so
+    for adv = 4 dphi + dphi' the shares are 16/17 and 1/17."""
+    phi = jnp.array([[1.0, 1.0, 0.0, 0.0]])
+    phi_prime = jnp.array([[1.0, 0.0, 1.0, 0.0]])
+    adv = 4 * (phi - 0.5) + (phi_prime - 0.5)
+    w = jnp.full((1, 4), 0.25)
+    out = D.advantage_split(phi, phi_prime, adv, w)
+    np.testing.assert_allclose([out["adv_share_phi"], out["adv_share_phi_prime"]], [16 / 17, 1 / 17], rtol=1e-6)
+    flat = D.advantage_split(phi, phi_prime, jnp.zeros_like(phi), w)
+    assert float(flat["adv_share_phi"]) == 0.0  # no advantage variance: nothing to attribute
+    const = D.advantage_split(phi, jnp.ones_like(phi), 4 * (phi - 0.5), w)  # phi_prime never varies
+    np.testing.assert_allclose([const["adv_share_phi"], const["adv_share_phi_prime"]], [1.0, 0.0], atol=1e-6)
+
+
+TASK = T.Task(prompts=3, length=3, vocab=4, phi=T.RewardSpec((0, 1), (0,), "mean"),
+              phi_prime=T.RewardSpec((2,), (1, 2), "all"))
+
+
+def test_joint_pmf_matches_enumeration_of_every_response():
+    logits = jax.random.normal(jax.random.key(3), (3, 3, 4))
+    values_J, values_K, joint = D.joint_pmf(TASK, logits)
+    vj, vk, joint = D.collapse(values_J, values_K, joint)
+    tokens = jnp.array(list(itertools.product(range(4), repeat=3)))
+    phi, phi_prime = (np.asarray(r) for r in T.rewards_B(TASK, tokens))
+    logp = np.asarray(jnp.sum(jax.nn.log_softmax(logits)[:, jnp.arange(3), tokens], -1))  # P x 64
+    expected = np.zeros_like(joint)
+    for b in range(len(tokens)):
+        expected[np.searchsorted(vj, phi[b]), np.searchsorted(vk, phi_prime[b])] += np.exp(logp[:, b]).mean()
+    np.testing.assert_allclose(joint, expected, rtol=1e-5)
+
+
+def test_orthogonality_of_an_independent_and_a_dependent_joint():
+    v = np.array([0.0, 1.0])
+    independent = np.outer([0.3, 0.7], [0.6, 0.4])
+    out = D.orthogonality(v, v, independent)
+    assert abs(out["corr"]) < 1e-12 and out["support_pairs"] == out["value_pairs"] == 4
+    coupled = np.array([[0.5, 0.0], [0.0, 0.5]])  # phi' = phi: corr 1, half the pairs unreachable
+    out = D.orthogonality(v, v, coupled)
+    assert np.isclose(out["corr"], 1.0) and out["support_pairs"] == 2 and out["min_pair_prob"] == 0.0
+
+
+def test_the_reference_is_orthogonal_and_only_prompt_difficulty_correlates_rewards():
+    """Within a prompt the rewards are independent, so the correlation is the across-prompt
+    covariance of the per-prompt means: exactly zero without competence spread."""
+    logits = T.reference_logits_PxLxV(TASK, (jnp.float32(0.3), jnp.float32(0.6)), jnp.float32(0.0))
+    out = D.orthogonality(*D.joint_pmf(TASK, logits))
+    assert abs(out["corr"]) < 1e-6 and out["support_pairs"] == out["value_pairs"] == 3 * 2
+    logits = T.reference_logits_PxLxV(TASK, (jnp.float32(0.3), jnp.float32(0.6)), jnp.float32(2.0))
+    m, mp = (np.asarray(x, np.float64) for x in T.expected_rewards_P(TASK, logits))
+    var_within = m * (1 - m) / 2, mp * (1 - mp)  # mean of 2 Bernoullis; one Bernoulli ('all' of one position)
+    var = [np.mean(v + x**2) - np.mean(x) ** 2 for v, x in zip(var_within, (m, mp))]
+    expected = (np.mean(m * mp) - m.mean() * mp.mean()) / np.sqrt(var[0] * var[1])
+    assert abs(expected) > 0.05
+    np.testing.assert_allclose(D.orthogonality(*D.joint_pmf(TASK, logits))["corr"], expected, rtol=1e-4)
+
+
+def test_weights_act_as_repeated_samples():
+    """Exact mode weights responses by probability: weights (2, 1, 1)/4 must give what the
+    batch with the first response drawn twice gives at uniform weights."""
+    phi, phi_prime, adv = jnp.array([[1.0, 0.0, 0.5]]), jnp.array([[0.0, 1.0, 1.0]]), jnp.array([[1.5, -1.0, 0.2]])
+    weighted = D.batch_metrics(phi, phi_prime, adv, jnp.array([[0.5, 0.25, 0.25]]))
+    rep = lambda x: jnp.concatenate([x[:, :1], x], 1)
+    repeated = D.batch_metrics(rep(phi), rep(phi_prime), rep(adv), jnp.full((1, 4), 0.25))
+    for k in D.BATCH_METRICS:
+        np.testing.assert_allclose(weighted[k], repeated[k], rtol=1e-5, atol=1e-7, err_msg=k)

@@ -1,0 +1,151 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import optimize
+
+from sim import geometry as G, task as T
+from sim.config import parse
+from sim.sweep import expand
+from tests.conftest import SMALL, compose_plain
+
+
+def bernoulli_kl(a, p):
+    return a * np.log(a / p) + (1 - a) * np.log((1 - a) / (1 - p))
+
+
+def brute_force_cost(q_PxJ: np.ndarray, r_J: np.ndarray, delta: float) -> float:
+    """min over per-prompt distributions pi_p of mean_p KL(pi_p || q_p) s.t. mean_p E_pi_p[R] =
+    mean_p E_q_p[R] + delta, by SLSQP over the probabilities themselves (no tilt assumed; the
+    problem is convex in pi, so a local minimum is the minimum)."""
+    P, J = q_PxJ.shape
+    target = np.mean(q_PxJ @ r_J) + delta
+
+    def kl(x):
+        p = np.maximum(x.reshape(P, J), 1e-300)
+        return np.sum(p * (np.log(p) - np.log(q_PxJ))) / P, ((np.log(p) - np.log(q_PxJ) + 1) / P).ravel()
+
+    cons = [{"type": "eq", "fun": lambda x: np.mean(x.reshape(P, J) @ r_J) - target,
+             "jac": lambda x: np.tile(r_J / P, P)},
+            {"type": "eq", "fun": lambda x: x.reshape(P, J).sum(1) - 1,
+             "jac": lambda x: np.kron(np.eye(P), np.ones(J))}]
+    res = optimize.minimize(kl, q_PxJ.ravel(), jac=True, constraints=cons, bounds=[(1e-12, 1)] * (P * J),
+                            method="SLSQP", options={"ftol": 1e-14, "maxiter": 1000})
+    assert res.success, res.message
+    return res.fun
+
+
+kl_cost = jax.jit(G.kl_cost)
+
+
+# A tiny world: 2 prompts of unequal difficulty, L=3, V=3, so V^L = 27 responses per prompt.
+TINY = T.Task(prompts=2, length=3, vocab=3, phi=T.RewardSpec((0, 1), (0,), "mean"),
+              phi_prime=T.RewardSpec((2,), (1,), "mean"))
+
+
+@pytest.mark.parametrize("shape", ["mean", "all"])
+@pytest.mark.parametrize("delta", [0.1, -0.08])
+def test_tilt_equals_brute_force_minimum_kl_on_a_tiny_space(shape, delta):
+    task = T.Task(TINY.prompts, TINY.length, TINY.vocab, T.RewardSpec((0, 1), (0,), shape), TINY.phi_prime)
+    logits = T.reference_logits_PxLxV(task, (jnp.float32(0.4), jnp.float32(0.6)), jnp.float32(1.0))
+    values_J, pmf_PxJ = G.enumerated_pmf_PxJ(task, 0, logits)  # one entry per response
+    brute = brute_force_cost(np.asarray(pmf_PxJ, np.float64), np.asarray(values_J, np.float64), delta)
+    by_enumeration = float(kl_cost(values_J, pmf_PxJ, jnp.float32(delta)))
+    dp_values, dp_pmf = G.policy_pmfs(task, logits)[0]  # the DP over positions
+    by_dp = float(kl_cost(dp_values, dp_pmf, jnp.float32(delta)))
+    assert brute > 1e-3
+    np.testing.assert_allclose([by_enumeration, by_dp], brute, rtol=2e-3)
+
+
+def test_dp_pmf_matches_enumeration():
+    logits = jax.random.normal(jax.random.key(0), (2, 3, 3))
+    values_J, pmf_PxJ = G.policy_pmfs(TINY, logits)[0]
+    enum_values, enum_pmf = G.enumerated_pmf_PxJ(TINY, 0, logits)
+    for j, v in enumerate(np.asarray(values_J)):
+        np.testing.assert_allclose(pmf_PxJ[:, j], np.sum(np.where(enum_values == v, enum_pmf, 0.0), 1), rtol=1e-5)
+
+
+# One prompt, one position: the reward is a single Bernoulli(c) behaviour.
+BERNOULLI = T.Task(prompts=1, length=2, vocab=4, phi=T.RewardSpec((0,), (0,)), phi_prime=T.RewardSpec((1,), (1,)))
+COMPETENCES = np.array([0.08, 0.2, 0.45, 0.49, 0.51, 0.55, 0.8, 0.93])
+
+
+@pytest.mark.parametrize("delta", [0.02, 0.05])
+def test_single_bernoulli_kappa_matches_closed_form_and_exceeds_one_iff_competence_above_half(delta):
+    gain, loss = G.reference_costs(BERNOULLI, 0, jnp.asarray(COMPETENCES, jnp.float32), jnp.float32(0.0),
+                                   jnp.array([delta], jnp.float32))
+    kappa = np.asarray(gain[:, 0] / loss[:, 0])
+    closed = bernoulli_kl(COMPETENCES + delta, COMPETENCES) / bernoulli_kl(COMPETENCES - delta, COMPETENCES)
+    np.testing.assert_allclose(kappa, closed, rtol=1e-3)
+    np.testing.assert_array_equal(kappa > 1, COMPETENCES > 0.5)
+
+
+def test_mean_of_independent_positions_has_the_bernoulli_kappa():
+    """For shape 'mean' over K positions of equal competence, the tilt moves every position by
+    delta, so C(delta) = K * KL(c + delta || c) and kappa is the single Bernoulli's."""
+    task = T.Task(prompts=3, length=4, vocab=6, phi=T.RewardSpec((0, 1, 2), (0,)), phi_prime=T.RewardSpec((3,), (1,)))
+    gain, loss = G.reference_costs(task, 0, jnp.array([0.3], jnp.float32), jnp.float32(0.0), jnp.array([0.05]))
+    np.testing.assert_allclose(float(gain[0, 0]), 3 * bernoulli_kl(0.35, 0.3), rtol=1e-3)
+    np.testing.assert_allclose(float(loss[0, 0]), 3 * bernoulli_kl(0.25, 0.3), rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape", ["mean", "all"])
+def test_the_root_solver_hits_the_target_shift_across_the_reachable_range(shape):
+    """Competences 0.01-0.99 with and without prompt spread; deltas from 0.001 to 0.999 of the
+    way to the lowest / highest reward. The shift must be within kl_cost's own tolerance,
+    1e-3 |delta| + 1e-7 (the 1e-7: float32 rounding of a mean near 1)."""
+    task = T.Task(16, 8, 16, T.RewardSpec((0, 1, 2, 3), (0, 1, 2, 3), shape), T.RewardSpec((4,), (4,)))
+    fractions = jnp.array([-0.999, -0.9, -0.5, -0.01, -0.001, 0.001, 0.01, 0.5, 0.9, 0.999])
+
+    @jax.jit
+    def relative_miss(c, spread):
+        values_J, pmf_PxJ = G.policy_pmfs(task, T.reference_logits_PxLxV(task, (c, c), spread))[0]
+        m = jnp.mean(pmf_PxJ @ values_J)
+        delta_F = jnp.where(fractions > 0, fractions * (1 - m), fractions * m)
+        shift_F = jax.vmap(lambda d: G._tilt(values_J, jnp.log(pmf_PxJ), G.tilt_lambda(values_J, pmf_PxJ, d))[0])(delta_F)
+        return jnp.abs(shift_F - delta_F) / (1e-3 * jnp.abs(delta_F) + 1e-7)
+
+    miss = jax.vmap(jax.vmap(relative_miss, (0, None)), (None, 0))(
+        jnp.array([0.01, 0.2, 0.5, 0.8, 0.99]), jnp.array([0.0, 2.0]))
+    assert float(jnp.max(miss)) <= 1.0
+
+
+def test_unreachable_moves_cost_infinity():
+    values_J, pmf_PxJ = jnp.array([0.0, 1.0]), jnp.array([[0.97, 0.03]])
+    assert np.isinf(kl_cost(values_J, pmf_PxJ, jnp.float32(-0.05)))  # below the minimum reward
+    assert float(jax.jit(G.kappa)(values_J, pmf_PxJ, jnp.float32(0.05))) == 0.0
+    assert np.isinf(kl_cost(values_J, pmf_PxJ, jnp.float32(0.98)))
+
+
+@pytest.mark.parametrize("target", [0.6, 1.8])
+def test_target_kappa_round_trips_through_the_solver(target):
+    exp = parse(compose_plain(SMALL + [f"task.phi_prime.kappa={target}", "task.kappa_delta=0.05",
+                                       "task.competence_spread=0.5"]))
+    c = exp.hparams["competence_phi_prime"]
+    assert (c > 0.5) == (target > 1)
+    gain, loss = G.reference_costs(exp.static.task, 1, jnp.array([c], jnp.float32), jnp.float32(0.5),
+                                   jnp.array([0.05], jnp.float32))
+    np.testing.assert_allclose(float(gain[0, 0] / loss[0, 0]), target, rtol=1e-3)
+    assert expand(exp).hparams_R["competence_phi_prime"][0] == np.float32(c)  # expand resolves the same way
+    assert exp.hparams["competence_phi"] == 0.2  # phi has no target: its competence stands
+
+
+def test_unreachable_target_kappa_names_the_range():
+    with pytest.raises(ValueError, match=r"between 0\.4\d* and 2\.4\d*"):
+        G.competence_for_kappa(BERNOULLI, 0, 3.0, 0.05, 0.0)
+
+
+def test_family_cost_is_the_tilt_for_tabular_and_at_least_the_tilt_for_lowrank(small):
+    from sim.train import build_policy
+
+    deltas = jnp.array([0.05, -0.05, 0.15])
+    costs = {}
+    for kind in ("tabular", "lowrank"):
+        exp = small(f"policy={kind}")
+        hp = {k: jnp.float32(v) for k, v in exp.hparams.items()}
+        policy = build_policy(exp.static, hp, jax.random.key(0))
+        costs[kind], _ = jax.jit(lambda d: G.family_kl_cost(exp.static.task, 0, policy, d))(deltas)
+        values_J, pmf_PxJ = G.policy_pmfs(exp.static.task, policy.marginals(policy.init()))[0]
+        tilt = np.asarray(jax.vmap(lambda d: G.kl_cost(values_J, pmf_PxJ, d))(deltas))
+    np.testing.assert_allclose(costs["tabular"], tilt, rtol=2e-3)  # the tilt of 'mean' is factorised
+    assert np.all(costs["lowrank"] >= tilt * (1 - 1e-3))
