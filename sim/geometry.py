@@ -115,7 +115,8 @@ def kl_cost(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> jax.Ar
 
 def kappa(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> jax.Array:
     """kappa(delta) = C(+delta) / C(-delta): > 1 when gains cost more KL than losses; inf when
-    only the gain is unreachable, 0 when only the loss is."""
+    only the gain is unreachable, 0 when only the loss is, NaN (undefined) when neither is (a
+    policy whose other reward values have underflowed to probability 0 in float32)."""
     gain, loss = jax.vmap(lambda d: kl_cost(values_J, pmf_PxJ, d))(jnp.stack([delta, -delta]))
     return gain / loss
 

@@ -306,7 +306,15 @@ def test_valid_small_configs_run_and_every_run_is_finite_or_flagged(tmp_path):
         res = make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R))
         healthy_R = res.diverged_at_step_R < 0
         for name in EXACT_METRICS:
-            assert np.all(np.isfinite(res.metrics[name][:, healthy_R])), (overrides, name)
+            x = res.metrics[name][:, healthy_R]
+            if name.startswith("kappa_"):
+                # kappa = C(+delta) / C(-delta) is a ratio of costs that may be infinite by
+                # definition: +inf once E[R] + delta is out of reach, NaN (undefined) when neither
+                # move is reachable from a policy that float32 has made deterministic (lr >= 1
+                # here). Only -inf would be wrong.
+                assert not np.any(x == -np.inf), (overrides, name)
+                continue
+            assert np.all(np.isfinite(x)), (overrides, name)
         assert np.all(res.diverged_at_step_R[~healthy_R] >= 1)
         ran.append(overrides)
 
