@@ -59,9 +59,8 @@ def test_bad_input_is_one_line_no_traceback_nonzero_exit(tmp_path, args, message
 
 
 # 20 chunks of 5 steps, each followed by a checkpoint: long enough to be killed in the middle.
-# Bit-identical numbers need the same device count: the CLI's is pinned to this process's.
-KILLABLE = ["seeds=4", "steps=100", "log_every=5", "task.prompts=4", "plots=false", "chunk_steps=5", "checkpoint_seconds=0",
-            f"runtime.cpu_devices={jax.device_count()}"]
+KILLABLE = ["seeds=4", "steps=100", "log_every=5", "task.prompts=4", "plots=false", "chunk_steps=5",
+            "checkpoint_seconds=0"]
 
 
 def _first_checkpoint(out, proc, timeout=240.0):
@@ -77,7 +76,9 @@ def _first_checkpoint(out, proc, timeout=240.0):
 
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_metrics(tmp_path):
     out = tmp_path / "run"
-    args = [*KILLABLE, f"hydra.run.dir={out}"]
+    # bit-identical numbers need the same device count: the CLI's is pinned to this process's
+    killable = KILLABLE + [f"runtime.cpu_devices={jax.device_count()}"]
+    args = [*killable, f"hydra.run.dir={out}"]
     with open(tmp_path / "first.err", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args], cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=err)
@@ -96,7 +97,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_metrics(tm
     assert 0 < step < 100
 
     # the same configuration, uninterrupted, in this process (no checkpoints needed: not part of the hash)
-    plain = compose_plain(KILLABLE + ["checkpoint_seconds=null"])
+    plain = compose_plain(killable + ["checkpoint_seconds=null"])
     reference = run_experiment(parse(plain), plain, tmp_path / "reference")
     assert (out / "metrics.csv").read_bytes() == (tmp_path / "reference" / "metrics.csv").read_bytes()
     summary = json.loads((out / "summary.json").read_text())
