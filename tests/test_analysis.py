@@ -1,0 +1,32 @@
+"""analysis.quadrant_summary on hand-built metric rows (report() itself runs end to end in
+tests/test_experiment.py)."""
+import numpy as np
+import pytest
+
+from sim import analysis, diagnostics
+
+
+def _rows(ud, uu):
+    """3 logged rows x 2 runs; row 0 (the reference, before any batch) must be ignored."""
+    m = {}
+    for q in diagnostics.QUADRANTS:
+        m[f"quad_frac_{q}"] = np.full((3, 2), 0.25)
+        m[f"quad_adv_{q}"] = np.full((3, 2), {"uu": 1.0, "ud": 0.5, "du": -0.5, "dd": -1.0}[q])
+    m["quad_frac_ud"] = np.array([[9.0, 9.0]] + ud)
+    m["quad_frac_uu"] = np.array([[0.0, 0.0]] + uu)
+    return m
+
+
+def test_quadrant_summary_averages_batch_rows_and_tests_the_blogs_inequality():
+    m = _rows(ud=[[0.30, 0.40], [0.20, 0.30]], uu=[[0.20, 0.20], [0.25, 0.25]])
+    out = analysis.quadrant_summary(m, np.array([0, 1]))
+    assert out["cells"]["ud"]["frac"] == pytest.approx(0.30)  # mean of rows 1-2, not row 0's 9.0
+    assert out["cells"]["uu"]["frac"] == pytest.approx(0.225) and out["cells"]["dd"]["adv"] == -1.0
+    blog = out["blog_inequality"]
+    # per-run mean gaps over rows 1-2: run 0 (0.1 - 0.05) / 2 = 0.025, run 1 (0.2 + 0.05) / 2 = 0.125
+    assert blog["ud_minus_uu_mean"] == pytest.approx(0.075) and blog["holds"]
+    assert blog["ud_minus_uu_first"] == pytest.approx(0.15) and blog["ud_minus_uu_last"] == pytest.approx(0.0)
+    assert blog["holds_at_fraction_of_logged_steps"] == pytest.approx(0.5)  # row 1 gap > 0, row 2 gap = 0
+    flipped = analysis.quadrant_summary(_rows(ud=[[0.1, 0.1], [0.1, 0.1]], uu=[[0.3, 0.3], [0.3, 0.3]]),
+                                        np.array([0, 1]))
+    assert not flipped["blog_inequality"]["holds"]
