@@ -6,6 +6,10 @@ Sections (default: all of these):
   throughput  steady-state sampled tokens/s and run-steps/s of the default task at 1, 16, 64, 256 runs
   vmap        one vmapped batch of 64 runs vs the same 64 runs one after another in this process
   roofline    a scan that only samples the same tokens from fixed logits; training's ratio to it
+  sweep       `python -m sim.run` with a 2-axis in-process sweep (--sweep-runs runs, --sweep-steps
+              steps; cold compilation cache) in a fresh process: wall, compile, run, peak RSS; and
+              the same runs as separate processes (--sweep-processes of them timed, warm cache,
+              extrapolated to all runs): the ratio of the two
 Timings are medians over `--repeats`; the header names the machine and its load.
 """
 from __future__ import annotations
@@ -32,12 +36,20 @@ def header() -> dict:
 
 
 def _sim_run(args: list[str], cache: str, out: Path) -> dict:
+    """`python -m sim.run` in a fresh process: wall seconds, its summary's compile and run seconds,
+    and the process's peak resident memory."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sim.run", *args, f"hydra.run.dir={out}",
-                    f"runtime.compilation_cache={cache}"], check=True, capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args, f"hydra.run.dir={out}",
+                             f"runtime.compilation_cache={cache}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t
+    if proc.returncode:
+        raise RuntimeError(f"sim.run {' '.join(args)} failed ({proc.returncode}): {stderr.decode()[-2000:]}")
     s = json.loads((out / "summary.json").read_text())
-    return {"wall": wall, "compile": s["compile_seconds"], "run": s["run_seconds"]}
+    return {"wall": wall, "compile": s["compile_seconds"], "run": s["run_seconds"],
+            "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def bench_wall(repeats: int) -> dict:
@@ -154,7 +166,44 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
             "ratio": train_tps / roof}
 
 
-SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline}
+# The sweep section's 2-axis grid: 25 points; seeds per point = runs / 25.
+SWEEP_AXES = ["task.phi_prime.relative_weight=[0,0.125,0.25,0.5,1]", "optim.lr=[0.01,0.02,0.05,0.1,0.2]"]
+SWEEP_POINTS = 25
+
+
+def bench_sweep(repeats: int, runs: int = 1000, steps: int = 500, processes: int = 5, record: str = "auto") -> dict:
+    """One in-process sweep of `runs` runs in a fresh `sim.run` (cold cache) against the same runs
+    as one `sim.run seeds=1` process each: `processes` of them timed with a warm cache (their best
+    case), their median extrapolated to all runs, one after another (processes=0: sweep only)."""
+    seeds = max(1, runs // SWEEP_POINTS)
+    common = [f"steps={steps}", "log_every=10"]
+    sweep, single = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            args = common + SWEEP_AXES + [f"seeds={seeds}", "plots=true", f"record={record}"]
+            sweep.append(_sim_run(args, f"{tmp}/cache{i}", Path(tmp) / f"sweep{i}"))
+        rel, lr = (axis.partition("=")[2].strip("[]").split(",") for axis in SWEEP_AXES)
+        warm = f"{tmp}/single_cache"
+        if processes:
+            _sim_run(common + ["seeds=1", "plots=false"], warm, Path(tmp) / "single_warmup")
+        for i in range(processes):  # a different sweep point (and seed) each, like a loop over the grid
+            point = [f"task.phi_prime.relative_weight={rel[i % len(rel)]}", f"optim.lr={lr[(i // len(rel)) % len(lr)]}"]
+            args = common + point + ["seeds=1", f"seed={i}", "plots=false"]
+            single.append(_sim_run(args, warm, Path(tmp) / f"one{i}"))
+    med = lambda rows, k: float(np.median([r[k] for r in rows]))  # noqa: E731
+    n_runs = seeds * SWEEP_POINTS
+    out = {"runs": n_runs, "points": SWEEP_POINTS, "seeds": seeds, "steps": steps, "repeats": repeats,
+           "record": record, "in_process": {k: med(sweep, k) for k in ("wall", "compile", "run", "peak_rss_mib")}}
+    if single:
+        per_process = {k: med(single, k) for k in ("wall", "compile", "run")}
+        separate = per_process["wall"] * n_runs
+        out |= {"per_process": per_process, "processes_timed": processes, "separate_processes_seconds": separate,
+                "ratio": separate / out["in_process"]["wall"]}
+    return out
+
+
+SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline,
+            "sweep": bench_sweep}
 
 
 def report(results: dict) -> str:
@@ -177,6 +226,17 @@ def report(results: dict) -> str:
         r = results["roofline"]
         lines.append(f"roofline ({r['runs']} runs): sampling only {r['roofline_tokens_per_second'] / 1e6:.2f} M tokens/s, "
                      f"training {r['train_tokens_per_second'] / 1e6:.2f} M tokens/s: ratio {r['ratio']:.2f}")
+    if "sweep" in results:
+        w = results["sweep"]
+        ip = w["in_process"]
+        lines.append(f"sweep: {w['runs']} runs ({w['points']} points x {w['seeds']} seeds) x {w['steps']} steps in one "
+                     f"sim.run (record={w['record']}): wall {ip['wall']:.1f} s (compile {ip['compile']:.1f} s, "
+                     f"run {ip['run']:.1f} s), peak RSS {ip['peak_rss_mib']:.0f} MiB (median of {w['repeats']})")
+        if "ratio" in w:
+            lines.append(f"sweep as separate processes: {w['per_process']['wall']:.2f} s per run (median of "
+                         f"{w['processes_timed']}, warm cache) x {w['runs']} = "
+                         f"{w['separate_processes_seconds']:.0f} s: "
+                         f"{w['ratio']:.0f}x the in-process sweep")
     return "\n".join(lines)
 
 
@@ -186,9 +246,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("sections", nargs="*", help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median reported)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
+    parser.add_argument("--sweep-runs", type=int, default=1000,
+                        help="sweep: runs in the sweep (25 points x runs/25 seeds)")
+    parser.add_argument("--sweep-steps", type=int, default=500, help="sweep: training steps (a multiple of 10)")
+    parser.add_argument("--sweep-processes", type=int, default=5, help="sweep: separate processes to time (0: none)")
+    parser.add_argument("--sweep-record", choices=("auto", "runs", "points"), default="auto",
+                        help="sweep: the sweep's record setting")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats={args.repeats}: must be >= 1")
+    for name, lo in (("repeats", 1), ("sweep_runs", 1), ("sweep_processes", 0)):
+        if getattr(args, name) < lo:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: must be >= {lo}")
+    if args.sweep_steps < 10 or args.sweep_steps % 10:
+        parser.error(f"--sweep-steps={args.sweep_steps}: must be a positive multiple of 10 (log_every)")
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:
         parser.error(f"unknown section {unknown[0]!r}; allowed: {', '.join(SECTIONS)}")
@@ -197,8 +266,10 @@ def main(argv: list[str] | None = None) -> dict:
     runtime.configure(None, "auto")  # in-process sections: all cores, no persistent cache (cold numbers)
     results = {"header": header()}
     for name in args.sections or list(SECTIONS):
-        repeats = max(1, args.repeats // 2) if name == "wall" else args.repeats
-        results[name] = SECTIONS[name](repeats)
+        repeats = max(1, args.repeats // 2) if name in ("wall", "sweep") else args.repeats
+        extra = {"runs": args.sweep_runs, "steps": args.sweep_steps, "processes": args.sweep_processes,
+                 "record": args.sweep_record}
+        results[name] = SECTIONS[name](repeats, **extra) if name == "sweep" else SECTIONS[name](repeats)
     print(report(results))
     if args.json:
         text = json.dumps(results, indent=2)

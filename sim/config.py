@@ -8,7 +8,7 @@ key, the bad value and what is allowed, before anything is compiled.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -39,15 +39,31 @@ HPARAM_KEYS: dict[str, str] = {
     "kappa_delta": "task.kappa_delta",
 }
 
+# Settings that are not hparams themselves but set hparams per sweep point (`sweep.resolve`):
+# relative_weight r sets w_phi_prime = r * w_phi, so r = 0 drops phi_prime from the reward.
+DERIVED_KEYS: dict[str, str] = {
+    "relative_weight": "task.phi_prime.relative_weight",
+}
+# Every key that may be given as a list, an in-process sweep axis (name -> config key).
+SWEEP_KEYS: dict[str, str] = {**HPARAM_KEYS, **DERIVED_KEYS}
+# Static keys whose value is itself a list (they cannot be swept in-process).
+_LIST_KEYS = {f"task.{r}.{k}" for r in ("phi", "phi_prime") for k in ("positions", "good_tokens")}
+
+# What a run keeps of its metrics: every run's rows, or per sweep point the mean and spread over
+# seeds (reduced on device; each run keeps only its first and last rows, for the summary).
+# 'auto' keeps every run's rows up to RUN_ROWS_LIMIT rows (runs x logged steps).
+RECORD_MODES = ("auto", "runs", "points")
+RUN_ROWS_LIMIT = 1_000_000
+
 # The keys each section accepts (anything else is a typo and is refused).
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
-    "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "runtime",
+    "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
     "runtime": {"compilation_cache", "cpu_devices"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
-    "task.phi_prime": _REWARD_KEYS,
+    "task.phi_prime": _REWARD_KEYS | {"relative_weight"},
     "policy": {"kind", "width", "overlap"},
     "algo": {"advantage", "group_size", "std_eps", "mode", "loss", "kl"},
     "algo.loss": {"kind", "aggregation", "epochs", "eps_low", "eps_high", "entropy_coef"},
@@ -88,7 +104,7 @@ class Runtime:
 @dataclass(frozen=True)
 class Experiment:
     static: Static
-    hparams: dict[str, float]
+    hparams: dict[str, float]  # one value per HPARAM_KEYS name; a swept one holds its first value
     seeds: tuple[int, ...]
     plots: bool = True
     runtime: Runtime = Runtime()
@@ -103,6 +119,13 @@ class Experiment:
     @property
     def rows_per_chunk(self) -> int | None:
         return self.chunk_steps // self.static.log_every if self.chunk_steps else None
+    axes: dict[str, tuple[float, ...]] = field(default_factory=dict)  # swept config key -> values
+    derived: dict[str, float] = field(default_factory=dict)  # DERIVED_KEYS name -> value, set and not swept
+    record: str = "runs"  # 'runs' | 'points' ('auto' is resolved by parse)
+
+    @property
+    def n_runs(self) -> int:
+        return math.prod(len(v) for v in self.axes.values()) * len(self.seeds)
 
 
 def _get(cfg: Mapping, key: str) -> Any:
@@ -152,17 +175,42 @@ def _checkpoint_seconds(cfg) -> float | None:
     return None if cfg["checkpoint_seconds"] is None else _float(cfg, "checkpoint_seconds", *_FINITE_NONNEG)
 
 
-def _float(cfg, key: str, check, allowed: str) -> float:
-    v = _get(cfg, key)
+def _number(v: Any, check, allowed: str) -> float | None:
+    """v as a float if it satisfies the rule, else None. null stands for inf where that is allowed."""
     if v is None and "inf" in allowed:
         return math.inf
     try:
         x = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
     except OverflowError:  # an integer too large for a float
         x = math.nan
-    if math.isnan(x) or not check(x):
+    return None if math.isnan(x) or not check(x) else x
+
+
+def _float(cfg, key: str, check, allowed: str) -> float:
+    v = _get(cfg, key)
+    out = _number(v, check, allowed)
+    if out is None:
         raise ConfigError(f"{key}={v!r}: must be {allowed}")
-    return x
+    return out
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple))
+
+
+def _axis(key: str, values: list, check, allowed: str) -> tuple[float, ...]:
+    """An in-process sweep axis: every value obeys the scalar rule; no value twice."""
+    if not values:
+        raise ConfigError(f"{key}=[]: a sweep axis needs at least one value")
+    out = []
+    for v in values:
+        x = _number(v, check, allowed)
+        if x is None:
+            raise ConfigError(f"{key}={list(values)!r}: sweep values must each be {allowed}; {v!r} is not")
+        if x in out:
+            raise ConfigError(f"{key}={list(values)!r}: sweep values must not repeat; {v!r} appears twice")
+        out.append(x)
+    return tuple(out)
 
 
 def _int_list(cfg, key: str, lo: int, hi: int) -> tuple[int, ...]:
@@ -184,6 +232,9 @@ def _check_keys(cfg: Mapping, section: str = "") -> None:
             if not isinstance(v, Mapping):
                 raise ConfigError(f"{full}={v!r}: must be a section with keys {', '.join(sorted(_KEYS[full]))}")
             _check_keys(v, full)
+        elif _is_list(v) and full not in SWEEP_KEYS.values() and full not in _LIST_KEYS:
+            raise ConfigError(f"{full}={list(v)!r}: static keys cannot be swept in-process; "
+                              "use -m (Hydra multirun) with comma-separated values")
 
 
 def _task(cfg) -> Task:
@@ -228,21 +279,43 @@ _HPARAM_RULES = {
     "eps_low": _UNIT, "eps_high": _EPS_HIGH, "entropy_coef": _FINITE_NONNEG,
     "lr": _POSITIVE, "max_grad_norm": _CLIP,
     "kappa_phi_target": _KAPPA, "kappa_phi_prime_target": _KAPPA, "kappa_delta": _PROBABILITY,
+    "relative_weight": _FINITE_NONNEG,
 }
+# Keys that may be absent (or null, for derived keys: not set), and what that means.
+_OPTIONAL = {"overlap": 0.0, "relative_weight": None}  # overlap: families without features ignore it
 
 
-def _hparams(cfg) -> dict[str, float]:
-    out = {}
-    for name, key in HPARAM_KEYS.items():
-        if name == "overlap" and "overlap" not in cfg["policy"]:
-            out[name] = 0.0  # families without features ignore it
+def _hparams(cfg) -> tuple[dict[str, float], dict[str, tuple[float, ...]], dict[str, float]]:
+    """(hparams, axes, derived): scalars per hparam name, sweep axes per config key (in SWEEP_KEYS
+    order), and the derived settings that are set to one value."""
+    hparams, axes, derived = {}, {}, {}
+    for name, key in SWEEP_KEYS.items():
+        section, _, leaf = key.rpartition(".")
+        absent = leaf not in _get(cfg, section) or (name in DERIVED_KEYS and _get(cfg, key) is None)
+        if name in _OPTIONAL and absent:
+            if name in HPARAM_KEYS:
+                hparams[name] = _OPTIONAL[name]
             continue
         check, allowed = _HPARAM_RULES[name]
-        if check is _KAPPA[0] and _get(cfg, key) is None:
-            out[name] = math.nan  # no target kappa: the competence stands
+        v = _get(cfg, key)
+        if check is _KAPPA[0] and v is None:
+            hparams[name] = math.nan  # no target kappa: the competence stands
             continue
-        out[name] = _float(cfg, key, check, allowed)
-    return out
+        if _is_list(v):
+            axes[key] = _axis(key, v, check, allowed)
+            value = axes[key][0]
+        else:
+            value = _float(cfg, key, check, allowed)
+        if name in HPARAM_KEYS:
+            hparams[name] = value
+        elif key not in axes:
+            derived[name] = value
+    rel = SWEEP_KEYS["relative_weight"]
+    w2 = SWEEP_KEYS["w_phi_prime"]
+    if w2 in axes and (rel in axes or "relative_weight" in derived):
+        raise ConfigError(f"{w2}={list(axes[w2])}: cannot be swept while {rel} is set "
+                          f"(it sets w2 = {rel} x task.phi.weight)")
+    return hparams, axes, derived
 
 
 def parse_runtime(cfg: Mapping) -> Runtime:
@@ -321,8 +394,14 @@ def parse(cfg: Mapping) -> Experiment:
     )
     _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
-    hparams = resolve_kappa_targets(task, _hparams(cfg))
-    return Experiment(static, hparams, tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
-                      runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
-                      checkpoint_seconds=_checkpoint_seconds(cfg),
-                      resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False))
+    hparams, axes, derived = _hparams(cfg)
+    hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
+    record = _choice(cfg, "record", RECORD_MODES) if "record" in cfg else "auto"
+    exp = Experiment(static, hparams, tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
+                     runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
+                     checkpoint_seconds=_checkpoint_seconds(cfg),
+                     resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False),
+                     axes=axes, derived=derived)
+    if record == "auto":
+        record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
+    return replace(exp, record=record)

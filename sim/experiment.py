@@ -1,8 +1,9 @@
 """Run a validated Experiment and write its outputs (the file-writing edge, no Hydra here).
 
 Order of writes: provenance.json and config.yaml first; metrics.csv rows and a checkpoint after
-every chunk; rewards.png; summary.json last (its presence marks the run complete); then the
-checkpoints are deleted. See sim/rundir.py for what happens to an existing run directory.
+every chunk (record=points: points.csv at the end, no checkpoints); rewards.png and sweep.png;
+summary.json last (its presence marks the run complete); then the checkpoints are deleted. See
+sim/rundir.py for what happens to an existing run directory.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
 from sim.sweep import Batch, expand
+from sim.layout import PointStats
 from sim.train import METRICS, Snapshot, TrainResult, make_train, run_keys, snapshot_template
 
 
@@ -29,7 +31,8 @@ def train_with_progress(exp: Experiment, batch: Batch, **train_kw) -> TrainResul
     """Train with a progress bar on stderr; the bar starts after compilation so steps/s is honest.
     `train_kw` goes to train() (start, on_snapshot)."""
     train = make_train(exp.static, exp.rows_per_chunk)
-    print(f"sim: compiling {batch.size} runs x {exp.static.steps} steps ...", file=sys.stderr, flush=True)
+    print(f"sim: compiling {batch.size} runs ({batch.n_points} sweep points x {len(exp.seeds)} seeds) x "
+          f"{exp.static.steps} steps ...", file=sys.stderr, flush=True)
     bars = []
 
     def on_chunk(done, total, rows):
@@ -60,18 +63,24 @@ def diverged_runs(batch: Batch, result: TrainResult) -> list[dict]:
              "step": int(result.diverged_at_step_R[r])} for r in np.flatnonzero(result.diverged_at_step_R >= 0)]
 
 
-def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, provenance: dict) -> dict:
+def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, provenance: dict,
+            overrides=()) -> dict:
     diverged = diverged_runs(batch, result)
+    points = results.point_summaries(result.metrics, batch.points_R, batch.point_values, result.diverged_at_step_R)
+    for point, hp in zip(points, batch.point_hparams):
+        point["hparams"] = hp  # what the point trained with (derived settings resolved)
     return {
         "config_hash": provenance["config_hash"],
+        "overrides": list(overrides),  # the command line's, so a multirun's jobs can be told apart
+        "axes": {k: list(v) for k, v in exp.axes.items()},
+        "record": exp.record,
         "n_runs": batch.size,
         "n_points": len(batch.point_values),
         # runs whose loss, sampled rewards or parameters went non-finite: frozen at that step,
         # left out of every statistic below (n_seeds counts the healthy runs of a point)
         "n_diverged": len(diverged),
         "diverged": diverged,
-        "points": results.point_summaries(result.metrics, batch.points_R, batch.point_values,
-                                          result.diverged_at_step_R),
+        "points": points,
         "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds,
         "devices": provenance["devices"],
@@ -125,7 +134,17 @@ def one_line_diagnostics(point: dict) -> str:
             f"{'held' if blog['holds'] else 'did not hold'} over training")
 
 
-def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
+def write_points_csv(path: Path, stats: PointStats, batch: Batch) -> None:
+    """record=points: one row per sweep point and logged step, mean and std over seeds."""
+    index = np.arange(batch.n_points)
+    columns = {"point": index, **{k: np.array([v[k] for v in batch.point_values]) for k in batch.point_values[0]}}
+    header, table = results.points_table(stats.steps_T, stats.count_N, stats.mean, stats.m2, columns)
+    with open(path, "w") as f:
+        f.write(",".join(header) + "\n")
+        np.savetxt(f, table, fmt=["%d"] + ["%.9g"] * (table.shape[1] - 1), delimiter=",")
+
+
+def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) -> dict:
     """Run `exp` into `out` (fresh, resumed or already done: see rundir.plan) and return the summary.
     Raises ConfigError when `out` holds a run it must not touch."""
     prov = rundir.provenance(plain_cfg, [str(d) for d in jax.local_devices()])
@@ -144,6 +163,10 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     batch = expand(exp)
     checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
     try:
+        if exp.record == "points":  # rows are reduced as they come: nothing to stream or resume from
+            result = train_with_progress(exp, batch, points_R=batch.points_R)
+            write_points_csv(out / "points.csv", result.point_stats, batch)
+            return _finish(exp, plain_cfg, batch, result, prov, out, overrides)
         start = _resume_from(exp, batch, out, checkpoints) if action == "resume" else None
         steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
         table = rundir.MetricsCsv(out / "metrics.csv", METRICS + ("diverged_at_step",), steps_T, run_columns(batch))
@@ -157,7 +180,12 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
         result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot)
     finally:
         checkpoints.close()
-    info = summary(exp, plain_cfg, batch, result, prov)
+    return _finish(exp, plain_cfg, batch, result, prov, out, overrides)
+
+
+def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, prov: dict, out: Path,
+            overrides) -> dict:
+    info = summary(exp, plain_cfg, batch, result, prov, overrides)
     t0 = time.perf_counter()
     extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
     for point, extra in zip(info["points"], extras):
@@ -165,7 +193,7 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     info["analysis_seconds"] = time.perf_counter() - t0
     info = results.json_safe(info)
     if exp.plots:
-        write_figures(out, exp, batch, result, info["points"][0], arrays)
+        write_figures(out, exp, batch, result, info, arrays)
     rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2, allow_nan=False))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     point = info["points"][0]["metrics"]
@@ -177,18 +205,33 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path) -> dict:
     return info
 
 
-def write_figures(out: Path, exp: Experiment, batch: Batch, result: TrainResult, point0: dict, arrays: dict) -> None:
-    """rewards.png and the diagnostic figures over the healthy runs; diverged runs are left out and
-    counted in the labels."""
+def title(exp: Experiment, batch: Batch) -> str:
+    w = [{hp[k] for hp in batch.point_hparams} for k in ("w_phi", "w_phi_prime")]
+    w1, w2 = (f"{next(iter(v)):g}" if len(v) == 1 else sym for v, sym in zip(w, ("w₁", "w₂")))
+    return f"{exp.static.advantage}, {exp.static.policy} policy, r = {w1}·φ + {w2}·φ′"
+
+
+def write_figures(out: Path, exp: Experiment, batch: Batch, result: TrainResult, info: dict, arrays: dict) -> None:
+    """rewards.png and the diagnostic figures over the healthy runs (diverged runs are left out and
+    counted in the labels; with record=points the bands come from the device's moments, which
+    include them, and the diagnostics see each run's key rows only), and sweep.png for 1 or 2
+    sweep axes."""
     healthy_R = result.diverged_at_step_R < 0
     labels = []
     for p, values in enumerate(batch.point_values):
         parts = [f"{k}={v:g}" for k, v in values.items()]
         lost = int(np.sum((batch.points_R == p) & ~healthy_R))
-        parts += [f"{lost} diverged run{'s' * (lost > 1)} left out"] if lost else []
+        parts += [f"{lost} diverged run{'s' * (lost > 1)} left out"] if lost and result.point_stats is None else []
         labels.append(", ".join(parts))
-    title = (f"{exp.static.advantage}, {exp.static.policy} policy, "
-             f"r = {exp.hparams['w_phi']:g}·φ + {exp.hparams['w_phi_prime']:g}·φ′")
     points_R = np.where(healthy_R, batch.points_R, -1)  # -1: in no point's band
-    plots.rewards_figure(out / "rewards.png", result.steps_T, result.metrics, points_R, labels, title)
-    write_diagnostic_figures(out, exp, result, point0, arrays, points_R, labels, title)
+    if result.point_stats is None:
+        steps_T, bands = result.steps_T, results.bands_from_runs(result.metrics, points_R, batch.n_points)
+    else:
+        st = result.point_stats
+        steps_T, bands = st.steps_T, results.bands_from_moments(st.count_N, st.mean, st.m2)
+    plots.rewards_figure(out / "rewards.png", steps_T, bands, labels, title(exp, batch), len(exp.seeds))
+    write_diagnostic_figures(out, exp, result, info["points"][0], arrays, points_R, labels, title(exp, batch))
+    if 1 <= len(exp.axes) <= 2:
+        plots.sweep_figure(out / "sweep.png", info["points"], list(exp.axes), title(exp, batch))
+    elif exp.axes:
+        print(f"sim: no sweep.png: sweep figures are drawn for 1 or 2 axes, not {len(exp.axes)}", file=sys.stderr)

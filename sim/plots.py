@@ -1,6 +1,7 @@
 """Figures. Each function takes arrays and a path, draws with matplotlib's Agg backend, and closes."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -9,43 +10,145 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim.results import band_TxN  # noqa: E402
+from sim.results import Bands  # noqa: E402
 
 REWARD_STYLE = {"phi": ("C0", "φ"), "phi_prime": ("C3", "φ′")}
+MAX_BANDED_POINTS = 4  # beyond this many sweep points, curves are drawn without bands or legend
+
+# Readable names for sweep axes in figures; other keys are shown as they are.
+AXIS_LABELS = {
+    "task.phi.weight": "w₁ (task.phi.weight)",
+    "task.phi_prime.weight": "w₂ (task.phi_prime.weight)",
+    "task.phi_prime.relative_weight": "w₂/w₁ (task.phi_prime.relative_weight)",
+    "task.phi.competence": "reference competence at φ",
+    "task.phi_prime.competence": "reference competence at φ′",
+    "algo.kl.beta": "β (algo.kl.beta)",
+    "optim.lr": "learning rate (optim.lr)",
+}
 
 
-def _band(ax, steps_T, x_TxN, color, label):
-    mean, lo, hi = band_TxN(x_TxN)
-    ax.plot(steps_T, mean, color=color, label=label)
-    ax.fill_between(steps_T, lo, hi, color=color, alpha=0.25, linewidth=0)
-
-
-def rewards_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.ndarray], points_R: np.ndarray,
-                   point_labels: list[str], title: str) -> None:
+def rewards_figure(path: Path, steps_T: np.ndarray, bands: Bands, point_labels: list[str], title: str,
+                   n_seeds: int) -> None:
     """phi and phi_prime against step (mean and 95% band over seeds), the total reward and the KL.
-    With several sweep points, each point gets its own line style."""
+    Up to MAX_BANDED_POINTS sweep points get their own line style; more are drawn as mean curves
+    shaded from light (first point) to dark (last)."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    n_points = len(point_labels)
+    banded = n_points <= MAX_BANDED_POINTS
     styles = ["-", "--", ":", "-."]
+    panels = [(axes[0], name, color, sym) for name, (color, sym) in REWARD_STYLE.items()]
+    panels += [(axes[1], "reward", "C2", "r"), (axes[2], "kl", "C4", "KL")]
     for p, label in enumerate(point_labels):
-        runs = np.flatnonzero(points_R == p)  # runs marked -1 (e.g. diverged) belong to no point
-        if runs.size == 0:
+        if np.all(np.isnan(bands["phi"][0][:, p])):  # every run of the point left out (diverged)
             continue
         suffix = f" ({label})" if label else ""
-        ls = styles[p % len(styles)]
-        for name, (color, sym) in REWARD_STYLE.items():
-            _band(axes[0], steps_T, metrics[name][:, runs], color, sym + suffix)
-            axes[0].lines[-1].set_linestyle(ls)
-        _band(axes[1], steps_T, metrics["reward"][:, runs], "C2", "r" + suffix)
-        _band(axes[2], steps_T, metrics["kl"][:, runs], "C4", "KL" + suffix)
-        axes[1].lines[-1].set_linestyle(ls)
-        axes[2].lines[-1].set_linestyle(ls)
-    n = int(np.sum(points_R == 0))
+        for ax, name, color, sym in panels:
+            mean, lo, hi = (b[:, p] for b in bands[name])
+            if banded:
+                ax.plot(steps_T, mean, color=color, ls=styles[p % len(styles)], label=sym + suffix)
+                ax.fill_between(steps_T, lo, hi, color=color, alpha=0.25, linewidth=0)
+            else:
+                ax.plot(steps_T, mean, color=color, alpha=0.25 + 0.75 * p / max(n_points - 1, 1), lw=0.8,
+                        label=sym if p == n_points - 1 else None)
     axes[0].set(title="expected rewards", xlabel="step", ylabel="E[reward]", ylim=(-0.02, 1.02))
     axes[1].set(title="total reward r", xlabel="step", ylabel="E[r]")
     axes[2].set(title="KL(π ‖ π_ref)", xlabel="step", ylabel="nats")
     if axes[0].lines:  # every run of every point may have been left out (diverged)
         axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}  (mean and 95% band over {n} seeds)", fontsize=10)
+    what = f"mean and 95% band over {n_seeds} seeds" if banded else f"{n_points} sweep points, mean of {n_seeds} seeds"
+    fig.suptitle(f"{title}  ({what})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _positions(values: list) -> tuple[np.ndarray, bool, str]:
+    """x positions for axis values: the values themselves (log scale when positive and spanning
+    20x or more), or evenly spaced categories for strings and non-finite numbers."""
+    numeric = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    if not numeric:
+        return np.arange(len(values), dtype=float), True, "linear"
+    x = np.array(values, float)
+    log = np.all(x > 0) and x.max() >= 20 * x.min()
+    return x, False, "log" if log else "linear"
+
+
+def _sorted_unique(values: list) -> list:
+    uniq = list(dict.fromkeys(values))
+    try:
+        return sorted(uniq)
+    except TypeError:  # mixed types: keep the order of appearance
+        return uniq
+
+
+def _delta(point: dict, metric: str) -> tuple[float, float, float]:
+    s = point["metrics"][metric]
+    nan = float("nan")
+    mean, (lo, hi) = s["delta_mean"], s["delta_ci95"]
+    return (nan if mean is None else mean), (nan if lo is None else lo), (nan if hi is None else hi)
+
+
+def sweep_figure(path: Path, points: list[dict], axes: list[str], title: str,
+                 metrics: tuple[str, ...] = ("phi", "phi_prime")) -> None:
+    """The final change (end - start) of each metric against the sweep axes, from point summaries
+    ({"values": {axis: value}, "metrics": {name: metric_summary}}). One axis: lines with 95% CI
+    bands; two axes: one heatmap per metric (first axis down, second across)."""
+    if len(axes) == 1:
+        _sweep_lines(path, points, axes[0], title, metrics)
+    elif len(axes) == 2:
+        _sweep_heatmaps(path, points, axes, title, metrics)
+    else:
+        raise ValueError(f"sweep figures need 1 or 2 axes, got {len(axes)}: {axes}")
+
+
+def _label(metric: str) -> str:
+    return "Δ" + REWARD_STYLE.get(metric, (None, metric))[1]
+
+
+def _sweep_lines(path, points, axis, title, metrics):
+    order = _sorted_unique([p["values"][axis] for p in points])
+    ordered = sorted(points, key=lambda p: order.index(p["values"][axis]))
+    values = [p["values"][axis] for p in ordered]
+    x, categorical, scale = _positions(values)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, metric in enumerate(metrics):
+        color = REWARD_STYLE.get(metric, (f"C{i}",))[0]
+        mean, lo, hi = np.array([_delta(p, metric) for p in ordered]).T
+        ax.plot(x, mean, "o-", color=color, label=_label(metric))
+        ax.fill_between(x, lo, hi, color=color, alpha=0.25, linewidth=0)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xscale(scale)
+    if categorical:
+        ax.set_xticks(x, [f"{v:g}" if isinstance(v, float) else str(v) for v in values])
+    n = next(iter(ordered[0]["metrics"].values()))["n_seeds"]
+    ax.set(xlabel=AXIS_LABELS.get(axis, axis), ylabel="final change (end − start)",
+           title=f"{title}\n(mean and 95% CI over {n} seeds)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sweep_heatmaps(path, points, axes, title, metrics):
+    rows, cols = (_sorted_unique([p["values"][a] for p in points]) for a in axes)
+    fig, panels = plt.subplots(1, len(metrics), figsize=(1.0 + 0.75 * len(cols) * len(metrics) + 2 * len(metrics),
+                                                         1.5 + 0.5 * len(rows)), squeeze=False)
+    for ax, metric in zip(panels[0], metrics):
+        grid = np.full((len(rows), len(cols)), np.nan)
+        for p in points:
+            grid[rows.index(p["values"][axes[0]]), cols.index(p["values"][axes[1]])] = _delta(p, metric)[0]
+        lim = np.nanmax(np.abs(grid)) if np.any(np.isfinite(grid)) else 1.0
+        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto", origin="lower")
+        if len(rows) * len(cols) <= 100:
+            for (i, j), v in np.ndenumerate(grid):
+                ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(cols)), [f"{v:g}" if isinstance(v, float) else str(v) for v in cols], fontsize=7)
+        ax.set_yticks(range(len(rows)), [f"{v:g}" if isinstance(v, float) else str(v) for v in rows], fontsize=7)
+        ax.set(xlabel=AXIS_LABELS.get(axes[1], axes[1]), ylabel=AXIS_LABELS.get(axes[0], axes[0]),
+               title=f"{_label(metric)} (mean over seeds)")
+        fig.colorbar(im, ax=ax, shrink=0.85)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

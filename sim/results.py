@@ -19,14 +19,41 @@ def mean_ci95(x_N: np.ndarray) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def _band(mean, std, n: int):
+    if n < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def band_TxN(x_TxN: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-step mean and 95% band over the N runs of one point (band = mean when N < 2)."""
     n = x_TxN.shape[1]
-    mean = np.mean(x_TxN, 1)
-    if n < 2:
-        return mean, mean, mean
-    half = stats.t.ppf(0.975, n - 1) * np.std(x_TxN, 1, ddof=1) / np.sqrt(n)
-    return mean, mean - half, mean + half
+    return _band(np.mean(x_TxN, 1), np.std(x_TxN, 1, ddof=1) if n > 1 else None, n)
+
+
+# name -> (mean, lo, hi) of the 95% band over seeds, each [T, N] for N sweep points
+Bands = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def bands_from_runs(metrics: dict[str, np.ndarray], points_R: np.ndarray, n_points: int) -> Bands:
+    """Bands per point; runs marked -1 (e.g. diverged) are in no point, and a point left with no
+    run gets NaN bands."""
+    def band(x_TxN):
+        nan = np.full(x_TxN.shape[0], np.nan)
+        return band_TxN(x_TxN) if x_TxN.shape[1] else (nan, nan, nan)
+
+    per_point = [{k: band(v[:, points_R == p]) for k, v in metrics.items()} for p in range(n_points)]
+    return {k: tuple(np.stack([b[k][i] for b in per_point], 1) for i in range(3)) for k in metrics}
+
+
+def bands_from_moments(count_N: np.ndarray, mean: dict, m2: dict) -> Bands:
+    """The same bands from per-point moments (mean and sum of squared deviations) over seeds."""
+    out = {}
+    for k in mean:
+        cols = [_band(mean[k][:, p], np.sqrt(m2[k][:, p] / max(n - 1, 1)), int(n)) for p, n in enumerate(count_N)]
+        out[k] = tuple(np.stack([c[i] for c in cols], 1) for i in range(3))
+    return out
 
 
 def metric_summary(x_TxN: np.ndarray) -> dict:
@@ -92,3 +119,35 @@ def json_safe(obj):
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     return obj
+
+
+def points_table(stats_steps_T: np.ndarray, count_N: np.ndarray, mean: dict, m2: dict,
+                 columns_N: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """One row per (sweep point, logged step): per-point columns, step, n_seeds, then each metric's
+    mean and std over seeds; point-major."""
+    T, N = len(stats_steps_T), len(count_N)
+    header = list(columns_N) + ["step", "n_seeds"] + [f"{k}_{s}" for k in mean for s in ("mean", "std")]
+    cols = [np.repeat(np.asarray(columns_N[c], np.float64), T) for c in columns_N]
+    cols += [np.tile(np.asarray(stats_steps_T, np.float64), N), np.repeat(count_N.astype(np.float64), T)]
+    for k in mean:
+        std_TxN = np.sqrt(m2[k] / np.maximum(count_N - 1, 1))
+        cols += [mean[k].T.reshape(-1), std_TxN.T.reshape(-1)]
+    return header, np.stack(cols, 1)
+
+
+SUMMARY_FIELDS = ("start", "end", "delta_mean", "delta_lo", "delta_hi")
+
+
+def summary_table(points: list[dict], axes: list[str], metrics: tuple[str, ...]) -> tuple[list[str], list[list]]:
+    """Flat table of point summaries (as in summary.json): axis values, n_seeds, then per metric
+    start, end, delta mean and 95% CI. Axis values may be numbers or strings (static axes)."""
+    header = list(axes) + ["n_seeds"] + [f"{m}_{f}" for m in metrics for f in SUMMARY_FIELDS]
+    rows = []
+    for point in points:
+        row = [point["values"].get(a) for a in axes]
+        row.append(next(iter(point["metrics"].values()))["n_seeds"])
+        for m in metrics:
+            s = point["metrics"][m]
+            row += [s["start"], s["end"], s["delta_mean"], *s["delta_ci95"]]
+        rows.append(row)
+    return header, rows

@@ -54,7 +54,8 @@ def hydra_main(cfg: DictConfig) -> None:
         exp = parse(plain)
         from sim import experiment  # heavy imports (matplotlib) only once the config is valid
 
-        info = experiment.run_experiment(exp, plain, Path(HydraConfig.get().runtime.output_dir))
+        hc = HydraConfig.get()
+        info = experiment.run_experiment(exp, plain, Path(hc.runtime.output_dir), overrides=list(hc.overrides.task))
     except ConfigError as e:
         fail(str(e))
     _statuses.append(report(info))

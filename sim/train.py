@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sim import algos, diagnostics, geometry, policies, task as task_lib
 from sim.config import Static
+from sim.layout import PointStats, over_runs, point_moments, run_block
 from sim.policies.base import Policy
 
 # Exact expectations under the current policy, logged at every logged step (step 0 included);
@@ -235,6 +236,9 @@ def auto_rows_per_chunk(total_rows: int, target_chunks: int = 10) -> int:
 
 def run_keys(seeds) -> jax.Array:
     """One key per run from its seed alone, so a run's numbers do not depend on its batch."""
+    seeds = np.asarray(seeds)
+    if seeds.size and seeds.max() < 2**31:  # vmapped: the same keys, without a dispatch per seed
+        return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.int32))
     return jnp.stack([jax.random.key(int(s)) for s in seeds])
 
 
@@ -244,11 +248,18 @@ def run_shardings() -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec(None, "runs"))
 
 
-def _shard_runs(tree, n_runs: int, sharding: NamedSharding):
-    """Pad the run axis to a multiple of the device count and shard it over all local devices."""
-    pad = -n_runs % sharding.mesh.size
-    tree = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, 0)]) if pad else x, tree)
-    return jax.device_put(tree, sharding)
+def _shard_runs(tree, n_runs: int, sharding: NamedSharding, block: int, fill=None):
+    """Pad the run axis to a multiple of `block` runs per device (see layout) and shard it over
+    all local devices. Padding repeats the last run, or is `fill` where given."""
+    pad = -n_runs % (sharding.mesh.size * block)
+
+    def padded(x):
+        if not pad:
+            return x
+        tail = jnp.repeat(x[-1:], pad, 0) if fill is None else jnp.full((pad,) + x.shape[1:], fill, x.dtype)
+        return jnp.concatenate([x, tail])
+
+    return jax.device_put(jax.tree.map(padded, tree), sharding)
 
 
 class TrainResult(NamedTuple):
@@ -258,6 +269,9 @@ class TrainResult(NamedTuple):
     compile_seconds: float
     run_seconds: float  # this call's share: a resumed run counts only what it ran itself
     diverged_at_step_R: np.ndarray  # the step whose update went non-finite, -1 for healthy runs
+    # record=points: per-point moments of every logged row; `metrics` then holds only each run's
+    # rows at steps 0, log_every and the last step (all that start/end summaries need)
+    point_stats: PointStats | None = None
 
 
 class Snapshot(NamedTuple):
@@ -312,22 +326,41 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
     if total_rows % chunk_rows:
         raise ValueError(f"rows_per_chunk={chunk_rows} must divide steps/log_every={total_rows}")
     steps_T = np.arange(total_rows + 1) * static.log_every
+    key_rows = sorted({0, 1, total_rows})  # what each run keeps when point stats are recorded
     runs, rows = run_shardings()
-    init_R = jax.jit(jax.vmap(partial(init_run, static)), in_shardings=runs, out_shardings=runs)
-    chunk_R = jax.jit(jax.vmap(partial(run_chunk, static, chunk_rows), out_axes=(0, 1)),
-                      in_shardings=runs, out_shardings=(runs, rows))
+    block = run_block(static)
+    init_R = jax.jit(over_runs(partial(init_run, static), runs.mesh, block), in_shardings=runs, out_shardings=runs)
+    chunk_runs = over_runs(partial(run_chunk, static, chunk_rows), runs.mesh, block)
+
+    def chunk_RxC(state, hp):  # rows come back per run, [R, C]; the host wants [C, R]
+        state, rows_RxC = chunk_runs(state, hp)
+        return state, jax.tree.map(lambda x: x.T, rows_RxC)
+
+    chunk_R = jax.jit(chunk_RxC, in_shardings=runs, out_shardings=(runs, rows))
 
     compiled = {}  # padded batch size -> (init, chunk) executables
 
     def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *,
-              start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None) -> TrainResult:
+              start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None,
+              points_R: np.ndarray | None = None) -> TrainResult:
         """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R].
 
         `start` continues a batch from a Snapshot of the same hp_R and keys_R (the numbers are
-        those of an uninterrupted call); `on_snapshot` receives one after every chunk."""
+        those of an uninterrupted call); `on_snapshot` receives one after every chunk.
+        With points_R (the sweep point of each run), every logged row is reduced on device to
+        per-point moments over seeds (TrainResult.point_stats) and each run keeps only its key
+        rows; such a batch is neither snapshotted nor resumed (its rows are not all kept)."""
+        if points_R is not None and (start is not None or on_snapshot is not None):
+            raise ValueError("point statistics (points_R) cannot be combined with snapshots or a resume")
         n_runs = keys_R.shape[0]
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
-        hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs, runs)
+        hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs, runs, block)
+        reduce = None
+        if points_R is not None:
+            n_points = int(np.max(points_R)) + 1
+            pts_R = _shard_runs(jnp.asarray(points_R, jnp.int32), n_runs, runs, block, fill=n_points)
+            reduce = lambda rows: jax.tree.map(  # noqa: E731
+                np.asarray, point_moments({k: rows[k] for k in METRICS}, pts_R, n_points))
         t0 = time.perf_counter()
         size = keys_R.shape[0]
         if size not in compiled:
@@ -337,7 +370,8 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             compiled[size][1] = chunk_R.lower(state, hp_R).compile()
         chunk_c = compiled[size][1]
         unpad = partial(jax.tree.map, lambda x: np.asarray(x[:, :n_runs]))
-        chunks = [unpad(jax.tree.map(lambda x: x[None], row0))]
+        row0 = jax.tree.map(lambda x: x[None], row0)
+        chunks, moments = [unpad(row0)], [reduce(row0)] if reduce else []
         rows_done = 0
         if start is not None:
             if start.rows_done % chunk_rows or start.rows_done > total_rows:
@@ -347,16 +381,28 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         t1 = time.perf_counter()
         for done in range(rows_done + chunk_rows, total_rows + 1, chunk_rows):
             state, rows = chunk_c(state, hp_R)
-            chunks.append(unpad(rows))
+            if reduce is None:
+                chunks.append(unpad(rows))
+                shown = chunks[-1]
+            else:  # keep the moments, and of each run only its key rows
+                moments.append(reduce(rows))
+                shown = {k: m[0] for k, m in moments[-1].items()}
+                chunks += [unpad({k: v[i:i + 1] for k, v in rows.items()})
+                           for i, row in enumerate(range(done - chunk_rows + 1, done + 1)) if row in key_rows[1:]]
             if on_chunk is not None:
-                on_chunk(done, total_rows, chunks[-1])
+                on_chunk(done, total_rows, shown)
             if on_snapshot is not None:
                 chunks = [{k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}]
                 on_snapshot(Snapshot(done, host_state(jax.tree.map(lambda x: x[:n_runs], state)), chunks[0]))
         metrics = {k: np.concatenate([c[k] for c in chunks]) for k in METRICS}
+        stats = None
+        if reduce is not None:
+            stats = PointStats(steps_T, np.bincount(points_R, minlength=n_points),
+                               *({k: np.concatenate([m[k][j] for m in moments]) for k in METRICS} for j in (0, 1)))
         state = jax.tree.map(lambda x: x[:n_runs], state)
-        return TrainResult(state, metrics, steps_T, compile_seconds=t1 - t0, run_seconds=time.perf_counter() - t1,
-                           diverged_at_step_R=np.asarray(state.diverged_at))
+        return TrainResult(state, metrics, steps_T if reduce is None else steps_T[key_rows],
+                           compile_seconds=t1 - t0, run_seconds=time.perf_counter() - t1,
+                           diverged_at_step_R=np.asarray(state.diverged_at), point_stats=stats)
 
     train.chunk_rows = chunk_rows
     return train

@@ -68,6 +68,22 @@ BAD = [
     (["task.phi_prime.kappa=5"], "task.phi_prime.kappa=5: unreachable at task.kappa_delta=0.05 for shape mean "
                                  "over 4 positions; reachable targets at this delta lie between"),
     (["task.kappa_delta=0"], "task.kappa_delta=0: must be a number strictly between 0 and 1"),
+    # in-process sweep axes
+    (["optim.lr=[]"], "optim.lr=[]: a sweep axis needs at least one value"),
+    (["optim.lr=[0.1,fast]"],
+     "optim.lr=[0.1, 'fast']: sweep values must each be a finite number > 0 (float32: at most 3.4e38); 'fast' is not"),
+    (["optim.lr=[0.1,-1]"], "optim.lr=[0.1, -1]: sweep values must each be a finite number > 0"),
+    (["task.phi.competence=[0.2,1.0]"],
+     "task.phi.competence=[0.2, 1.0]: sweep values must each be a number strictly between 0 and 1"),
+    (["algo.kl.beta=[0.1,0.1]"], "algo.kl.beta=[0.1, 0.1]: sweep values must not repeat; 0.1 appears twice"),
+    (["optim.lr=[true]"], "optim.lr=[True]: sweep values must each be a finite number > 0"),
+    (["task.prompts=[4,8]"], "task.prompts=[4, 8]: static keys cannot be swept in-process; use -m (Hydra multirun)"),
+    (["policy.kind=[tabular,lowrank]"], "policy.kind=['tabular', 'lowrank']: static keys cannot be swept"),
+    (["+optim.momentum=[0.9,0.99]"], "optim.momentum: unknown key"),
+    (["task.phi_prime.relative_weight=-1"], "task.phi_prime.relative_weight=-1: must be a finite number >= 0"),
+    (["task.phi_prime.relative_weight=[0,0.25]", "task.phi_prime.weight=[1,2]"],
+     "task.phi_prime.weight=[1.0, 2.0]: cannot be swept while task.phi_prime.relative_weight is set"),
+    (["record=all"], "record='all': allowed values are auto, runs, points"),
 ]
 
 
@@ -126,3 +142,28 @@ def test_execution_options_change_no_static_or_hparam():
 
 def test_null_grad_clip_means_no_clipping():
     assert parse(compose_plain(["optim.max_grad_norm=null"])).hparams["max_grad_norm"] == float("inf")
+
+
+def test_lists_become_sweep_axes_in_a_fixed_order_with_the_first_value_as_hparam():
+    exp = parse(compose_plain(["optim.lr=[0.01,0.05]", "task.phi.weight=[2,4,8]", "optim.max_grad_norm=[1,null]"]))
+    # axes follow HPARAM_KEYS order, not the order of the overrides
+    assert list(exp.axes) == ["task.phi.weight", "optim.lr", "optim.max_grad_norm"]
+    assert exp.axes["optim.lr"] == (0.01, 0.05) and exp.axes["task.phi.weight"] == (2.0, 4.0, 8.0)
+    assert exp.axes["optim.max_grad_norm"] == (1.0, float("inf"))  # null: no clipping, as for a scalar
+    assert exp.hparams["lr"] == 0.01 and exp.hparams["w_phi"] == 2.0
+    assert exp.n_runs == 3 * 2 * 2 * len(exp.seeds)
+
+
+def test_relative_weight_is_a_derived_setting_not_an_hparam():
+    exp = parse(compose_plain(["task.phi_prime.relative_weight=0.5"]))
+    assert exp.derived == {"relative_weight": 0.5} and not exp.axes and "relative_weight" not in exp.hparams
+    swept = parse(compose_plain(["task.phi_prime.relative_weight=[0,0.25]"]))
+    assert swept.axes == {"task.phi_prime.relative_weight": (0.0, 0.25)} and swept.derived == {}
+    assert parse(compose_plain()).derived == {}  # null by default: the weights as given
+
+
+def test_record_auto_keeps_runs_for_small_batches_and_points_for_huge_ones():
+    assert parse(compose_plain()).record == "runs"
+    # 10,000 runs x 101 logged rows is over config.RUN_ROWS_LIMIT (1e6)
+    assert parse(compose_plain(["seeds=10000", "steps=1000", "log_every=10"])).record == "points"
+    assert parse(compose_plain(["seeds=10000", "steps=1000", "log_every=10", "record=runs"])).record == "runs"

@@ -91,3 +91,30 @@ def test_a_diverged_run_is_flagged_in_every_output_and_left_out_of_the_statistic
     assert (tmp_path / "rewards.png").stat().st_size > 0
     assert report(info) == EXIT_DIVERGED == 3  # the exit status of `python -m sim.run`
     assert report({"diverged": [], "n_runs": 4}) == 0
+
+
+def test_a_sweep_writes_axis_columns_one_summary_entry_per_point_and_sweep_png(tmp_path):
+    plain = compose_plain(SMALL + ["seeds=2", "plots=true", "task.phi_prime.relative_weight=[0,0.5]"])
+    info = run_experiment(parse(plain), plain, tmp_path, overrides=["task.phi_prime.relative_weight=[0,0.5]"])
+    assert (tmp_path / "sweep.png").stat().st_size > 0 and (tmp_path / "rewards.png").stat().st_size > 0
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert {(r["point"], r["task.phi_prime.relative_weight"]) for r in rows} == {("0", "0"), ("1", "0.5")}
+    assert [p["values"] for p in info["points"]] == [{"task.phi_prime.relative_weight": 0.0},
+                                                     {"task.phi_prime.relative_weight": 0.5}]
+    assert [p["hparams"]["w_phi_prime"] for p in info["points"]] == [0.0, 2.0]  # 0.5 x w1 = 4
+    assert info["axes"] == {"task.phi_prime.relative_weight": [0.0, 0.5]} and info["n_points"] == 2
+    assert info["overrides"] == ["task.phi_prime.relative_weight=[0,0.5]"]
+    # the summary of point 1 is computed from its own runs' rows in the table
+    end = [float(r["reward"]) for r in rows if r["point"] == "1" and r["step"] == "20"]
+    assert info["points"][1]["metrics"]["reward"]["end"] == pytest.approx(sum(end) / len(end), rel=1e-6)
+
+
+def test_record_points_writes_per_point_statistics_instead_of_every_run(tmp_path):
+    plain = compose_plain(SMALL + ["seeds=2", "record=points", "plots=true", "optim.lr=[0.02,0.05]"])
+    info = run_experiment(parse(plain), plain, tmp_path)
+    assert not (tmp_path / "metrics.csv").exists() and info["record"] == "points"
+    rows = list(csv.DictReader(open(tmp_path / "points.csv")))
+    assert len(rows) == 2 * (20 // 5 + 1) and rows[0]["n_seeds"] == "2"
+    assert {"point", "optim.lr", "step", "phi_mean", "phi_std", "kl_mean"} <= set(rows[0])
+    last = [r for r in rows if r["point"] == "1" and r["step"] == "20"][0]
+    assert float(last["phi_mean"]) == pytest.approx(info["points"][1]["metrics"]["phi"]["end"], rel=1e-5)

@@ -46,3 +46,39 @@ def test_point_summaries_leave_out_diverged_runs_and_count_them():
 def test_json_safe_turns_non_finite_numbers_into_null():
     obj = {"a": [1.0, float("nan"), np.float32(np.inf)], "b": {"c": -np.inf, "d": 2, "e": "x"}, "f": (np.float64(0.5),)}
     assert results.json_safe(obj) == {"a": [1.0, None, None], "b": {"c": None, "d": 2, "e": "x"}, "f": [0.5]}
+
+
+def test_bands_from_moments_equal_bands_from_runs():
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 7))
+    points = np.array([0, 0, 0, 1, 1, 1, 1])
+    runs = results.bands_from_runs({"phi": x}, points, 2)["phi"]
+    count = np.bincount(points)
+    mean = np.stack([x[:, points == p].mean(1) for p in range(2)], 1)
+    m2 = np.stack([((x[:, points == p] - mean[:, [p]]) ** 2).sum(1) for p in range(2)], 1)
+    moments = results.bands_from_moments(count, {"phi": mean}, {"phi": m2})["phi"]
+    for a, b in zip(runs, moments):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    # point 1, step 0: the band is the Student-t interval of its 4 runs
+    mean_, lo, hi = results.mean_ci95(x[0, 3:])
+    np.testing.assert_allclose([runs[0][0, 1], runs[1][0, 1], runs[2][0, 1]], [mean_, lo, hi])
+
+
+def test_points_table_has_mean_and_std_per_point_and_step():
+    mean = {"phi": np.array([[1.0, 2.0], [3.0, 4.0]])}  # [T=2, N=2]
+    m2 = {"phi": np.array([[2.0, 0.0], [8.0, 0.0]])}
+    header, table = results.points_table(np.array([0, 5]), np.array([3, 3]), mean, m2,
+                                         {"point": np.array([0, 1]), "lr": np.array([0.1, 0.2])})
+    assert header == ["point", "lr", "step", "n_seeds", "phi_mean", "phi_std"]
+    # std = sqrt(M2 / (n - 1)): sqrt(2/2) = 1, sqrt(8/2) = 2
+    np.testing.assert_allclose(table, [[0, 0.1, 0, 3, 1.0, 1.0], [0, 0.1, 5, 3, 3.0, 2.0],
+                                       [1, 0.2, 0, 3, 2.0, 0.0], [1, 0.2, 5, 3, 4.0, 0.0]])
+
+
+def test_summary_table_flattens_point_summaries():
+    s = {"start": 0.2, "end": 0.5, "delta_mean": 0.3, "delta_ci95": [0.1, 0.5], "n_seeds": 4}
+    points = [{"values": {"policy": "tabular", "optim.lr": 0.1}, "metrics": {"phi": s}}]
+    header, rows = results.summary_table(points, ["policy", "optim.lr"], ("phi",))
+    assert header == ["policy", "optim.lr", "n_seeds", "phi_start", "phi_end", "phi_delta_mean",
+                      "phi_delta_lo", "phi_delta_hi"]
+    assert rows == [["tabular", 0.1, 4, 0.2, 0.5, 0.3, 0.1, 0.5]]

@@ -47,7 +47,7 @@ def test_end_to_end_writes_all_outputs(tmp_path):
     (["foo=1"], "foo"),
     (["optim.lr=-1"], "optim.lr=-1: must be a finite number > 0"),
     (["algo.group_size=1"], "algo.group_size=1: must be an integer >= 2"),
-    (["optim.lr=[1,2]"], "optim.lr=[1, 2]: must be a finite number > 0"),
+    (["task.prompts=[4,8]"], "task.prompts=[4, 8]: static keys cannot be swept in-process; use -m"),
     (["optim.lr=${oops}"], "oops"),
     (["steps=[1,"], "steps=[1,"),
 ])
