@@ -98,7 +98,7 @@ def test_a_sweep_writes_axis_columns_one_summary_entry_per_point_and_sweep_png(t
     info = run_experiment(parse(plain), plain, tmp_path, overrides=["task.phi_prime.relative_weight=[0,0.5]"])
     assert (tmp_path / "sweep.png").stat().st_size > 0 and (tmp_path / "rewards.png").stat().st_size > 0
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
-    assert {(r["point"], r["task.phi_prime.relative_weight"]) for r in rows} == {("0", "0"), ("1", "0.5")}
+    assert {(r["point"], float(r["task.phi_prime.relative_weight"])) for r in rows} == {("0", 0.0), ("1", 0.5)}
     assert [p["values"] for p in info["points"]] == [{"task.phi_prime.relative_weight": 0.0},
                                                      {"task.phi_prime.relative_weight": 0.5}]
     assert [p["hparams"]["w_phi_prime"] for p in info["points"]] == [0.0, 2.0]  # 0.5 x w1 = 4
