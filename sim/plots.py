@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim.results import Bands  # noqa: E402
+from sim.results import Bands, band_TxN  # noqa: E402
 
 REWARD_STYLE = {"phi": ("C0", "φ"), "phi_prime": ("C3", "φ′")}
 MAX_BANDED_POINTS = 4  # beyond this many sweep points, curves are drawn without bands or legend
@@ -25,6 +25,12 @@ AXIS_LABELS = {
     "algo.kl.beta": "β (algo.kl.beta)",
     "optim.lr": "learning rate (optim.lr)",
 }
+
+
+def _band(ax, steps_T, x_TxN, color, label):
+    mean, lo, hi = band_TxN(x_TxN)
+    ax.plot(steps_T, mean, color=color, label=label)
+    ax.fill_between(steps_T, lo, hi, color=color, alpha=0.25, linewidth=0)
 
 
 def rewards_figure(path: Path, steps_T: np.ndarray, bands: Bands, point_labels: list[str], title: str,
