@@ -7,6 +7,7 @@ key, the bad value and what is allowed, before anything is compiled.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -368,6 +369,16 @@ def resolve_kappa_targets(task: Task, hp: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def _check_kappa_axes(task: Task, hparams: dict[str, float], axes: dict[str, tuple[float, ...]]) -> None:
+    """Every combination of swept values that a target kappa depends on must be reachable: found
+    here, before compilation, rather than when sweep.expand resolves the points."""
+    names = ("kappa_phi_target", "kappa_phi_prime_target", "kappa_delta", "competence_spread")
+    keys = [HPARAM_KEYS[n] for n in names if HPARAM_KEYS[n] in axes]
+    name_of = {HPARAM_KEYS[n]: n for n in names}
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        resolve_kappa_targets(task, {**hparams, **{name_of[k]: v for k, v in zip(keys, combo)}})
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     _check_keys(cfg)
@@ -396,6 +407,7 @@ def parse(cfg: Mapping) -> Experiment:
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
     hparams, axes, derived = _hparams(cfg)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
+    _check_kappa_axes(task, hparams, axes)
     record = _choice(cfg, "record", RECORD_MODES) if "record" in cfg else "auto"
     exp = Experiment(static, hparams, tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
                      runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),

@@ -167,3 +167,8 @@ def test_record_auto_keeps_runs_for_small_batches_and_points_for_huge_ones():
     # 10,000 runs x 101 logged rows is over config.RUN_ROWS_LIMIT (1e6)
     assert parse(compose_plain(["seeds=10000", "steps=1000", "log_every=10"])).record == "points"
     assert parse(compose_plain(["seeds=10000", "steps=1000", "log_every=10", "record=runs"])).record == "runs"
+
+
+def test_an_unreachable_kappa_in_a_sweep_axis_is_refused_at_parse():
+    with pytest.raises(ConfigError, match=r"task.phi_prime.kappa=3: unreachable"):
+        parse(compose_plain(["task.phi_prime.kappa=[0.5,3]"]))

@@ -35,3 +35,13 @@ def test_relative_weight_sets_w2_from_w1_at_every_point(small):
     fixed = expand(small("task.phi.weight=[2,4]", "task.phi_prime.relative_weight=0.5"))
     assert [hp["w_phi_prime"] for hp in fixed.point_hparams] == [1.0, 2.0]
     assert fixed.point_values == [{"task.phi.weight": 2.0}, {"task.phi.weight": 4.0}]
+
+
+def test_a_kappa_axis_solves_each_points_competence(small):
+    """task.phi_prime.kappa is resolved per sweep point (config.resolve_kappa_targets): a larger
+    target asymmetry needs a reference that is better at phi_prime (kappa > 1 iff p > 1/2 for a
+    binary behaviour; here the 'mean' shape over 4 positions)."""
+    b = expand(small("seeds=1", "task.phi_prime.kappa=[0.5,1.5,2.2]"))
+    c = [hp["competence_phi_prime"] for hp in b.point_hparams]
+    assert c[0] < 0.5 < c[1] < c[2] and [v["task.phi_prime.kappa"] for v in b.point_values] == [0.5, 1.5, 2.2]
+    np.testing.assert_array_equal(b.hparams_R["competence_phi_prime"], np.float32(c))
