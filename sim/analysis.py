@@ -16,7 +16,7 @@ from sim.sweep import Batch
 from sim.task import REWARDS
 from sim.train import TrainResult, build_policy
 
-CURVE_DELTAS = np.round(np.linspace(0.025, 0.3, 12), 4)  # |delta| grid of the KL-cost figure
+CURVE_DELTAS = np.array([0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3])  # |delta| grid of the KL-cost figure
 
 
 def point_hparams(batch: Batch, point: int) -> tuple[int, dict[str, jnp.ndarray]]:
@@ -84,19 +84,26 @@ def geometry_summary(hp: dict, curves: dict, delta_D: np.ndarray, at: int, seed:
 
 
 def orthogonality_summary(values_J, values_K, ref_JxK, final_RxJxK) -> dict:
-    """Correlation and joint support of (phi, phi_prime) under the reference and the final policies."""
+    """Correlation and joint support of (phi, phi_prime) under the reference and the final policies
+    (final: None when there is no healthy run)."""
+    reference = diagnostics.orthogonality(values_J, values_K, ref_JxK)
     finals = [diagnostics.orthogonality(values_J, values_K, j) for j in np.asarray(final_RxJxK)]
+    if not finals:
+        return {"reference": reference, "final": None}
     corr, lo, hi = results.mean_ci95(np.array([f["corr"] for f in finals]))
-    return {"reference": diagnostics.orthogonality(values_J, values_K, ref_JxK),
+    return {"reference": reference,
             "final": {"corr_mean": corr, "corr_ci95": [_finite(lo), _finite(hi)],
                       "support_pairs_min": min(f["support_pairs"] for f in finals),
                       "value_pairs": finals[0]["value_pairs"],
                       "min_pair_prob": min(f["min_pair_prob"] for f in finals)}}
 
 
-def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict:
-    """The blog's Table 1 over training (batch rows only): mean fraction and mean advantage per
-    cell, and whether p(ud) > p(uu) (phi up, phi_prime not up vs both up) holds."""
+def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict | None:
+    """The blog's Table 1 over training (batch rows only) of the given (healthy) runs: mean
+    fraction and mean advantage per cell, and whether p(ud) > p(uu) (phi up, phi_prime not up vs
+    both up) holds. None without runs."""
+    if runs.size == 0:
+        return None
     rows = slice(1, None)  # row 0 is the reference, before any batch
     cells = {q: {"frac": float(np.mean(metrics[f"quad_frac_{q}"][rows][:, runs])),
                  "adv": _finite(np.nanmean(metrics[f"quad_adv_{q}"][rows][:, runs]))}
@@ -118,12 +125,14 @@ def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dic
     for p in range(len(batch.point_values)):
         run, hp = point_hparams(batch, p)
         runs = np.flatnonzero(batch.points_R == p)
+        healthy = result.diverged_at_step_R[runs] < 0  # diverged runs are left out, as in every statistic
         at = int(np.flatnonzero(delta_D == batch.hparams_R["kappa_delta"][run])[0])
-        state = jax.tree.map(lambda x: x[runs], result.state)
+        state = jax.tree.map(lambda x: x[runs], result.state)  # every run of the point: one compiled shape
         curves, joints = jax.tree.map(np.asarray, _point_arrays(exp.static)(hp, state.policy_key, state.params, delta_D))
+        joints = (*joints[:3], joints[3][healthy])
         points.append({"geometry": geometry_summary(hp, curves, delta_D, at, int(batch.seeds_R[run])),
                        "orthogonality": orthogonality_summary(*joints),
-                       "quadrants": quadrant_summary(result.metrics, runs)})
+                       "quadrants": quadrant_summary(result.metrics, runs[healthy])})
         if p == 0:
             figures = {"curves": {"delta": delta_D, **curves}, "joints": joints}
     return points, figures

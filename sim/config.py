@@ -272,7 +272,7 @@ _PROBABILITY = (lambda v: _F32_TINY <= v < 1 and np.float32(v) < 1,
 _UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _CLIP = (lambda v: v > 0, "a number > 0, or null for no clipping (inf)")
 _EPS_HIGH = (lambda v: v >= 0, "a number >= 0, or null for no upper clip (inf)")
-_KAPPA = (lambda v: math.isnan(v) or (math.isfinite(v) and v > 0), "a finite number > 0, or null to use the competence")
+_KAPPA = (lambda v: 0 < v <= _F32_MAX, "a finite number > 0, or null to use the competence")
 _HPARAM_RULES = {
     "w_phi": _FINITE_NONNEG, "w_phi_prime": _FINITE_NONNEG,
     "competence_phi": _PROBABILITY, "competence_phi_prime": _PROBABILITY,

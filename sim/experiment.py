@@ -117,21 +117,25 @@ def write_diagnostic_figures(out: Path, exp: Experiment, result: TrainResult, po
     """kl_cost.png, diagnostics.png and orthogonality.png (the last two for sweep point 0)."""
     plots.diagnostics_figure(out / "diagnostics.png", result.steps_T, result.metrics, points_R, labels, title)
     plots.kl_cost_figure(out / "kl_cost.png", arrays["curves"], exp.static.policy, title + " — reference of point 0")
-    values_J, values_K, ref_JxK, final_RxJxK = arrays["joints"]
+    values_J, values_K, ref_JxK, final_RxJxK = arrays["joints"]  # final: healthy runs only
     ortho = point0["orthogonality"]
-    values_J, values_K, ref = diagnostics.collapse(values_J, values_K, ref_JxK)
-    final = diagnostics.collapse(*arrays["joints"][:2], np.mean(final_RxJxK, 0))[2]
-    plots.orthogonality_figure(out / "orthogonality.png", values_J, values_K, ref, final,
-                               ortho["reference"]["corr"], ortho["final"]["corr_mean"])
+    if ortho["final"] is None:  # every run of point 0 diverged: no final policy to show
+        return
+    vj, vk, ref = diagnostics.collapse(values_J, values_K, ref_JxK)
+    final = diagnostics.collapse(values_J, values_K, np.mean(final_RxJxK, 0))[2]
+    plots.orthogonality_figure(out / "orthogonality.png", vj, vk, ref, final, ortho["reference"]["corr"],
+                               ortho["final"]["corr_mean"])
 
 
 def one_line_diagnostics(point: dict) -> str:
     """The reference's kappa per reward and whether the blog's quadrant inequality held."""
-    geo, blog = point["geometry"], point["quadrants"]["blog_inequality"]
+    geo, quadrants = point["geometry"], point["quadrants"]  # quadrants: None when every run diverged
     kappa = {name: geo[name]["tilt"]["kappa"] for name in ("phi", "phi_prime")}
     kappa = ", ".join(f"{name} {'n/a' if k is None else format(k, '.3f')}" for name, k in kappa.items())
+    held = "n/a (no healthy run)" if quadrants is None else (
+        "held" if quadrants["blog_inequality"]["holds"] else "did not hold")
     return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime not up) > p(both up) "
-            f"{'held' if blog['holds'] else 'did not hold'} over training")
+            f"over training: {held}")
 
 
 def write_points_csv(path: Path, stats: PointStats, batch: Batch) -> None:

@@ -15,8 +15,8 @@ move more; tilting each prompt by delta on its own costs more and is not the min
 Within a policy family (`family_kl_cost`) the same minimum is taken over the family's
 parameters by an augmented Lagrangian; a family can only be as cheap as the tilt.
 
-Everything here is pure JAX (jittable, vmappable); `competence_for_kappa` is the one host-side
-solver (scipy), for configs that state a target kappa instead of a competence.
+Everything here is pure JAX (jittable, vmappable) except `competence_for_kappa`, the host-side
+solver (numpy) for configs that state a target kappa instead of a competence.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from scipy import optimize
 
 from sim import task as task_lib
 from sim.policies.base import Policy
@@ -37,6 +36,9 @@ from sim.task import RewardSpec, Task
 # steps already hit every delta up to 0.999 of the reachable range to float32 rounding, for
 # competences 0.01-0.99 (tests/test_geometry.py); 16 leave a margin.
 ROOT_STEPS = 16
+# Within a family the optimiser stops near the target: a shift within 1% of delta counts as
+# reached (C then within ~2%); a move out of the family's reach misses by far more.
+FAMILY_TOL = 1e-2
 LAM_SPAN = 64.0  # |lam| * (smallest reward step) <= 64: beyond, probability ratios exceed e^64
 
 
@@ -85,9 +87,9 @@ def tilt_lambda(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> ja
     increasing in lam (its slope is the tilted variance), so a bracket [lo, hi] around the root
     shrinks at every step; Newton steps converge fast, bisection guards the far tails."""
     logq_PxJ = jnp.log(pmf_PxJ)
-    steps_J = jnp.diff(jnp.unique(values_J, size=values_J.size, fill_value=jnp.max(values_J)))
-    smallest_step = jnp.min(jnp.where(steps_J > 0, steps_J, jnp.inf))
-    span = LAM_SPAN / jnp.where(jnp.isfinite(smallest_step), smallest_step, 1.0)
+    # (max - min) / (J - 1) is the reward step when the values are evenly spaced (counts of good
+    # tokens); for other values a target that needs |lam| beyond the span reads as unreachable
+    span = LAM_SPAN * (values_J.size - 1) / jnp.maximum(jnp.max(values_J) - jnp.min(values_J), 1e-6)
 
     def step(_, carry):
         lo, hi, lam = carry
@@ -145,36 +147,51 @@ def reference_costs(task: Task, which: int, competence_C: jax.Array, spread: jax
     return jax.vmap(at)(competence_C)
 
 
-def competence_for_kappa(task: Task, which: int, target: float, delta: float, spread: float) -> float:
+def competence_for_kappa(task: Task, which: int, target: float, delta: float, spread: float,
+                         grid: int = 1001) -> float:
     """The competence at which the reference's kappa(delta) of reward `which` equals `target`.
 
-    Raises ValueError naming the reachable range when no competence gives it (kappa is bounded
-    for a fixed delta: a gain of delta is impossible above competence ~1 - delta, a loss below ~delta).
-    """
-    logits_C = np.linspace(-12.0, 12.0, 2001)
-    grid_C = jax.nn.sigmoid(jnp.asarray(logits_C, jnp.float32))
-    gain_CxD, loss_CxD = reference_costs(task, which, grid_C, jnp.float32(spread), jnp.array([delta], jnp.float32))
-    kappa_C = np.asarray(gain_CxD[:, 0] / loss_CxD[:, 0], np.float64)
-    finite = np.isfinite(kappa_C) & (kappa_C > 0)
-    if not finite.any():
+    Host-side: kappa on a grid of logit(competence) in [-12, 12], then on a grid inside the
+    cell where log(kappa / target) changes sign, then linear interpolation (logit steps of
+    ~2e-5: exact to float32). Every call has the same shapes, so it compiles once. Raises
+    ValueError naming the reachable range when no competence gives the target: for a fixed
+    delta kappa is bounded, since a gain of delta is impossible above competence ~1 - delta
+    (kappa jumps to inf) and a loss below ~delta (kappa drops to 0)."""
+
+    def log_ratio_C(logits_C: np.ndarray) -> np.ndarray:
+        c_C = jax.nn.sigmoid(jnp.asarray(logits_C, jnp.float32))
+        gain, loss = reference_costs(task, which, c_C, jnp.float32(spread), jnp.array([delta], jnp.float32))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(np.asarray(gain[:, 0] / loss[:, 0], np.float64)) - np.log(target)
+
+    coarse_C = np.linspace(-12.0, 12.0, grid)
+    logits_C, f_C = coarse_C, log_ratio_C(coarse_C)
+    finite_C = np.isfinite(f_C)
+    if not finite_C.any():
         raise ValueError(f"no competence gives a finite kappa at delta={delta:g}")
-    lo_k, hi_k = kappa_C[finite].min(), kappa_C[finite].max()
 
-    def log_ratio(logit_c: float) -> float:
-        c = jax.nn.sigmoid(jnp.array([logit_c], jnp.float32))
-        gain, loss = reference_costs(task, which, c, jnp.float32(spread), jnp.array([delta], jnp.float32))
-        with np.errstate(divide="ignore"):
-            return float(np.clip(np.log(float(gain[0, 0]) / float(loss[0, 0])) - np.log(target), -50, 50))
+    def unreachable() -> ValueError:  # the range, with the grid cells at its two ends refined
+        ends = np.flatnonzero(finite_C)[[0, -1]]
+        f = [log_ratio_C(coarse_C)]
+        for i in (ends[0] - 1, ends[1]):
+            if 0 <= i < grid - 1:
+                f.append(log_ratio_C(np.linspace(coarse_C[i], coarse_C[i + 1], grid)))
+        f = np.concatenate(f)
+        lo, hi = np.exp(np.array([np.min(f[np.isfinite(f)]), np.max(f[np.isfinite(f)])]) + np.log(target))
+        return ValueError(f"reachable targets at this delta lie between {lo:.3g} and {hi:.3g}")
 
-    with np.errstate(divide="ignore"):
-        above = np.nan_to_num(np.log(kappa_C) - np.log(target), nan=-50.0, posinf=50.0, neginf=-50.0) > 0
-    crossing = np.flatnonzero(~above[:-1] & above[1:])
-    if crossing.size:
-        i = crossing[0]
-        logit_c = optimize.brentq(log_ratio, logits_C[i], logits_C[i + 1], xtol=1e-7)
-        if abs(log_ratio(logit_c)) < 1e-3:
-            return float(jax.nn.sigmoid(logit_c))
-    raise ValueError(f"reachable targets at this delta lie between {lo_k:.3g} and {hi_k:.3g}")
+    for refine in (True, False):
+        up_C = np.nan_to_num(f_C, nan=-np.inf) > 0
+        crossings = np.flatnonzero(~up_C[:-1] & up_C[1:])
+        # a crossing into inf is kappa's jump where the gain becomes impossible, not a root
+        if not crossings.size or not np.isfinite(f_C[crossings[0]:crossings[0] + 2]).all():
+            raise unreachable()
+        i = crossings[0]
+        if refine:
+            logits_C = np.linspace(logits_C[i], logits_C[i + 1], grid)
+            f_C = log_ratio_C(logits_C)
+    x0, x1, f0, f1 = logits_C[i], logits_C[i + 1], f_C[i], f_C[i + 1]
+    return float(1 / (1 + np.exp(-(x0 - f0 * (x1 - x0) / (f1 - f0)))))
 
 
 def factorised_kl(logp_PxLxV: jax.Array, logq_PxLxV: jax.Array) -> jax.Array:
@@ -186,7 +203,8 @@ def family_kl_cost(task: Task, which: int | jax.Array, policy: Policy, delta_D: 
                    inner: int = 150, rho: float = 1e3, lr: float = 0.02) -> tuple[jax.Array, jax.Array]:
     """(C_D, shift_D): the least KL within the policy's family (over its params) that moves the
     prompt-averaged E[R] of reward `which` (an int, or one per delta) by delta, started at the
-    reference; C is inf where the family cannot reach the target (missed by > 1e-3 |delta|).
+    reference; C is inf where the family does not reach the target (missed by > FAMILY_TOL |delta|:
+    out of the family's reach, or, for large moves of a badly conditioned family, not converged).
 
     Augmented Lagrangian: `outer` multiplier updates mu <- mu - rho * gap, each after `inner` Adam
     steps on KL - mu * gap + rho/2 * gap^2. Near the optimum the multiplier error contracts by
@@ -225,7 +243,7 @@ def family_kl_cost(task: Task, which: int | jax.Array, policy: Policy, delta_D: 
 
         (params, _), _ = jax.lax.scan(outer_step, (policy.init(), jnp.float32(0.0)), None, length=outer)
         kl, shift = kl_and_shift(params)
-        reached = jnp.abs(shift - delta) <= 1e-3 * jnp.abs(delta) + 1e-7
+        reached = jnp.abs(shift - delta) <= FAMILY_TOL * jnp.abs(delta)
         return jnp.where(reached, kl, jnp.inf), shift
 
     return jax.vmap(solve)(jnp.broadcast_to(which, delta_D.shape), delta_D)

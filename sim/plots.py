@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -160,6 +161,13 @@ def _sweep_heatmaps(path, points, axes, title, metrics):
     plt.close(fig)
 
 
+def _plain_log_ticks(ax) -> None:
+    """Ticks 0.1, 0.2, 0.5, 1, 2, 5 labelled plainly on a log axis of ratios."""
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20]))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def _per_point(ax, steps_T, metrics, points_R, point_labels, series) -> None:
     """One band per (sweep point, (metric, colour, label) in series); points differ by line style."""
     styles = ["-", "--", ":", "-."]
@@ -178,7 +186,7 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     """Over steps: the blog's quadrant fractions and mean advantages (Table 1), each reward's
     share of the advantage variance, and kappa(delta) under the current policy."""
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    quads = [("uu", "C2", "φ↑ φ′↑"), ("ud", "C1", "φ↑ φ′↓="), ("du", "C0", "φ↓= φ′↑"), ("dd", "C7", "φ↓= φ′↓=")]
+    quads = [("uu", "C2", "φ↑ φ′↑"), ("ud", "C1", "φ↑ φ′↓"), ("du", "C0", "φ↓ φ′↑"), ("dd", "C7", "φ↓ φ′↓")]
     _per_point(axes[0], steps_T, metrics, points_R, point_labels, [(f"quad_frac_{q}", c, t) for q, c, t in quads])
     _per_point(axes[1], steps_T, metrics, points_R, point_labels, [(f"quad_adv_{q}", c, t) for q, c, t in quads])
     shares = [(f"adv_share_{n}", c, s) for n, (c, s) in REWARD_STYLE.items()]
@@ -187,10 +195,10 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     with np.errstate(invalid="ignore"):
         finite = {k: np.where(np.isfinite(v), v, np.nan) for k, v in metrics.items() if k.startswith("kappa_")}
     _per_point(axes[3], steps_T, finite, points_R, point_labels, kappas)
-    axes[0].set(title="quadrant fractions (vs group mean)", xlabel="step", ylabel="fraction of batch")
+    axes[0].set(title="quadrants (↑ above the group mean, ↓ not)", xlabel="step", ylabel="fraction of batch")
     axes[1].set(title="mean advantage per quadrant", xlabel="step", ylabel="advantage")
     axes[2].set(title="share of advantage variance", xlabel="step", ylabel="squared correlation", ylim=(0, 1))
-    axes[3].set(title="κ(δ) under the current policy", xlabel="step", ylabel="C(+δ)/C(−δ)", yscale="log")
+    axes[3].set(title="κ(δ) under the current policy", xlabel="step", ylabel="C(+δ)/C(−δ)")
     axes[3].axhline(1.0, color="k", lw=0.6)
     for ax in axes:
         ax.legend(fontsize=7)
@@ -216,13 +224,16 @@ def kl_cost_figure(path: Path, curves: dict, family: str, title: str) -> None:
     with np.errstate(divide="ignore", invalid="ignore"):
         for name, (color, sym) in REWARD_STYLE.items():
             c = curves[name]
-            axes[2].plot(d, c["tilt_gain"] / c["tilt_loss"], color=color, label=f"{sym}, all policies")
-            axes[2].plot(d, c["family_gain"] / c["family_loss"], color=color, marker="o", ms=3, alpha=0.5,
-                         label=f"{sym}, {family}")
+            for kind, style, label in (("tilt", {}, "all policies"), ("family", dict(marker="o", ms=3, alpha=0.5), family)):
+                kappa_D = c[f"{kind}_gain"] / c[f"{kind}_loss"]
+                kappa_D = np.where((kappa_D > 0) & np.isfinite(kappa_D), kappa_D, np.nan)  # 0, inf: out of reach
+                axes[2].plot(d, kappa_D, color=color, label=f"{sym}, {label}", **style)
     axes[2].axhline(1.0, color="k", lw=0.6)
     axes[2].set(title="κ(δ) = C(+δ) / C(−δ)", xlabel="δ", ylabel="κ", yscale="log")
+    _plain_log_ticks(axes[2])
     axes[2].legend(fontsize=7)
-    fig.suptitle(title + "  (missing points: that move is out of reach)", fontsize=10)
+    fig.suptitle(title + "  (a missing point: that move is out of reach, or the family solve missed it by > 1%)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

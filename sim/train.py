@@ -23,13 +23,15 @@ from sim.config import Static
 from sim.layout import PointStats, over_runs, point_moments, run_block
 from sim.policies.base import Policy
 
-# Exact expectations under the current policy, logged at every logged step (step 0 included);
-# kappa_*: KL-cost asymmetry C(+delta) / C(-delta) with the current policy as the reference.
-EXACT_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy", "kappa_phi", "kappa_phi_prime")
+# Exact expectations under the current policy, logged at every logged step (step 0 included).
+EXACT_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy")
+# Also exact, at the same rows: the KL-cost asymmetry C(+delta) / C(-delta) with the current
+# policy as the reference (geometry.py); inf once a gain of delta is out of reach, 0 a loss.
+KAPPA_METRICS = ("kappa_phi", "kappa_phi_prime")
 # Statistics of the last training batch before the logged step (NaN at step 0: no batch yet).
 BATCH_METRICS = ("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampled",
                  "adv_mean", "adv_std", "grad_norm", "loss", "clip_frac") + diagnostics.BATCH_METRICS
-METRICS = EXACT_METRICS + BATCH_METRICS
+METRICS = EXACT_METRICS + KAPPA_METRICS + BATCH_METRICS
 
 
 class RunState(NamedTuple):

@@ -57,7 +57,7 @@ TASK = T.Task(prompts=3, length=3, vocab=4, phi=T.RewardSpec((0, 1), (0,), "mean
 
 def test_joint_pmf_matches_enumeration_of_every_response():
     logits = jax.random.normal(jax.random.key(3), (3, 3, 4))
-    values_J, values_K, joint = D.joint_pmf(TASK, logits)
+    values_J, values_K, joint = jax.jit(D.joint_pmf, static_argnums=0)(TASK, logits)
     vj, vk, joint = D.collapse(values_J, values_K, joint)
     tokens = jnp.array(list(itertools.product(range(4), repeat=3)))
     phi, phi_prime = (np.asarray(r) for r in T.rewards_B(TASK, tokens))
@@ -81,16 +81,20 @@ def test_orthogonality_of_an_independent_and_a_dependent_joint():
 def test_the_reference_is_orthogonal_and_only_prompt_difficulty_correlates_rewards():
     """Within a prompt the rewards are independent, so the correlation is the across-prompt
     covariance of the per-prompt means: exactly zero without competence spread."""
-    logits = T.reference_logits_PxLxV(TASK, (jnp.float32(0.3), jnp.float32(0.6)), jnp.float32(0.0))
-    out = D.orthogonality(*D.joint_pmf(TASK, logits))
+    @jax.jit
+    def reference(spread):
+        logits = T.reference_logits_PxLxV(TASK, (jnp.float32(0.3), jnp.float32(0.6)), spread)
+        return D.joint_pmf(TASK, logits), T.expected_rewards_P(TASK, logits)
+
+    out = D.orthogonality(*reference(jnp.float32(0.0))[0])
     assert abs(out["corr"]) < 1e-6 and out["support_pairs"] == out["value_pairs"] == 3 * 2
-    logits = T.reference_logits_PxLxV(TASK, (jnp.float32(0.3), jnp.float32(0.6)), jnp.float32(2.0))
-    m, mp = (np.asarray(x, np.float64) for x in T.expected_rewards_P(TASK, logits))
+    joint, means = reference(jnp.float32(2.0))
+    m, mp = (np.asarray(x, np.float64) for x in means)
     var_within = m * (1 - m) / 2, mp * (1 - mp)  # mean of 2 Bernoullis; one Bernoulli ('all' of one position)
     var = [np.mean(v + x**2) - np.mean(x) ** 2 for v, x in zip(var_within, (m, mp))]
     expected = (np.mean(m * mp) - m.mean() * mp.mean()) / np.sqrt(var[0] * var[1])
     assert abs(expected) > 0.05
-    np.testing.assert_allclose(D.orthogonality(*D.joint_pmf(TASK, logits))["corr"], expected, rtol=1e-4)
+    np.testing.assert_allclose(D.orthogonality(*joint)["corr"], expected, rtol=1e-4)
 
 
 def test_weights_act_as_repeated_samples():

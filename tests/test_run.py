@@ -21,7 +21,7 @@ from sim.config import Experiment, parse
 from sim.experiment import run_experiment
 from sim.run import CONF_DIR, preflight
 from sim.sweep import expand
-from sim.train import EXACT_METRICS, make_train, run_keys
+from sim.train import EXACT_METRICS, KAPPA_METRICS, make_train, run_keys
 from tests.conftest import SMALL, compose_plain
 
 
@@ -306,7 +306,7 @@ def test_valid_small_configs_run_and_every_run_is_finite_or_flagged(tmp_path):
         batch = expand(exp)
         res = make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R))
         healthy_R = res.diverged_at_step_R < 0
-        for name in EXACT_METRICS:
+        for name in EXACT_METRICS + KAPPA_METRICS:
             x = res.metrics[name][:, healthy_R]
             if name.startswith("kappa_"):
                 # kappa = C(+delta) / C(-delta) is a ratio of costs that may be infinite by
