@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import diagnostics, geometry, results, task as task_lib
+from sim import diagnostics, estimates, geometry, results, sft, task as task_lib
 from sim.config import Experiment, Static
 from sim.sweep import Batch
 from sim.task import REWARDS
@@ -59,6 +59,37 @@ def _point_arrays(static: Static):
 
         values_J, values_K, ref_JxK = diagnostics.joint_pmf(static.task, ref_logits_PxLxV)
         return curves, (values_J, values_K, ref_JxK, jax.vmap(final)(policy_keys_R, params_R))
+
+    return jax.jit(arrays)
+
+
+@functools.lru_cache(maxsize=8)
+def _network_point_arrays(static: Static):
+    """`_point_arrays` for a neural policy: (hp, policy_keys_R, params_R, ref_R, delta_D) -> the
+    same (curves, joints). The reference is the SFT-trained network of the point's first run.
+    Tilt curves come from each reward's per-position good-token probabilities under it (as the
+    logged kappa: positions taken as independent given the prompt, which the SFT reference of a
+    factorised teacher nearly is); joints are exact by enumeration or the frequencies of
+    sft.MEASURE_SAMPLES responses per prompt. The family curves are NaN: the family solver needs
+    a factorised policy."""
+    key = jax.random.key(0)  # fixed: the same responses for every point and run count
+    n, limit = sft.MEASURE_SAMPLES, sft.MEASURE_ENUMERATE_MAX
+
+    def arrays(hp, policy_keys_R, params_R, ref_R, delta_D):
+        D = delta_D.size
+        signed_2D = jnp.concatenate([delta_D, -delta_D])
+        ref = jax.tree.map(lambda x: x[0], ref_R)
+        policy = build_policy(static, hp, policy_keys_R[0], ref)
+        _, good_prob_PxK = estimates.sequence_metrics(static.task, policy, ref, ref, (1.0, 1.0), key, n, limit)
+        curves = {}
+        for name, spec, g_PxK in zip(REWARDS, static.task.specs, good_prob_PxK):
+            values_J, pmf_PxJ = geometry.reward_pmf_PxJ(spec, g_PxK)
+            tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
+            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:],
+                            "family_gain": jnp.full(D, jnp.nan), "family_loss": jnp.full(D, jnp.nan)}
+        joint = lambda params: estimates.joint_count_pmf(static.task, policy, params, key, n, limit)
+        values_J, values_K = (task_lib.reward_of_count_J(spec) for spec in static.task.specs)
+        return curves, (values_J, values_K, joint(ref), jax.vmap(joint)(params_R))
 
     return jax.jit(arrays)
 
@@ -128,7 +159,11 @@ def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dic
         healthy = result.diverged_at_step_R[runs] < 0  # diverged runs are left out, as in every statistic
         at = int(np.flatnonzero(delta_D == batch.hparams_R["kappa_delta"][run])[0])
         state = jax.tree.map(lambda x: x[runs], result.state)  # every run of the point: one compiled shape
-        curves, joints = jax.tree.map(np.asarray, _point_arrays(exp.static)(hp, state.policy_key, state.params, delta_D))
+        if exp.static.arch is None:
+            arrays = _point_arrays(exp.static)(hp, state.policy_key, state.params, delta_D)
+        else:
+            arrays = _network_point_arrays(exp.static)(hp, state.policy_key, state.params, state.ref, delta_D)
+        curves, joints = jax.tree.map(np.asarray, arrays)
         joints = (*joints[:3], joints[3][healthy])
         points.append({"geometry": geometry_summary(hp, curves, delta_D, at, int(batch.seeds_R[run])),
                        "orthogonality": orthogonality_summary(*joints),

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from sim import algos, geometry, policies
+from sim.policies.autoregressive import POSITIONS, Arch
+from sim.sft import SFT
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
 OPTIMIZERS = ("adam", "sgd")
@@ -61,15 +63,25 @@ _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "ka
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
-    "runtime": {"compilation_cache", "cpu_devices"},
+    "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS | {"relative_weight"},
-    "policy": {"kind", "width", "overlap"},
+    "policy": set(),  # depends on policy.kind: see _POLICY_KEYS
+    "policy.sft": {"steps", "batch", "lr", "seed"},
+    "policy.eval": {"samples", "enumerate_max"},
     "algo": {"advantage", "group_size", "std_eps", "mode", "loss", "kl"},
     "algo.loss": {"kind", "aggregation", "epochs", "eps_low", "eps_high", "entropy_coef"},
     "algo.kl": {"beta", "estimator", "placement"},
     "optim": {"name", "lr", "max_grad_norm"},
+}
+_NEURAL_KEYS = {"kind", "d_model", "hidden", "sft", "eval"}
+_POLICY_KEYS: dict[str, set[str]] = {
+    "tabular": {"kind"},
+    "lowrank": {"kind", "width", "overlap"},
+    "mlp": _NEURAL_KEYS | {"layers", "window"},
+    "gru": _NEURAL_KEYS,
+    "transformer": _NEURAL_KEYS | {"layers", "heads", "positions"},
 }
 
 
@@ -94,12 +106,16 @@ class Static:
     loss: str = "pg"  # algos.LOSSES
     aggregation: str = "seq_mean_token_sum"  # algos.AGGREGATIONS
     epochs: int = 1  # optimizer steps on each batch (old log-probs held fixed)
+    arch: Arch | None = None  # neural policies only
+    eval_samples: int = 0  # neural: Monte Carlo responses per prompt for the logged expectations
+    enumerate_max: int = 0  # neural: exact expectations by enumeration when vocab**length <= this
 
 
 @dataclass(frozen=True)
 class Runtime:
     compilation_cache: str | None = None
     cpu_devices: int | str = "auto"
+    sft_cache: str | None = None  # where SFT references are cached (None: reference.default_cache_dir())
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,7 @@ class Experiment:
     axes: dict[str, tuple[float, ...]] = field(default_factory=dict)  # swept config key -> values
     derived: dict[str, float] = field(default_factory=dict)  # DERIVED_KEYS name -> value, set and not swept
     record: str = "runs"  # 'runs' | 'points' ('auto' is resolved by parse)
+    sft: SFT | None = None  # neural policies: how their reference is trained
 
     @property
     def n_runs(self) -> int:
@@ -224,15 +241,15 @@ def _int_list(cfg, key: str, lo: int, hi: int) -> tuple[int, ...]:
     return tuple(items)
 
 
-def _check_keys(cfg: Mapping, section: str = "") -> None:
+def _check_keys(cfg: Mapping, keys: dict[str, set[str]], section: str = "") -> None:
     for k, v in cfg.items():
         full = f"{section}.{k}" if section else str(k)
-        if k not in _KEYS[section]:
-            raise ConfigError(f"{full}: unknown key; allowed keys here are {', '.join(sorted(_KEYS[section]))}")
-        if full in _KEYS:
+        if k not in keys[section]:
+            raise ConfigError(f"{full}: unknown key; allowed keys here are {', '.join(sorted(keys[section]))}")
+        if full in keys:
             if not isinstance(v, Mapping):
-                raise ConfigError(f"{full}={v!r}: must be a section with keys {', '.join(sorted(_KEYS[full]))}")
-            _check_keys(v, full)
+                raise ConfigError(f"{full}={v!r}: must be a section with keys {', '.join(sorted(keys[full]))}")
+            _check_keys(v, keys, full)
         elif _is_list(v) and full not in SWEEP_KEYS.values() and full not in _LIST_KEYS:
             raise ConfigError(f"{full}={list(v)!r}: static keys cannot be swept in-process; "
                               "use -m (Hydra multirun) with comma-separated values")
@@ -328,7 +345,10 @@ def parse_runtime(cfg: Mapping) -> Runtime:
         raise ConfigError(f"runtime.compilation_cache={cache!r}: must be a directory path, or null for no cache")
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
         raise ConfigError(f"runtime.cpu_devices={devices!r}: must be auto or an integer >= 1")
-    return Runtime(cache, devices)
+    sft_cache = rt.get("sft_cache")
+    if sft_cache is not None and (not isinstance(sft_cache, str) or not sft_cache):
+        raise ConfigError(f"runtime.sft_cache={sft_cache!r}: must be a directory path, or null for the default")
+    return Runtime(cache, devices, sft_cache)
 
 
 def _check_algo(s: Static) -> None:
@@ -379,11 +399,32 @@ def _check_kappa_axes(task: Task, hparams: dict[str, float], axes: dict[str, tup
         resolve_kappa_targets(task, {**hparams, **{name_of[k]: v for k, v in zip(keys, combo)}})
 
 
+def _arch(cfg, kind: str) -> Arch:
+    fields = {"kind": kind, "d_model": _int(cfg, "policy.d_model", 1), "hidden": _int(cfg, "policy.hidden", 1)}
+    if kind in ("mlp", "transformer"):
+        fields["layers"] = _int(cfg, "policy.layers", 1)
+    if kind == "mlp":
+        fields["window"] = _int(cfg, "policy.window", 1)
+    if kind == "transformer":
+        heads = fields["heads"] = _int(cfg, "policy.heads", 1)
+        fields["positions"] = _choice(cfg, "policy.positions", POSITIONS)
+        if fields["d_model"] % heads or (fields["positions"] == "rope" and fields["d_model"] // heads % 2):
+            raise ConfigError(f"policy.heads={heads}: must divide policy.d_model={fields['d_model']}"
+                              + (" into heads of even width (rope)" if fields["positions"] == "rope" else ""))
+    return Arch(**fields)
+
+
+def _sft(cfg) -> SFT:
+    return SFT(steps=_int(cfg, "policy.sft.steps", 1), batch=_int(cfg, "policy.sft.batch", 1),
+               lr=_float(cfg, "policy.sft.lr", *_POSITIVE), seed=_int(cfg, "policy.sft.seed", 0))
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
-    _check_keys(cfg)
-    task = _task(cfg)
     kind = _choice(cfg, "policy.kind", policies.KINDS)
+    _check_keys(cfg, {**_KEYS, "policy": _POLICY_KEYS[kind]})
+    task = _task(cfg)
+    neural = kind in policies.NEURAL
     advantage = _choice(cfg, "algo.advantage", tuple(algos.ADVANTAGES))
     mode = _choice(cfg, "algo.mode", MODES)
     lo = 2 if advantage in algos.NEEDS_GROUPS and mode == "sampled" else 1
@@ -402,6 +443,9 @@ def parse(cfg: Mapping) -> Experiment:
         mode=mode, loss=_choice(cfg, "algo.loss.kind", algos.LOSSES),
         aggregation=_choice(cfg, "algo.loss.aggregation", algos.AGGREGATIONS),
         epochs=_int(cfg, "algo.loss.epochs", 1),
+        arch=_arch(cfg, kind) if neural else None,
+        eval_samples=_int(cfg, "policy.eval.samples", 2) if neural else 0,
+        enumerate_max=_int(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
     )
     _check_algo(static)
     seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
@@ -413,7 +457,7 @@ def parse(cfg: Mapping) -> Experiment:
                      runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
                      checkpoint_seconds=_checkpoint_seconds(cfg),
                      resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False),
-                     axes=axes, derived=derived)
+                     axes=axes, derived=derived, sft=_sft(cfg) if neural else None)
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     return replace(exp, record=record)

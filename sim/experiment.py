@@ -1,6 +1,7 @@
 """Run a validated Experiment and write its outputs (the file-writing edge, no Hydra here).
 
-Order of writes: provenance.json and config.yaml first; metrics.csv rows and a checkpoint after
+Order of writes: provenance.json and config.yaml first; for neural policies the SFT stage
+(reference.prepare: its cache, not the run directory); metrics.csv rows and a checkpoint after
 every chunk (record=points: points.csv at the end, no checkpoints); rewards.png and sweep.png;
 summary.json last (its presence marks the run complete); then the checkpoints are deleted. See
 sim/rundir.py for what happens to an existing run directory.
@@ -18,13 +19,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, plots, results, rundir
+from sim import analysis, diagnostics, plots, reference, results, rundir
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
 from sim.sweep import Batch, expand
 from sim.layout import PointStats
-from sim.train import METRICS, Snapshot, TrainResult, make_train, run_keys, snapshot_template
+from sim.train import Snapshot, TrainResult, make_train, metric_names, run_keys, snapshot_template
 
 
 def train_with_progress(exp: Experiment, batch: Batch, **train_kw) -> TrainResult:
@@ -89,10 +90,10 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
     }
 
 
-def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints) -> Snapshot | None:
+def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints, ref_R) -> Snapshot | None:
     keys_R = run_keys(batch.seeds_R)
     try:
-        start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows))
+        start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows, ref_R))
     except CheckpointError as e:
         raise ConfigError(f"hydra.run.dir={out}: {e}; pass overwrite=true to start again") from None
     step = start.rows_done * exp.static.log_every if start else 0
@@ -138,6 +139,12 @@ def one_line_diagnostics(point: dict) -> str:
             f"over training: {held}")
 
 
+def _sft_label(point: dict) -> str:
+    m = point["measured"]
+    return (f"teacher φ {point['teacher']['phi']:.2f}, φ′ {point['teacher']['phi_prime']:.2f} → "
+            f"measured φ {m['phi']:.3f}, φ′ {m['phi_prime']:.3f}")
+
+
 def write_points_csv(path: Path, stats: PointStats, batch: Batch) -> None:
     """record=points: one row per sweep point and logged step, mean and std over seeds."""
     index = np.arange(batch.n_points)
@@ -165,15 +172,18 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
     else:
         _check_provenance(out, prov)
     batch = expand(exp)
+    refs = reference.prepare(exp, batch.hparams_R) if exp.sft is not None else None  # the SFT stage
+    ref_R = refs.params_R if refs is not None else None
     checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
     try:
         if exp.record == "points":  # rows are reduced as they come: nothing to stream or resume from
-            result = train_with_progress(exp, batch, points_R=batch.points_R)
+            result = train_with_progress(exp, batch, points_R=batch.points_R, ref_R=ref_R)
             write_points_csv(out / "points.csv", result.point_stats, batch)
-            return _finish(exp, plain_cfg, batch, result, prov, out, overrides)
-        start = _resume_from(exp, batch, out, checkpoints) if action == "resume" else None
+            return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
+        start = _resume_from(exp, batch, out, checkpoints, ref_R) if action == "resume" else None
         steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
-        table = rundir.MetricsCsv(out / "metrics.csv", METRICS + ("diverged_at_step",), steps_T, run_columns(batch))
+        table = rundir.MetricsCsv(out / "metrics.csv", metric_names(exp.static) + ("diverged_at_step",), steps_T,
+                                  run_columns(batch))
         if start is not None:
             table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
 
@@ -181,15 +191,17 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
             table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
             checkpoints.maybe_save(snap)
 
-        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot)
+        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R)
     finally:
         checkpoints.close()
-    return _finish(exp, plain_cfg, batch, result, prov, out, overrides)
+    return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
 
 
 def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, prov: dict, out: Path,
-            overrides) -> dict:
+            overrides, refs: reference.References | None) -> dict:
     info = summary(exp, plain_cfg, batch, result, prov, overrides)
+    if refs is not None:
+        info["sft"] = {"seconds": refs.seconds, "points": refs.points}
     t0 = time.perf_counter()
     extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
     for point, extra in zip(info["points"], extras):
@@ -198,6 +210,9 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
     info = results.json_safe(info)
     if exp.plots:
         write_figures(out, exp, batch, result, info, arrays)
+        if refs is not None:
+            plots.sft_loss_figure(out / "sft_loss.png", refs.loss_KxS, [p["loss_floor"] for p in refs.points],
+                                  [_sft_label(p) for p in refs.points], f"SFT of the {exp.static.policy} reference")
     rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2, allow_nan=False))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
     point = info["points"][0]["metrics"]

@@ -126,8 +126,15 @@ def kappa(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> jax.Arra
 def policy_kappas(task: Task, logits_PxLxV: jax.Array, delta: jax.Array) -> dict[str, jax.Array]:
     """kappa of phi and phi_prime with the given factorised policy as the reference: the asymmetry
     the optimiser faces from where it is now (logged during training)."""
-    return {f"kappa_{name}": kappa(values_J, pmf_PxJ, delta)
-            for name, (values_J, pmf_PxJ) in zip(task_lib.REWARDS, policy_pmfs(task, logits_PxLxV))}
+    return marginal_kappas(task, tuple(task_lib.good_prob_PxK(spec, logits_PxLxV) for spec in task.specs), delta)
+
+
+def marginal_kappas(task: Task, good_prob_PxK: tuple[jax.Array, jax.Array], delta: jax.Array) -> dict[str, jax.Array]:
+    """kappa of phi and phi_prime from each reward's per-position probabilities of a good token,
+    positions taken as independent given the prompt: exact for a factorised policy; for a network
+    (estimates.py), the kappa of the factorised policy with the same marginals."""
+    return {f"kappa_{name}": kappa(*reward_pmf_PxJ(spec, g_PxK), delta)
+            for name, spec, g_PxK in zip(task_lib.REWARDS, task.specs, good_prob_PxK)}
 
 
 @partial(jax.jit, static_argnums=(0, 1))

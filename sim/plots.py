@@ -254,3 +254,18 @@ def orthogonality_figure(path: Path, values_J: np.ndarray, values_K: np.ndarray,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def sft_loss_figure(path: Path, loss_KxS: np.ndarray, floor_K: list[float], labels: list[str], title: str) -> None:
+    """The SFT loss (mean per-token NLL) of each reference against step, with its floor (the
+    teacher's per-token entropy) dashed."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    steps_S = np.arange(1, loss_KxS.shape[1] + 1)
+    for k, (loss_S, floor, label) in enumerate(zip(loss_KxS, floor_K, labels)):
+        ax.plot(steps_S, loss_S, color=f"C{k}", lw=1, label=label)
+        ax.axhline(floor, color=f"C{k}", ls="--", lw=1)
+    ax.set(title=title, xlabel="SFT step", ylabel="NLL per token (nats)")
+    ax.legend(fontsize=7, title="dashed: teacher entropy", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -18,13 +18,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sim import algos, diagnostics, geometry, policies, task as task_lib
+from sim import algos, diagnostics, estimates, geometry, policies, task as task_lib
 from sim.config import Static
 from sim.layout import PointStats, over_runs, point_moments, run_block
 from sim.policies.base import Policy
 
 # Exact expectations under the current policy, logged at every logged step (step 0 included).
-EXACT_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy")
+# Networks too large to enumerate estimate them by Monte Carlo (estimates.py) and also log the
+# standard errors (metric_names).
+EXACT_METRICS = estimates.NAMES
 # Also exact, at the same rows: the KL-cost asymmetry C(+delta) / C(-delta) with the current
 # policy as the reference (geometry.py); inf once a gain of delta is out of reach, 0 a loss.
 KAPPA_METRICS = ("kappa_phi", "kappa_phi_prime")
@@ -34,6 +36,13 @@ BATCH_METRICS = ("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampl
 METRICS = EXACT_METRICS + KAPPA_METRICS + BATCH_METRICS
 
 
+def metric_names(static: Static) -> tuple[str, ...]:
+    """What a run of `static` logs: METRICS, plus `<name>_se` when its expectations are Monte Carlo."""
+    if static.arch is None or estimates.enumerates(static.task, static.enumerate_max):
+        return METRICS
+    return METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
+
+
 class RunState(NamedTuple):
     params: Any
     opt_state: Any
@@ -41,12 +50,15 @@ class RunState(NamedTuple):
     policy_key: jax.Array  # draws the family's fixed parts (e.g. features); constant
     step: jax.Array  # int32: updates attempted so far
     diverged_at: jax.Array  # int32: the step whose update went non-finite (run frozen since); -1: healthy
+    ref: Any = None  # neural policies: the SFT-trained reference params (constant; None otherwise)
 
 
-def build_policy(static: Static, hp: dict, policy_key: jax.Array) -> Policy:
+def build_policy(static: Static, hp: dict, policy_key: jax.Array, ref=None) -> Policy:
+    """The run's policy; `ref`: a neural policy's SFT-trained reference params (RunState.ref)."""
     ref_logits = task_lib.reference_logits_PxLxV(
         static.task, (hp["competence_phi"], hp["competence_phi_prime"]), hp["competence_spread"])
-    return policies.build(static.policy, static.task, ref_logits, hp, policy_key, width=static.width)
+    return policies.build(static.policy, static.task, ref_logits, hp, policy_key, width=static.width,
+                          arch=static.arch, ref_params=ref)
 
 
 def make_optimizer(static: Static, hp: dict) -> optax.GradientTransformation:
@@ -58,7 +70,14 @@ def make_optimizer(static: Static, hp: dict) -> optax.GradientTransformation:
     return optax.inject_hyperparams(chain)(learning_rate=hp["lr"], max_grad_norm=hp["max_grad_norm"])
 
 
-def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict) -> dict:
+def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, key: jax.Array) -> dict:
+    """`key` draws the Monte Carlo responses of networks; a run passes the same key at every logged
+    step (common random numbers: the curve's step-to-step changes are not sampling noise)."""
+    if policy.marginals is None:
+        out, good_prob_PxK = estimates.sequence_metrics(
+            static.task, policy, params, ref_params, (hp["w_phi"], hp["w_phi_prime"]), key, static.eval_samples,
+            static.enumerate_max)
+        return out | geometry.marginal_kappas(static.task, good_prob_PxK, hp["kappa_delta"])
     logp_PxLxV = jax.nn.log_softmax(policy.marginals(params))
     logq_PxLxV = jax.nn.log_softmax(policy.marginals(ref_params))
     phi_P, phi_prime_P = task_lib.expected_rewards_P(static.task, logp_PxLxV)
@@ -136,11 +155,18 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
 def loss_fn(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBatch, params):
     """The surrogate whose gradient is the update; at params = pi_old it is the on-policy one."""
     b = batch
-    logp_BxL = policy.log_probs(params, b.prompts_B, b.tokens_BxL)
+    if policy.marginals is None:
+        # A network: one teacher-forced pass gives both the log-probs and the entropies, so the
+        # backward pass runs once (two passes cost two backward passes: ~1.5x the step, measured)
+        logits_BxLxV = policy.token_logits(params, b.prompts_B, b.tokens_BxL)
+        logp_BxL = jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV), b.tokens_BxL[..., None], -1)[..., 0]
+        entropy_BxL = algos.entropy_BxL(logits_BxLxV)
+    else:
+        logp_BxL = policy.log_probs(params, b.prompts_B, b.tokens_BxL)
+        entropy_BxL = per_token_BxL(policy, algos.entropy_BxL, (params,), b.prompts_B, b.tokens_BxL)
     kl_BxL = None
     if static.kl_placement == "loss":
         kl_BxL = _kl_tokens_BxL(static, policy, ref_params, params, b.prompts_B, b.tokens_BxL, logp_BxL, b.logp_ref_BxL)
-    entropy_BxL = per_token_BxL(policy, algos.entropy_BxL, (params,), b.prompts_B, b.tokens_BxL)
     return algos.policy_loss(static.loss, static.aggregation, b.weight_B, logp_BxL, b.logp_old_BxL, b.adv_B,
                              hp["eps_low"], hp["eps_high"], hp["beta"], kl_BxL, hp["entropy_coef"], entropy_BxL)
 
@@ -180,14 +206,19 @@ def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt
     return params, opt_state, metrics
 
 
-def init_run(static: Static, hp: dict, key: jax.Array) -> tuple[RunState, dict]:
+def eval_key(state: RunState) -> jax.Array:
+    """The run's fixed key for Monte Carlo expectations (independent of its training keys)."""
+    return jax.random.fold_in(state.policy_key, 1)
+
+
+def init_run(static: Static, hp: dict, key: jax.Array, ref=None) -> tuple[RunState, dict]:
     key, policy_key = jax.random.split(key)
-    policy = build_policy(static, hp, policy_key)
+    policy = build_policy(static, hp, policy_key, ref)
     params = policy.init()
-    row = exact_metrics(static, policy, params, params, hp)
-    row.update({name: jnp.float32(jnp.nan) for name in BATCH_METRICS})
     state = RunState(params, make_optimizer(static, hp).init(params), key, policy_key,
-                     step=jnp.int32(0), diverged_at=jnp.int32(-1))
+                     step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref)
+    row = exact_metrics(static, policy, params, params, hp, eval_key(state))
+    row.update({name: jnp.float32(jnp.nan) for name in BATCH_METRICS})
     row["diverged_at_step"] = state.diverged_at
     return state, row
 
@@ -214,7 +245,7 @@ def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: Ru
 
 def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[RunState, dict]:
     """`rows` logged intervals of `log_every` steps each; returns the rows (exact + last batch)."""
-    policy = build_policy(static, hp, state.policy_key)
+    policy = build_policy(static, hp, state.policy_key, state.ref)
     ref_params = policy.init()
 
     def one_step(state, _):
@@ -222,7 +253,7 @@ def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[Run
 
     def one_interval(state, _):
         state, m_S = jax.lax.scan(one_step, state, None, length=static.log_every)
-        row = exact_metrics(static, policy, state.params, ref_params, hp)
+        row = exact_metrics(static, policy, state.params, ref_params, hp, eval_key(state))
         row.update(jax.tree.map(lambda x: x[-1], m_S))
         row["diverged_at_step"] = state.diverged_at
         return state, row
@@ -295,10 +326,10 @@ def host_state(state: RunState) -> RunState:
     return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x) if _is_key(x) else x), state)
 
 
-def snapshot_template(static: Static, hp_R: dict, keys_R: jax.Array, rows_done: int) -> Snapshot:
+def snapshot_template(static: Static, hp_R: dict, keys_R: jax.Array, rows_done: int, ref_R=None) -> Snapshot:
     """Shapes and dtypes of a Snapshot of this batch (host form), to restore a checkpoint into."""
     hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
-    state, row = jax.eval_shape(jax.vmap(partial(init_run, static)), hp_R, keys_R)
+    state, row = jax.eval_shape(jax.vmap(partial(init_run, static)), hp_R, keys_R, ref_R)
     state = jax.tree.map(lambda x: jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x, state)
     rows = {k: jax.ShapeDtypeStruct((rows_done + 1,) + v.shape, v.dtype) for k, v in row.items()}
     return Snapshot(rows_done, state, rows)
@@ -342,10 +373,11 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
 
     compiled = {}  # padded batch size -> (init, chunk) executables
 
-    def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *,
+    def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *, ref_R=None,
               start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None,
               points_R: np.ndarray | None = None) -> TrainResult:
         """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R].
+        `ref_R`: a neural policy's reference params with a leading [R] axis (reference.prepare).
 
         `start` continues a batch from a Snapshot of the same hp_R and keys_R (the numbers are
         those of an uninterrupted call); `on_snapshot` receives one after every chunk.
@@ -355,19 +387,20 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         if points_R is not None and (start is not None or on_snapshot is not None):
             raise ValueError("point statistics (points_R) cannot be combined with snapshots or a resume")
         n_runs = keys_R.shape[0]
+        names = metric_names(static)
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
-        hp_R, keys_R = _shard_runs((hp_R, keys_R), n_runs, runs, block)
+        hp_R, keys_R, ref_R = _shard_runs((hp_R, keys_R, ref_R), n_runs, runs, block)
         reduce = None
         if points_R is not None:
             n_points = int(np.max(points_R)) + 1
             pts_R = _shard_runs(jnp.asarray(points_R, jnp.int32), n_runs, runs, block, fill=n_points)
             reduce = lambda rows: jax.tree.map(  # noqa: E731
-                np.asarray, point_moments({k: rows[k] for k in METRICS}, pts_R, n_points))
+                np.asarray, point_moments({k: rows[k] for k in names}, pts_R, n_points))
         t0 = time.perf_counter()
         size = keys_R.shape[0]
         if size not in compiled:
-            compiled[size] = [init_R.lower(hp_R, keys_R).compile(), None]
-        state, row0 = compiled[size][0](hp_R, keys_R)
+            compiled[size] = [init_R.lower(hp_R, keys_R, ref_R).compile(), None]
+        state, row0 = compiled[size][0](hp_R, keys_R, ref_R)
         if compiled[size][1] is None:  # lowered on the real state, so its shardings match
             compiled[size][1] = chunk_R.lower(state, hp_R).compile()
         chunk_c = compiled[size][1]
@@ -396,11 +429,11 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             if on_snapshot is not None:
                 chunks = [{k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}]
                 on_snapshot(Snapshot(done, host_state(jax.tree.map(lambda x: x[:n_runs], state)), chunks[0]))
-        metrics = {k: np.concatenate([c[k] for c in chunks]) for k in METRICS}
+        metrics = {k: np.concatenate([c[k] for c in chunks]) for k in names}
         stats = None
         if reduce is not None:
             stats = PointStats(steps_T, np.bincount(points_R, minlength=n_points),
-                               *({k: np.concatenate([m[k][j] for m in moments]) for k in METRICS} for j in (0, 1)))
+                               *({k: np.concatenate([m[k][j] for m in moments]) for k in names} for j in (0, 1)))
         state = jax.tree.map(lambda x: x[:n_runs], state)
         return TrainResult(state, metrics, steps_T if reduce is None else steps_T[key_rows],
                            compile_seconds=t1 - t0, run_seconds=time.perf_counter() - t1,

@@ -14,6 +14,22 @@ from sim.run import CONF_DIR
 
 # Small enough to compile and run in a couple of seconds on 2 cores.
 SMALL = ["seeds=4", "steps=20", "log_every=5", "task.prompts=4", "plots=false"]
+# A neural policy small enough for tests: V^L = 6^4 responses are enumerated exactly.
+NEURAL = ["task.length=4", "task.vocab=6", "task.phi.positions=[0,1]", "task.phi.good_tokens=[0,1]",
+          "task.phi_prime.positions=[2,3]", "task.phi_prime.good_tokens=[2,3]", "policy.d_model=16",
+          "policy.hidden=32", "policy.sft.steps=150", "policy.sft.batch=128"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sft_cache_dir(tmp_path_factory):
+    """Tests never read or write the user's SFT cache (subprocesses inherit the variable)."""
+    old = os.environ.get("SIM_CACHE_DIR")
+    os.environ["SIM_CACHE_DIR"] = str(tmp_path_factory.mktemp("sim-cache"))
+    yield os.environ["SIM_CACHE_DIR"]
+    if old is None:
+        del os.environ["SIM_CACHE_DIR"]
+    else:
+        os.environ["SIM_CACHE_DIR"] = old
 
 
 def compose_plain(overrides: list[str] = ()) -> dict:

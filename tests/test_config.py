@@ -84,6 +84,18 @@ BAD = [
     (["task.phi_prime.relative_weight=[0,0.25]", "task.phi_prime.weight=[1,2]"],
      "task.phi_prime.weight=[1.0, 2.0]: cannot be swept while task.phi_prime.relative_weight is set"),
     (["record=all"], "record='all': allowed values are auto, runs, points"),
+    (["policy=transformer", "policy.positions=alibi"], "policy.positions='alibi': allowed values are learned, rope"),
+    (["policy=transformer", "policy.heads=3"], "policy.heads=3: must divide policy.d_model=32"),
+    (["policy=transformer", "policy.heads=32", "policy.positions=rope"], "into heads of even width (rope)"),
+    (["policy=transformer", "+policy.window=2"], "policy.window: unknown key; allowed keys here are"),
+    (["policy=gru", "+policy.width=4"], "policy.width: unknown key"),
+    (["+policy.d_model=4"], "policy.d_model: unknown key"),  # lowrank has no network
+    (["policy=mlp", "policy.window=0"], "policy.window=0: must be an integer >= 1"),
+    (["policy=mlp", "policy.sft.lr=0"], "policy.sft.lr=0: must be a finite number > 0"),
+    (["policy=gru", "policy.sft.steps=0"], "policy.sft.steps=0: must be an integer >= 1"),
+    (["policy=gru", "policy.eval.samples=1"], "policy.eval.samples=1: must be an integer >= 2"),
+    (["runtime.sft_cache=''"], "runtime.sft_cache='': must be a directory path"),
+    (["policy=gru", "+policy.sft.epochs=3"], "policy.sft.epochs: unknown key"),
 ]
 
 
@@ -172,3 +184,9 @@ def test_record_auto_keeps_runs_for_small_batches_and_points_for_huge_ones():
 def test_an_unreachable_kappa_in_a_sweep_axis_is_refused_at_parse():
     with pytest.raises(ConfigError, match=r"task.phi_prime.kappa=3: unreachable"):
         parse(compose_plain(["task.phi_prime.kappa=[0.5,3]"]))
+def test_neural_policies_split_architecture_sft_and_evaluation_settings():
+    exp = parse(compose_plain(["policy=transformer", "runtime.sft_cache=/tmp/c"]))
+    arch = exp.static.arch
+    assert (arch.kind, arch.d_model, arch.layers, arch.heads, arch.positions) == ("transformer", 32, 2, 2, "learned")
+    assert exp.sft.steps >= 1 and exp.runtime.sft_cache == "/tmp/c" and exp.static.eval_samples >= 2
+    assert parse(compose_plain()).sft is None and parse(compose_plain()).static.arch is None

@@ -8,7 +8,7 @@ from sim import experiment
 from sim.config import ConfigError, parse
 from sim.experiment import config_hash, run_experiment, versions
 from sim.run import EXIT_DIVERGED, report
-from tests.conftest import SMALL, compose_plain
+from tests.conftest import NEURAL, SMALL, compose_plain
 
 
 def test_run_experiment_writes_every_output(tmp_path):
@@ -118,3 +118,29 @@ def test_record_points_writes_per_point_statistics_instead_of_every_run(tmp_path
     assert {"point", "optim.lr", "step", "phi_mean", "phi_std", "kl_mean"} <= set(rows[0])
     last = [r for r in rows if r["point"] == "1" and r["step"] == "20"][0]
     assert float(last["phi_mean"]) == pytest.approx(info["points"][1]["metrics"]["phi"]["end"], rel=1e-5)
+
+
+def test_a_neural_policy_starts_at_its_sft_reference_and_reports_it(tmp_path):
+    """An MLP on a task small enough (6^4 responses) for every logged expectation to be exact."""
+    plain = compose_plain(SMALL + NEURAL + ["policy=mlp", "plots=true", "seeds=2", f"runtime.sft_cache={tmp_path}"])
+    info = run_experiment(parse(plain), plain, tmp_path / "out")
+    assert (tmp_path / "out" / "sft_loss.png").stat().st_size > 0
+    (point,) = info["sft"]["points"]
+    assert point["cached"] is False and point["measured"]["phi_se"] == 0.0  # enumerated: exact
+    m = info["points"][0]["metrics"]
+    assert m["kl"]["start"] == 0.0
+    # the runs start at the trained reference, not at the teacher
+    assert m["phi"]["start"] == pytest.approx(point["measured"]["phi"], abs=1e-5)
+    assert m["phi_prime"]["start"] == pytest.approx(point["measured"]["phi_prime"], abs=1e-5)
+    assert m["phi"]["start"] != point["teacher"]["phi"]
+    assert abs(point["measured"]["phi"] - point["teacher"]["phi"]) < 0.02  # see test_sft.py for the tolerance
+    assert point["final_loss"] == pytest.approx(point["loss_floor"], abs=0.03)
+    assert "phi_se" not in m
+    # the analysis runs on the trained reference: its kappa (teacher competences 0.2 and 0.9:
+    # gains of phi cheaper than losses, of phi_prime dearer), no family solve for a network
+    geo = info["points"][0]["geometry"]
+    assert geo["phi"]["tilt"]["kappa"] < 1 < geo["phi_prime"]["tilt"]["kappa"]
+    assert geo["phi"]["family"]["kappa"] is None
+    assert m["kappa_phi"]["start"] == pytest.approx(geo["phi"]["tilt"]["kappa"], rel=1e-4)
+    assert abs(info["points"][0]["orthogonality"]["reference"]["corr"]) < 0.05
+    assert (tmp_path / "out" / "kl_cost.png").exists() and (tmp_path / "out" / "orthogonality.png").exists()

@@ -42,7 +42,7 @@ def test_end_to_end_writes_all_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["policy=mlp"], "policy=mlp: unknown option; allowed values are"),
+    (["policy=cnn"], "policy=cnn: unknown option; allowed values are"),
     (["algo=ppo"], "algo=ppo: unknown option; allowed values are"),
     (["foo=1"], "foo"),
     (["optim.lr=-1"], "optim.lr=-1: must be a finite number > 0"),
@@ -225,7 +225,7 @@ KEYS = {  # key -> (valid values, invalid values) as Hydra override text
 }
 ALWAYS_BAD = ["+foo=1", "foo=1", "+task.bar=2", "+algo.kl.gamma=0.1", "task.phi.weights=4", "~optim.lr",
               "~steps", "steps=[1,", "optim.lr=)", "=3", "steps", "optim.lr=${nope}", "task=5", "optim=5",
-              "policy=mlp", "algo=ppo", "task=xyz", "seeds=${task.phi}", "+seeds=3", "task.phi=1",
+              "policy=cnn", "algo=ppo", "task=xyz", "seeds=${task.phi}", "+seeds=3", "task.phi=1",
               "optim.lr=1e400", "task.phi.weight=1" + "0" * 400, "task.phi.weight=1e39", "task.phi.competence=1e-40",
               "task.phi_prime.competence=0.99999999"]
 

@@ -485,3 +485,31 @@ def test_point_stats_reduce_on_device_what_the_runs_record(small):
             np.testing.assert_allclose(stats.mean[k][:, p], x.mean(1), rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(stats.m2[k][:, p], ((x - x.mean(1, keepdims=True)) ** 2).sum(1),
                                        rtol=1e-4, atol=1e-6)
+
+
+def test_a_transformer_trains_with_seeds_vmapped_and_monte_carlo_metrics(small):
+    """The transformer through the one training loop: Monte Carlo expectations (6^4 > enumerate_max)
+    come with standard errors; runs start at the reference; same seeds give the same numbers.
+    The reference is a random network here (the loop does not care where it comes from; SFT is
+    tested in test_sft.py and end to end in test_experiment.py)."""
+    from sim import policies
+    from tests.conftest import NEURAL
+
+    exp = small("policy=transformer", *NEURAL, "policy.layers=1", "policy.eval.samples=8",
+                "policy.eval.enumerate_max=0", "seeds=3", "steps=10", "optim.lr=0.01")
+    batch = expand(exp)
+    ref = policies.net(exp.static.arch, exp.static.task).init(jax.random.key(0))
+    ref_R = jax.tree.map(lambda x: jnp.stack([x] * 3), ref)
+    train = make_train(exp.static)
+    a = train(batch.hparams_R, run_keys(batch.seeds_R), ref_R=ref_R)
+    b = train(batch.hparams_R, run_keys(batch.seeds_R), ref_R=ref_R)
+    for k in a.metrics:
+        np.testing.assert_array_equal(a.metrics[k], b.metrics[k])
+    assert {"phi_se", "phi_prime_se", "reward_se", "kl_se", "entropy_se"} <= set(a.metrics)
+    np.testing.assert_array_equal(a.metrics["kl"][0], 0.0)
+    # every run starts at the one shared reference (each run draws its own Monte Carlo responses, so
+    # the starts agree within sqrt(2) * 4 standard errors), and the seeds then differ
+    gap = np.abs(a.metrics["phi"][0] - a.metrics["phi"][0, 0])
+    assert np.all(gap <= 4 * np.sqrt(2) * a.metrics["phi_se"][0]) and a.metrics["phi_se"][0, 0] > 0
+    assert np.all(a.metrics["kl"][-1] > 0) and len(set(a.metrics["phi"][-1])) == 3
+    assert np.all(np.isfinite(a.metrics["grad_norm"][1:]))

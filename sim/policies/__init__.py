@@ -3,18 +3,32 @@ from __future__ import annotations
 
 import jax
 
-from sim.policies import lowrank, tabular
-from sim.policies.base import Policy
+from sim.policies import autoregressive, gru, lowrank, mlp, tabular, transformer
+from sim.policies.autoregressive import Arch
+from sim.policies.base import Params, Policy
 from sim.task import Task
 
-KINDS = ("tabular", "lowrank")
-FACTORISED = ("tabular", "lowrank")  # positions independent given the prompt: exact per-position marginals
+FACTORISED = ("tabular", "lowrank")
+NEURAL = ("mlp", "gru", "transformer")  # autoregressive networks; their reference comes from SFT
+KINDS = FACTORISED + NEURAL
 
 
-def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax.Array, width: int = 0) -> Policy:
-    """The policy of family `kind`, started exactly at the reference. `key` draws fixed parts."""
+def net(arch: Arch, task: Task) -> autoregressive.Net:
+    """The network of a neural family, as pure functions of its params."""
+    return {"mlp": mlp.net, "gru": gru.net, "transformer": transformer.net}[arch.kind](arch, task)
+
+
+def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax.Array, width: int = 0,
+          arch: Arch | None = None, ref_params: Params | None = None) -> Policy:
+    """The policy of family `kind`, started exactly at the reference. `key` draws fixed parts.
+
+    Factorised families take the reference as logits; neural ones as their SFT-trained params."""
     if kind == "tabular":
         return tabular.make(ref_logits_PxLxV)
     if kind == "lowrank":
         return lowrank.make(ref_logits_PxLxV, lowrank.features_PxLxD(task, width, hp["overlap"], key))
+    if kind in NEURAL:
+        if arch is None or ref_params is None:
+            raise ValueError(f"policy.kind={kind!r} needs its architecture and SFT-trained reference params")
+        return autoregressive.make(net(arch, task), ref_params, task)
     raise ValueError(f"policy.kind={kind!r}; allowed: {', '.join(KINDS)}")
