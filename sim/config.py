@@ -421,6 +421,9 @@ def _sft(cfg) -> SFT:
 
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
+    if _is_list(kind := _get(cfg, "policy.kind")):  # read before the keys are checked: say so here too
+        raise ConfigError(f"policy.kind={list(kind)!r}: static keys cannot be swept in-process; "
+                          "use -m (Hydra multirun) with comma-separated values")
     kind = _choice(cfg, "policy.kind", policies.KINDS)
     _check_keys(cfg, {**_KEYS, "policy": _POLICY_KEYS[kind]})
     task = _task(cfg)
