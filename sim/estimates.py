@@ -50,6 +50,7 @@ def _enumerated(task, policy, params, ref_params, w):
               "kl": logp_B - logq_B, "entropy": -logp_B}
     p_B = jnp.exp(logp_B)  # probability of each response given its prompt
     out = {k: jnp.mean(jnp.sum((p_B * v).reshape(P, N), -1)) for k, v in values.items()}
+    out["spill"] = jnp.mean(_per_prompt_mean(good_BxK(task_lib.spill_spec(task), task.vocab, tokens_BxL), p_B, P))
     return out, tuple(_per_prompt_mean(good_BxK(spec, task.vocab, tokens_BxL), p_B, P) for spec in task.specs)
 
 
@@ -71,6 +72,7 @@ def _monte_carlo(task, policy, params, ref_params, w, key, samples):
         v_PxS = v.reshape(P, samples)
         out[k] = jnp.mean(v_PxS)
         out[k + "_se"] = jnp.sqrt(jnp.mean(jnp.var(v_PxS, -1, ddof=1)) / (P * samples))
+    out["spill"] = jnp.mean(task_lib.good_prob_PxK(task_lib.spill_spec(task), logits_BxLxV))  # P(token | prefix)
     uniform_B = jnp.full(prompts_B.shape, 1.0 / samples)
     return out, tuple(_per_prompt_mean(g_BxK, uniform_B, P) for g_BxK in good_prob_BxK)
 
@@ -78,7 +80,8 @@ def _monte_carlo(task, policy, params, ref_params, w, key, samples):
 def sequence_metrics(task: Task, policy: Policy, params, ref_params, w: tuple, key: jax.Array,
                      samples: int, enumerate_max: int) -> tuple[dict, tuple[jax.Array, jax.Array]]:
     """E[phi], E[phi_prime], E[w0*phi + w1*phi_prime], KL(pi || ref) and entropy of the response
-    distribution, averaged over prompts, plus `<name>_se` when estimated by Monte Carlo; and for
+    distribution, averaged over prompts, plus `<name>_se` when estimated by Monte Carlo, and
+    `spill` (task.spill_spec, without a standard error); and for
     each reward the probability of a good token at each of its positions per prompt (PxK)."""
     if enumerates(task, enumerate_max):
         return _enumerated(task, policy, params, ref_params, w)

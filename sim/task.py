@@ -99,6 +99,18 @@ def good_prob_PxK(spec: RewardSpec, logits_PxLxV: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(good_mask_V(spec, logits_PxLxV.shape[-1]), probs_PxKxV, 0.0), -1)
 
 
+def spill_spec(task: Task) -> RewardSpec:
+    """phi's good tokens at phi_prime's positions: phi's behaviour spilled over to where phi_prime
+    is scored. It takes mass from phi_prime's good tokens without any reward asking for it (shared
+    parameters carry it there)."""
+    return RewardSpec(task.phi_prime.positions, task.phi.good_tokens)
+
+
+def spill_P(task: Task, logits_PxLxV: jax.Array) -> jax.Array:
+    """Per prompt, the mean probability of one of phi's good tokens at phi_prime's positions."""
+    return jnp.mean(good_prob_PxK(spill_spec(task), logits_PxLxV), -1)
+
+
 def expected_rewards_P(task: Task, logits_PxLxV: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exact E[phi], E[phi_prime] per prompt under a factorised policy (positions independent)."""
     a, b = (_aggregate(good_prob_PxK(spec, logits_PxLxV), spec.shape) for spec in task.specs)

@@ -25,8 +25,9 @@ from sim.policies.base import Policy
 
 # Exact expectations under the current policy, logged at every logged step (step 0 included).
 # Networks too large to enumerate estimate them by Monte Carlo (estimates.py) and also log the
-# standard errors (metric_names).
-EXACT_METRICS = estimates.NAMES
+# standard errors (metric_names). spill: probability of one of phi's good tokens at phi_prime's
+# positions (task.spill_spec; exact, or Rao-Blackwellised Monte Carlo without a standard error).
+EXACT_METRICS = estimates.NAMES + ("spill",)
 # Also exact, at the same rows: the KL-cost asymmetry C(+delta) / C(-delta) with the current
 # policy as the reference (geometry.py); inf once a gain of delta is out of reach, 0 a loss.
 KAPPA_METRICS = ("kappa_phi", "kappa_phi_prime")
@@ -88,6 +89,7 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, 
         "reward": jnp.mean(hp["w_phi"] * phi_P + hp["w_phi_prime"] * phi_prime_P),
         "kl": geometry.factorised_kl(logp_PxLxV, logq_PxLxV),
         "entropy": jnp.mean(-jnp.sum(p_PxLxV * logp_PxLxV, (-1, -2))),
+        "spill": jnp.mean(task_lib.spill_P(static.task, logp_PxLxV)),
     } | geometry.policy_kappas(static.task, logp_PxLxV, hp["kappa_delta"])
 
 

@@ -31,6 +31,16 @@ def test_reference_puts_competence_on_good_tokens():
     np.testing.assert_allclose(probs[:, 0, 2:], 0.7 / 3, rtol=1e-5)  # bad tokens share the rest evenly
 
 
+def test_spill_counts_phi_good_tokens_at_phi_prime_positions():
+    # TASK: phi's good tokens {0, 1}; phi_prime's positions 2, 3 with good token {2}. At the
+    # reference (c' = 0.8) the 4 bad tokens share 0.2 evenly, so {0, 1} hold 2 * 0.05 = 0.1.
+    logp = T.reference_logits_PxLxV(TASK, (jnp.float32(0.3), jnp.float32(0.8)), jnp.float32(0.0))
+    np.testing.assert_allclose(T.spill_P(TASK, logp), 0.1, rtol=1e-5)
+    # position 2 certain of token 0, position 3 of token 3: one of two positions spilled
+    hand = jnp.full((3, 4, 5), -30.0).at[:, 2, 0].set(0.0).at[:, 3, 3].set(0.0)
+    np.testing.assert_allclose(T.spill_P(TASK, hand), 0.5, atol=1e-6)
+
+
 def test_competence_spread_varies_prompts_around_the_competence():
     wide = T.Task(prompts=2000, length=4, vocab=5, phi=SPEC_A, phi_prime=SPEC_B)
     c = np.asarray(T.prompt_competence_P(wide, jnp.float32(0.5), jnp.float32(1.0), 0))
