@@ -1,19 +1,22 @@
 """The blog's claims (background/blog-why-does-my-reward-look-like-that.md), tested in the simulator.
 
 Setting: the blog experiment's defaults (GRPO, G = 8, on r = 4·φ + w₂·φ′; lowrank policy of
-width 4 over 16 prompts x 8 positions; Adam 0.05; β = 0.04, k3 in the loss), 16 seeds per
-condition. Conditions that differ only in numbers are sweep points of one compiled batch (the
-module fixtures); every point uses seeds 0-15 with the same keys (common random numbers), so
-differences between points are paired by seed. κ′ is the tilt-measured KL-cost asymmetry of φ′
-at the reference, C(+δ)/C(−δ) at δ = task.kappa_delta (0.05), logged at step 0.
+width 4 over 16 prompts x 8 positions; Adam 0.05; β = 0.04, k3 in the loss), 16 seeds (0-15) per
+condition. φ′'s asymmetry is set as a target, `task.phi_prime.kappa` (κ′ = C(+δ)/C(−δ) of the
+exponential tilt at the reference, δ = task.kappa_delta = 0.05), which sweep.expand turns into
+the reference's competence c′; the tests also read the κ′ logged at step 0 to check it. Conditions
+that differ only in numbers are sweep points of one compiled batch (the module fixtures), and every
+point uses the same PRNG key per seed (common random numbers), so differences between points are
+paired by seed. Every statistic is a mean over seeds with its 95% Student-t interval
+(results.mean_ci95); the measured values quoted in the docstrings come from these very batches.
 
 What holds in the simulator (numbers and figures: experiments/REPORT.md):
 1. holds.
-2. half false. The fall grows with κ′ (c′ 0.3 → 0.5 → 0.7; it saturates by 0.9), but with the
+2. half false. The fall grows with κ′ (0.94 → 1 → 1.07; it saturates by 1.37), but with the
    default sharing (128 slots on a width-4 feature space) φ′ falls at κ′ ≤ 1 too. κ′ decides
    the sign only with less sharing (width 16): φ′ then rises at κ′ < 1, barely moves at κ′ = 1
-   and falls at κ′ > 1. (Widths >= 24 are not used: XLA:CPU miscompiles them, see REPORT.md.)
-3. holds: w₂ = 0 falls further; with w₂ = 1 φ′ bottoms out after ~400 steps and recovers.
+   and falls at κ′ > 1.
+3. holds: w₂ = 0 falls further; with w₂ = 1 φ′ levels off (last-quarter slope not negative).
 4. holds.
 5. holds, at width 16, where the same κ′ < 1 rises without the systematic overlap; it differs
    from claim 1 in the measured κ′ (< 1 vs > 1) and in the quadrant table (the blog's
@@ -31,9 +34,10 @@ from sim.results import mean_ci95
 from sim.sweep import expand
 from sim.train import make_train, run_keys
 
-C_KEY = "task.phi_prime.competence"
-KEYS = {"w2": "task.phi_prime.weight", "overlap": "policy.overlap"}
-COMPETENCES = [0.3, 0.4, 0.5, 0.7, 0.9]  # kappa' 0.94, 0.97, 1, 1.07, 1.37 at kappa_delta 0.05
+KEYS = {"kappa": "task.phi_prime.kappa", "w2": "task.phi_prime.weight", "overlap": "policy.overlap"}
+# kappa' targets at kappa_delta 0.05; the solved competences are c' = 0.30, 0.39, 0.50, 0.71, 0.90
+# (1.37 is the blog default's kappa', c' = 0.9).
+KAPPAS = [0.94, 0.97, 1.0, 1.07, 1.37]
 
 
 class Trained(NamedTuple):
@@ -41,10 +45,9 @@ class Trained(NamedTuple):
     metrics: dict
     steps_T: np.ndarray
 
-    def series(self, name: str, c: float, **swept: float) -> np.ndarray:
-        """[T, 16]: metric `name` at the sweep point with competence c' and the other swept values
-        (w2=..., overlap=...)."""
-        want = {C_KEY: c} | {KEYS[k]: v for k, v in swept.items()}
+    def series(self, name: str, **swept: float) -> np.ndarray:
+        """[T, 16]: metric `name` at the sweep point with these swept values (kappa=..., w2=...)."""
+        want = {KEYS[k]: v for k, v in swept.items()}
         point = next(p for p, values in enumerate(self.batch.point_values)
                      if all(np.isclose(values[k], v) for k, v in want.items()))
         return self.metrics[name][:, self.batch.points_R == point]
@@ -62,16 +65,16 @@ def _train(overrides: list[str]) -> Trained:
 
 @pytest.fixture(scope="module")
 def default_policy() -> Trained:
-    """Claims 1-3: the default lowrank policy, c' in COMPETENCES x w2 in {0, 1}: 160 runs x 1000
+    """Claims 1-3: the default lowrank policy, kappa' in KAPPAS x w2 in {0, 1}: 160 runs x 1000
     steps, one compile. 1000 steps because claim 3 needs to see the fall stop."""
-    return _train(["steps=1000", "log_every=50", f"{C_KEY}={COMPETENCES}", f"{KEYS['w2']}=[0,1]"])
+    return _train(["steps=1000", "log_every=50", f"{KEYS['kappa']}={KAPPAS}", f"{KEYS['w2']}=[0,1]"])
 
 
 @pytest.fixture(scope="module")
 def wide_policy() -> Trained:
-    """Claims 2 and 5 with less sharing: lowrank width 16 (8 slots per feature dimension instead of 32),
-    c' x overlap in {0, 0.8}: 96 runs x 200 steps."""
-    return _train(["policy.width=16", f"{C_KEY}=[0.3,0.5,0.9]", f"{KEYS['overlap']}=[0,0.8]"])
+    """Claims 2 and 5 with less sharing: lowrank width 16 (8 slots per feature dimension instead
+    of 32), kappa' in {0.94, 1, 1.37} x overlap in {0, 0.8}: 96 runs x 200 steps, one compile."""
+    return _train(["policy.width=16", f"{KEYS['kappa']}=[0.94,1.0,1.37]", f"{KEYS['overlap']}=[0,0.8]"])
 
 
 def _delta(x_TxN: np.ndarray, row: int, start: int = 0) -> tuple[float, float, float]:
@@ -79,13 +82,14 @@ def _delta(x_TxN: np.ndarray, row: int, start: int = 0) -> tuple[float, float, f
 
 
 def test_claim1_phi_rises_while_phi_prime_falls(default_policy):
-    """c' = 0.9 (the blog's default, kappa' > 1), w2 = 1, after 200 steps (the blog's horizon).
-    Measured: dphi +0.542 [+0.524, +0.561], dphi' -0.284 [-0.309, -0.259], kappa' 1.37: the
-    thresholds (mean dphi > 0.3, CI of dphi' below 0, kappa' > 1.2) are ten half-widths away."""
+    """kappa' = 1.37 (the blog's default reference, c' = 0.9), w2 = 1, after 200 steps (the blog's
+    horizon). Statistic: mean change over seeds and its 95% CI. Measured: dphi +0.54 [+0.52, +0.56],
+    dphi' -0.28 [-0.30, -0.25], logged kappa' 1.37. The thresholds (mean dphi > 0.3, CI of dphi'
+    below 0, kappa' > 1.2) are each more than ten CI half-widths from the measured values."""
     t = default_policy
-    kappa = t.series("kappa_phi_prime", 0.9, w2=1.0)[0]
-    phi = t.series("phi", 0.9, w2=1.0)
-    phi_prime = t.series("phi_prime", 0.9, w2=1.0)
+    kappa = t.series("kappa_phi_prime", kappa=1.37, w2=1.0)[0]
+    phi = t.series("phi", kappa=1.37, w2=1.0)
+    phi_prime = t.series("phi_prime", kappa=1.37, w2=1.0)
     at = t.row(200)
     assert np.all(kappa > 1.2), kappa
     d_phi, d_pp = _delta(phi, at), _delta(phi_prime, at)
@@ -94,95 +98,104 @@ def test_claim1_phi_rises_while_phi_prime_falls(default_policy):
 
 
 def test_claim2_the_fall_grows_with_kappa(default_policy):
-    """w2 = 1, step 200: kappa' measured at the reference rises with c' 0.3 -> 0.5 -> 0.7 (0.94, 1,
-    1.07) and the fall of phi' grows with it, each step paired by seed (measured -0.07, -0.18,
-    -0.27; paired differences -0.11 [-0.14, -0.08] and -0.09 [-0.12, -0.07]). It saturates by
-    c' = 0.9 (kappa' 1.37: -0.28; 0.7 -> 0.9 differs by -0.01 [-0.04, +0.01]), so the trend is
-    tested over the three values below it."""
+    """w2 = 1, step 200: over kappa' 0.94 -> 1 -> 1.07 (each checked against the kappa' logged at
+    step 0) the fall of phi' grows, each step tested as a paired difference by seed (its 95% CI
+    below 0). Measured: dphi' -0.07, -0.18, -0.27; paired steps -0.11 [-0.14, -0.08] and -0.09
+    [-0.12, -0.07], both CIs ending 0.07 below 0. It saturates by kappa' 1.37 (-0.28; 1.07 -> 1.37
+    differs by -0.01 [-0.04, +0.01]), so the monotone trend is tested over the three values below."""
     t, at = default_policy, default_policy.row(200)
     kappas, falls = [], []
-    for c in (0.3, 0.5, 0.7):
-        kappas.append(t.series("kappa_phi_prime", c, w2=1.0)[0].mean())
-        pp = t.series("phi_prime", c, w2=1.0)
+    for k in (0.94, 1.0, 1.07):
+        kappas.append(t.series("kappa_phi_prime", kappa=k, w2=1.0)[0].mean())
+        pp = t.series("phi_prime", kappa=k, w2=1.0)
         falls.append(pp[at] - pp[0])
-    assert kappas[0] < 1 - 1e-3 and abs(kappas[1] - 1) < 1e-3 and kappas[2] > 1 + 1e-3, kappas
+    np.testing.assert_allclose(kappas, [0.94, 1.0, 1.07], atol=2e-3)  # the target is what the run measures
     for lower, higher in zip(falls, falls[1:]):
         assert mean_ci95(higher - lower)[2] < 0, mean_ci95(higher - lower)
 
 
 def test_claim2_is_false_with_default_sharing_phi_prime_falls_at_kappa_at_most_one(default_policy):
-    """The blog: kappa' <= 1 shows no fall. With the default sharing it does (REPORT.md sections 5-6).
-    Step 200, w2 = 1: c' = 0.4 (kappa' 0.97) measured -0.114 [-0.161, -0.068] and c' = 0.5
-    (kappa' = 1) -0.179 [-0.222, -0.136]: both CIs end 0.07-0.14 below zero. (c' = 0.3, kappa' 0.94,
-    falls too, -0.069 [-0.125, -0.014], too close to zero for a safe test with 16 seeds.)"""
+    """The blog: kappa' <= 1 shows no fall. With the default sharing (width 4) it does, so this test
+    states what is true: step 200, w2 = 1, at kappa' 0.97 (measured -0.13 [-0.17, -0.08]) and
+    kappa' = 1 (-0.18 [-0.22, -0.13]) the CI of dphi' lies below 0, with 0.07-0.14 to spare.
+    (kappa' 0.94 falls too, -0.07 [-0.12, -0.01], too close to 0 for a safe test with 16 seeds.)"""
     t, at = default_policy, default_policy.row(200)
-    for c in (0.4, 0.5):
-        assert t.series("kappa_phi_prime", c, w2=1.0)[0].mean() <= 1 + 1e-3
-        d_pp = _delta(t.series("phi_prime", c, w2=1.0), at)
-        assert d_pp[2] < 0, (c, d_pp)
+    for k in (0.97, 1.0):
+        assert t.series("kappa_phi_prime", kappa=k, w2=1.0)[0].mean() <= 1 + 1e-3
+        d_pp = _delta(t.series("phi_prime", kappa=k, w2=1.0), at)
+        assert d_pp[2] < 0, (k, d_pp)
 
 
 def test_claim2_holds_with_less_sharing_kappa_decides_the_sign(wide_policy):
-    """Width 16, overlap 0, step 200: phi' rises at kappa' 0.94 (measured +0.063 [+0.035, +0.092]),
-    barely moves at kappa' = 1 (-0.023 [-0.052, +0.006]) and falls at kappa' 1.37 (-0.147 [-0.160,
-    -0.134]). kappa' = 1 is the boundary: its change is tested to be small (> -0.05) and well above
-    the kappa' > 1 fall (paired difference +0.12 [+0.11, +0.14])."""
+    """Width 16, overlap 0, step 200: phi' rises at kappa' 0.94 (measured +0.06 [+0.03, +0.09]: CI
+    above 0), barely moves at kappa' = 1 (-0.02 [-0.05, +0.01]: CI includes 0, the claim's
+    'includes or exceeds zero') and falls at kappa' 1.37 (-0.15 [-0.16, -0.13]: CI below 0); the
+    kappa' = 1 change is also well above the kappa' 1.37 fall (paired +0.12 [+0.11, +0.14])."""
     t = wide_policy
-    low, one, high = (t.series("phi_prime", c, overlap=0.0) for c in (0.3, 0.5, 0.9))
+    low, one, high = (t.series("phi_prime", kappa=k, overlap=0.0) for k in (0.94, 1.0, 1.37))
     assert _delta(low, -1)[1] > 0, _delta(low, -1)
-    assert _delta(one, -1)[0] > -0.05, _delta(one, -1)
+    assert _delta(one, -1)[2] >= 0, _delta(one, -1)
     assert mean_ci95((one[-1] - one[0]) - (high[-1] - high[0]))[1] > 0
     assert _delta(high, -1)[2] < 0, _delta(high, -1)
 
 
+def _slope_per_1000_steps(x_TxN: np.ndarray, steps_T: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares slope of each seed's trajectory over the given rows, mean and CI over seeds."""
+    return mean_ci95(np.polyfit(steps_T / 1000.0, x_TxN, 1)[0])
+
+
 def test_claim3_phi_prime_in_the_reward_is_a_floor(default_policy):
-    """(a) At every c', w2 = 0 loses more phi' by step 200 than w2 = 1 (paired by seed; measured
-    gaps -0.12 to -0.145, CIs ending at -0.07 or lower). (b) With w2 = 1 and c' = 0.9 the fall
-    stops: over the last quarter (steps 750-1000) phi' does not fall (measured +0.014 [+0.002,
-    +0.026]), and it ends well above the w2 = 0 run (paired: -0.262 [-0.283, -0.241]). (Without
-    phi' in the reward it also levels off once phi saturates, -0.005 [-0.013, +0.002], but lower.)"""
+    """(a) At every kappa', w2 = 0 loses more phi' by step 200 than w2 = 1 (paired by seed; measured
+    gaps -0.11 to -0.14, CIs ending at -0.08 or lower). (b) With w2 = 1 at the blog's kappa' 1.37
+    the fall stops: the least-squares slope of phi' over the last quarter (steps 750-1000, 6 logged
+    rows per seed) is not significantly negative (its CI's upper end >= 0; measured +0.07 per 1000
+    steps [+0.03, +0.11]: it recovers a little), and phi' ends well above the w2 = 0 run (paired:
+    -0.26 [-0.28, -0.24]). (With w2 = 0 it levels off too once phi saturates, -0.02 [-0.06, +0.02],
+    but 0.26 lower.)"""
     t = default_policy
     at, quarter = t.row(200), t.row(750)
-    for c in COMPETENCES:
-        free = t.series("phi_prime", c, w2=0.0)
-        floored = t.series("phi_prime", c, w2=1.0)
+    for k in KAPPAS:
+        free = t.series("phi_prime", kappa=k, w2=0.0)
+        floored = t.series("phi_prime", kappa=k, w2=1.0)
         gap = mean_ci95((free[at] - free[0]) - (floored[at] - floored[0]))
-        assert gap[2] < 0, (c, gap)
-    floored = t.series("phi_prime", 0.9, w2=1.0)
-    free = t.series("phi_prime", 0.9, w2=0.0)
-    last_quarter = _delta(floored, -1, quarter)
-    assert last_quarter[2] >= 0, last_quarter
+        assert gap[2] < 0, (k, gap)
+    floored = t.series("phi_prime", kappa=1.37, w2=1.0)
+    free = t.series("phi_prime", kappa=1.37, w2=0.0)
+    slope = _slope_per_1000_steps(floored[quarter:], t.steps_T[quarter:])
+    assert slope[2] >= 0, slope
     assert mean_ci95(free[-1] - floored[-1])[2] < 0
 
 
 def test_claim4_no_sharing_no_fall():
-    """Tabular policy (independent logits per prompt and position), c' = 0.9, w2 = 1: the expected
-    gradient of 4 phi + phi' raises phi', and so does training (measured +0.062 with a seed std
-    of 0.002: the CI is far above zero)."""
+    """Tabular policy (independent logits per prompt and position), the blog's kappa' 1.37, w2 = 1:
+    the expected gradient of 4 phi + phi' raises phi', and so does training (measured +0.062 with a
+    seed std of 0.0006: the CI's lower end is far above zero)."""
     t = _train(["policy=tabular"])
     d_pp = _delta(t.metrics["phi_prime"], -1)
     assert d_pp[1] > 0, d_pp
 
 
 def test_claim5_systematic_spillover_lowers_phi_prime_at_kappa_below_one(wide_policy):
-    """Width 16, c' = 0.3 (kappa' 0.94), step 200: with phi_prime's features mixed with phi's
-    (overlap 0.8) phi' falls (measured -0.155 [-0.168, -0.142]) where without it phi' rises
-    (+0.063 [+0.035, +0.092]). What tells it apart from claim 1's setting (c' = 0.9, same policy):
-    the tilt-measured kappa' is below 1 instead of above, and the quadrant table of the first
-    batches (steps 10-30, each seed's mean) has the blog's p(phi up, phi' down) > p(phi up, phi' up):
-    ud - uu measured +0.049 [+0.034, +0.064], where claim 1's setting has it reversed, -0.101
-    [-0.120, -0.081]."""
+    """Width 16, kappa' 0.94, step 200: with phi_prime's features mixed with phi's (overlap 0.8)
+    phi' falls (measured -0.16 [-0.17, -0.14]) where without it phi' rises (+0.06 [+0.03, +0.09]).
+    What tells it apart from claim 1's mechanism (kappa' 1.37, same policy, no overlap): the
+    tilt-measured kappa' is below 1 instead of above, and the quadrant table of the first batches
+    (steps 10-30, each seed's mean) has the blog's p(phi up, phi' down) > p(phi up, phi' up):
+    ud - uu measured +0.05 [+0.03, +0.06], where claim 1's setting has it reversed, -0.10
+    [-0.12, -0.08]. Both CIs exclude 0 by more than 0.03. The table does not tell spill-over from
+    its absence at the same kappa' (+0.05 without the overlap too): it follows kappa', not the
+    mechanism."""
     t = wide_policy
-    spill = t.series("phi_prime", 0.3, overlap=0.8)
-    clean = t.series("phi_prime", 0.3, overlap=0.0)
+    spill = t.series("phi_prime", kappa=0.94, overlap=0.8)
+    clean = t.series("phi_prime", kappa=0.94, overlap=0.0)
     assert _delta(spill, -1)[2] < 0, _delta(spill, -1)
     assert _delta(clean, -1)[1] > 0, _delta(clean, -1)
 
-    def ud_minus_uu(c: float, overlap: float) -> tuple[float, float, float]:
-        ud, uu = (t.series(f"quad_frac_{q}", c, overlap=overlap)[1:4].mean(0) for q in ("ud", "uu"))
+    def ud_minus_uu(k: float, overlap: float) -> tuple[float, float, float]:
+        ud, uu = (t.series(f"quad_frac_{q}", kappa=k, overlap=overlap)[1:4].mean(0) for q in ("ud", "uu"))
         return mean_ci95(ud - uu)
 
-    assert np.all(t.series("kappa_phi_prime", 0.3, overlap=0.8)[0] < 1)
-    assert np.all(t.series("kappa_phi_prime", 0.9, overlap=0.0)[0] > 1)
-    assert ud_minus_uu(0.3, 0.8)[1] > 0, ud_minus_uu(0.3, 0.8)
-    assert ud_minus_uu(0.9, 0.0)[2] < 0, ud_minus_uu(0.9, 0.0)
+    assert np.all(t.series("kappa_phi_prime", kappa=0.94, overlap=0.8)[0] < 1)
+    assert np.all(t.series("kappa_phi_prime", kappa=1.37, overlap=0.0)[0] > 1)
+    assert ud_minus_uu(0.94, 0.8)[1] > 0, ud_minus_uu(0.94, 0.8)
+    assert ud_minus_uu(1.37, 0.0)[2] < 0, ud_minus_uu(1.37, 0.0)
