@@ -19,6 +19,12 @@ def mean_ci95(x_N: np.ndarray) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def slope_ci95(x_TxN: np.ndarray, steps_T: np.ndarray) -> tuple[float, float, float]:
+    """Each run's least-squares slope of x against step (per step), then mean_ci95 over the N runs:
+    whether a trajectory still moves over a stretch of training (e.g. its last quarter)."""
+    return mean_ci95(np.polyfit(np.asarray(steps_T, np.float64), np.asarray(x_TxN, np.float64), 1)[0])
+
+
 def _band(mean, std, n: int):
     if n < 2:
         return mean, mean, mean

@@ -12,6 +12,14 @@ def test_mean_ci95_uses_student_t():
     assert np.isnan(results.mean_ci95(np.array([1.0]))[1])
 
 
+def test_slope_ci95_is_each_runs_least_squares_slope():
+    steps_T = np.array([0.0, 10.0, 20.0])
+    # run 0 rises 1 per 10 steps exactly; run 1 is flat with noise symmetric about its mean
+    x_TxN = np.array([[0.0, 5.0], [1.0, 6.0], [2.0, 5.0]])
+    mean, lo, hi = results.slope_ci95(x_TxN, steps_T)
+    assert np.isclose(mean, (0.1 + 0.0) / 2) and lo < mean < hi
+
+
 def test_metric_summary_skips_rows_that_are_all_nan():
     x = np.array([[np.nan, np.nan], [1.0, 3.0], [2.0, 5.0]])
     s = results.metric_summary(x)
