@@ -51,6 +51,10 @@ def test_factorised_policy_enumeration_is_exact_and_rao_blackwellised_monte_carl
         expected_PxK = task_lib.good_prob_PxK(spec, logits)
         np.testing.assert_allclose(e_PxK, expected_PxK, rtol=1e-5)
         np.testing.assert_allclose(m_PxK, expected_PxK, rtol=1e-5)
+    # spill (phi's good token 0 at phi_prime's position 2) is a marginal too: both routes give the
+    # factorised value, which test_task checks by hand
+    expected_spill = float(jnp.mean(task_lib.spill_P(TASK, logits)))
+    np.testing.assert_allclose([enum["spill"], mc["spill"]], expected_spill, rtol=1e-5)
     delta = jnp.float32(0.05)
     kappas = geometry.marginal_kappas(TASK, enum_good, delta)
     for name, value in geometry.policy_kappas(TASK, logits, delta).items():
