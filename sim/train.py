@@ -187,11 +187,18 @@ def _weighted_mean_std(x_B, weight_B):
 
 
 def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt_state, key):
-    """One policy-gradient update: a batch, then `static.epochs` optimizer steps on it."""
+    """One policy-gradient update: a batch, then `static.epochs` optimizer steps on it.
+    Returns the new (params, opt_state) and what batch_statistics needs to describe the update."""
     batch = make_step_batch(static, policy, ref_params, hp, params, key)
     (params, opt_state), (loss_E, grad_norm_E, aux_E) = jax.lax.scan(
         lambda carry, _: inner_epoch(static, policy, ref_params, hp, batch, carry), (params, opt_state), None,
         length=static.epochs)
+    return params, opt_state, (batch, loss_E, grad_norm_E, aux_E)
+
+
+def batch_statistics(static: Static, hp: dict, batch: StepBatch, loss_E, grad_norm_E, aux_E) -> dict:
+    """The BATCH_METRICS of one update. Only logged steps need them, so the loop computes them
+    there alone (the advantage split solves a small least-squares problem per run)."""
     w_B = batch.weight_B  # batch statistics are weighted means: exact expectations in exact mode
     reward_B = hp["w_phi"] * batch.phi_B + hp["w_phi_prime"] * batch.phi_prime_B
     adv_mean, adv_std = _weighted_mean_std(batch.adv_B, w_B)
@@ -205,7 +212,7 @@ def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt
     P = static.task.prompts  # the blog's Table 1 and the advantage split, per prompt group
     metrics |= diagnostics.batch_metrics(*(x.reshape(P, -1) for x in (batch.phi_B, batch.phi_prime_B,
                                                                          batch.adv_B, w_B)))
-    return params, opt_state, metrics
+    return metrics
 
 
 def eval_key(state: RunState) -> jax.Array:
@@ -229,18 +236,26 @@ def _all_finite(*trees) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)]))
 
 
-def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: RunState) -> tuple[RunState, dict]:
+def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: RunState,
+                 with_metrics: jax.Array) -> tuple[RunState, dict]:
     """train_step, but a run whose loss, sampled rewards or new parameters are non-finite keeps
     its previous parameters and optimizer state from then on (frozen) and records the step.
     Runs are vmapped, so one run's NaN never reaches another run's numbers; the select is exact,
-    so healthy runs get bit-identical results with or without the guard."""
+    so healthy runs get bit-identical results with or without the guard.
+
+    The batch statistics are computed only where `with_metrics` (a scalar shared by every run,
+    so under vmap this stays a branch rather than both sides and a select); elsewhere NaN."""
     key, step_key = jax.random.split(state.key)
-    params, opt_state, m = train_step(static, policy, ref_params, hp, state.params, state.opt_state, step_key)
+    params, opt_state, described = train_step(static, policy, ref_params, hp, state.params, state.opt_state, step_key)
+    batch, loss_E = described[0], described[1]
     step = state.step + 1
-    ok = (state.diverged_at < 0) & _all_finite(params, m["loss"], m["reward_sampled"])
+    ok = (state.diverged_at < 0) & _all_finite(params, loss_E[0], jnp.sum(batch.weight_B * (
+        hp["w_phi"] * batch.phi_B + hp["w_phi_prime"] * batch.phi_prime_B)))
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
     diverged_at = jnp.where((state.diverged_at < 0) & ~ok, step, state.diverged_at)
+    nan_row = {name: jnp.float32(jnp.nan) for name in BATCH_METRICS}
+    m = jax.lax.cond(with_metrics, lambda: batch_statistics(static, hp, *described), lambda: nan_row)
     m = jax.tree.map(lambda x: jnp.where(ok, x, jnp.nan), m)  # no update happened: no batch statistics
     return state._replace(params=params, opt_state=opt_state, key=key, step=step, diverged_at=diverged_at), m
 
@@ -250,13 +265,14 @@ def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[Run
     policy = build_policy(static, hp, state.policy_key, state.ref)
     ref_params = policy.init()
 
-    def one_step(state, _):
-        return guarded_step(static, policy, ref_params, hp, state)
+    def one_step(carry, i):
+        state, _ = carry
+        return guarded_step(static, policy, ref_params, hp, state, i == static.log_every - 1), None
 
     def one_interval(state, _):
-        state, m_S = jax.lax.scan(one_step, state, None, length=static.log_every)
-        row = exact_metrics(static, policy, state.params, ref_params, hp, eval_key(state))
-        row.update(jax.tree.map(lambda x: x[-1], m_S))
+        nan_row = {name: jnp.float32(jnp.nan) for name in BATCH_METRICS}
+        (state, last), _ = jax.lax.scan(one_step, (state, nan_row), jnp.arange(static.log_every))
+        row = exact_metrics(static, policy, state.params, ref_params, hp, eval_key(state)) | last
         row["diverged_at_step"] = state.diverged_at
         return state, row
 
