@@ -31,28 +31,30 @@ def _reference_logits(static: Static, hp: dict) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=8)
-def _point_arrays(static: Static):
+def _point_arrays(static: Static, family: bool):
     """One jitted program for everything a sweep point's analysis computes:
     (hp, policy_keys_R, params_R, delta_D) -> (curves, joints).
 
-    curves: reward -> {mean, tilt_gain, tilt_loss, family_gain, family_loss} (C over the delta
-    grid, over all policies and within the family of the point's first run); joints: (values_J,
-    values_K, reference joint JxK, final joints RxJxK) of (phi, phi_prime)."""
+    curves: reward -> {mean, tilt_gain, tilt_loss[, family_gain, family_loss]} (C over the delta
+    grid, over all policies and, with `family`, within the family of the point's first run);
+    joints: (values_J, values_K, reference joint JxK, final joints RxJxK) of (phi, phi_prime)."""
 
     def arrays(hp, policy_keys_R, params_R, delta_D):
         D = delta_D.size
         signed_2D = jnp.concatenate([delta_D, -delta_D])
         ref_logits_PxLxV = _reference_logits(static, hp)
-        which_4D = jnp.repeat(jnp.arange(2), 2 * D)  # both rewards in one vmapped family solve
-        family_4D, _ = geometry.family_kl_cost(static.task, which_4D, build_policy(static, hp, policy_keys_R[0]),
-                                               jnp.tile(signed_2D, 2))
+        if family:  # both rewards in one vmapped family solve
+            which_4D = jnp.repeat(jnp.arange(2), 2 * D)
+            family_4D, _ = geometry.family_kl_cost(static.task, which_4D, build_policy(static, hp, policy_keys_R[0]),
+                                                   jnp.tile(signed_2D, 2))
         curves = {}
         for which, (name, (values_J, pmf_PxJ)) in enumerate(zip(REWARDS, geometry.policy_pmfs(static.task,
                                                                                                ref_logits_PxLxV))):
             tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
-            family_2D = family_4D[2 * D * which: 2 * D * (which + 1)]
-            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:],
-                            "family_gain": family_2D[:D], "family_loss": family_2D[D:]}
+            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:]}
+            if family:
+                family_2D = family_4D[2 * D * which: 2 * D * (which + 1)]
+                curves[name] |= {"family_gain": family_2D[:D], "family_loss": family_2D[D:]}
 
         def final(policy_key, params):
             return diagnostics.joint_pmf(static.task, build_policy(static, hp, policy_key).marginals(params))[2]
@@ -70,8 +72,8 @@ def _network_point_arrays(static: Static):
     Tilt curves come from each reward's per-position good-token probabilities under it (as the
     logged kappa: positions taken as independent given the prompt, which the SFT reference of a
     factorised teacher nearly is); joints are exact by enumeration or the frequencies of
-    sft.MEASURE_SAMPLES responses per prompt. The family curves are NaN: the family solver needs
-    a factorised policy."""
+    sft.MEASURE_SAMPLES responses per prompt. No family curves, whatever exp.analysis says: the
+    family solver needs a factorised policy."""
     key = jax.random.key(0)  # fixed: the same responses for every point and run count
     n, limit = sft.MEASURE_SAMPLES, sft.MEASURE_ENUMERATE_MAX
 
@@ -85,8 +87,7 @@ def _network_point_arrays(static: Static):
         for name, spec, g_PxK in zip(REWARDS, static.task.specs, good_prob_PxK):
             values_J, pmf_PxJ = geometry.reward_pmf_PxJ(spec, g_PxK)
             tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
-            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:],
-                            "family_gain": jnp.full(D, jnp.nan), "family_loss": jnp.full(D, jnp.nan)}
+            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:]}
         joint = lambda params: estimates.joint_count_pmf(static.task, policy, params, key, n, limit)
         values_J, values_K = (task_lib.reward_of_count_J(spec) for spec in static.task.specs)
         return curves, (values_J, values_K, joint(ref), jax.vmap(joint)(params_R))
@@ -101,12 +102,12 @@ def _finite(x) -> float | None:
 
 def geometry_summary(hp: dict, curves: dict, delta_D: np.ndarray, at: int, seed: int) -> dict:
     """Each reward's competence, E_ref[R], and C(+-delta) and kappa at delta = delta_D[at], over
-    all policies (tilt) and within the policy family (of the run with this seed)."""
-    out = {"delta": float(delta_D[at]), "family_seed": seed}
+    all policies (tilt) and, where computed, within the policy family (of the run with this seed)."""
+    out = {"delta": float(delta_D[at])} | ({"family_seed": seed} if "family_gain" in curves[REWARDS[0]] else {})
     for name in REWARDS:
         c = curves[name]
         out[name] = {"competence": float(hp[f"competence_{name}"]), "mean": float(c["mean"])}
-        for kind in ("tilt", "family"):
+        for kind in ("tilt", "family")[:2 if "family_gain" in c else 1]:
             gain, loss = float(c[f"{kind}_gain"][at]), float(c[f"{kind}_loss"][at])
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[name][kind] = {"cost_gain": _finite(gain), "cost_loss": _finite(loss),
@@ -150,7 +151,10 @@ def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict |
 
 
 def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dict], dict]:
-    """(one dict per sweep point for summary.json, the arrays the figures of point 0 need)."""
+    """(one dict per sweep point for summary.json, the arrays the figures of point 0 need), as much
+    as exp.analysis asks for (see config.ANALYSIS_MODES); nothing for 'none'."""
+    if exp.analysis == "none":
+        return [{} for _ in batch.point_values], {}
     delta_D = np.unique(np.append(CURVE_DELTAS, batch.hparams_R["kappa_delta"])).astype(np.float32)
     points, figures = [], {}
     for p in range(len(batch.point_values)):
@@ -160,7 +164,7 @@ def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dic
         at = int(np.flatnonzero(delta_D == batch.hparams_R["kappa_delta"][run])[0])
         state = jax.tree.map(lambda x: x[runs], result.state)  # every run of the point: one compiled shape
         if exp.static.arch is None:
-            arrays = _point_arrays(exp.static)(hp, state.policy_key, state.params, delta_D)
+            arrays = _point_arrays(exp.static, exp.analysis == "full")(hp, state.policy_key, state.params, delta_D)
         else:
             arrays = _network_point_arrays(exp.static)(hp, state.policy_key, state.params, state.ref, delta_D)
         curves, joints = jax.tree.map(np.asarray, arrays)

@@ -56,13 +56,18 @@ _LIST_KEYS = {f"task.{r}.{k}" for r in ("phi", "phi_prime") for k in ("positions
 # seeds (reduced on device; each run keeps only its first and last rows, for the summary).
 # 'auto' keeps every run's rows up to RUN_ROWS_LIMIT rows (runs x logged steps).
 RECORD_MODES = ("auto", "runs", "points")
+
+# The analysis after training (analysis.py): none; basic = the reference's KL-cost curves and kappa
+# over all policies (the tilt), the orthogonality certificate and the quadrant table; full = also
+# the least KL within the policy family (an optimisation per sweep point: seconds of compile and run).
+ANALYSIS_MODES = ("none", "basic", "full")
 RUN_ROWS_LIMIT = 1_000_000
 
 # The keys each section accepts (anything else is a typo and is refused).
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
-         "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
+         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
@@ -140,6 +145,7 @@ class Experiment:
     derived: dict[str, float] = field(default_factory=dict)  # DERIVED_KEYS name -> value, set and not swept
     record: str = "runs"  # 'runs' | 'points' ('auto' is resolved by parse)
     sft: SFT | None = None  # neural policies: how their reference is trained
+    analysis: str = "basic"  # ANALYSIS_MODES
 
     @property
     def n_runs(self) -> int:
@@ -460,7 +466,8 @@ def parse(cfg: Mapping) -> Experiment:
                      runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
                      checkpoint_seconds=_checkpoint_seconds(cfg),
                      resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False),
-                     axes=axes, derived=derived, sft=_sft(cfg) if neural else None)
+                     axes=axes, derived=derived, sft=_sft(cfg) if neural else None,
+                     analysis=_choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic")
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     return replace(exp, record=record)

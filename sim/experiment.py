@@ -115,8 +115,10 @@ def _check_provenance(out: Path, now: dict) -> None:
 
 def write_diagnostic_figures(out: Path, exp: Experiment, result: TrainResult, point0: dict, arrays: dict,
                              points_R: np.ndarray, labels: list[str], title: str) -> None:
-    """kl_cost.png, diagnostics.png and orthogonality.png (the last two for sweep point 0)."""
+    """diagnostics.png, and unless analysis=none kl_cost.png and orthogonality.png (for sweep point 0)."""
     plots.diagnostics_figure(out / "diagnostics.png", result.steps_T, result.metrics, points_R, labels, title)
+    if not arrays:  # analysis=none
+        return
     plots.kl_cost_figure(out / "kl_cost.png", arrays["curves"], exp.static.policy, title + " — reference of point 0")
     values_J, values_K, ref_JxK, final_RxJxK = arrays["joints"]  # final: healthy runs only
     ortho = point0["orthogonality"]
@@ -130,6 +132,8 @@ def write_diagnostic_figures(out: Path, exp: Experiment, result: TrainResult, po
 
 def one_line_diagnostics(point: dict) -> str:
     """The reference's kappa per reward and whether the blog's quadrant inequality held."""
+    if "geometry" not in point:
+        return "no analysis (analysis=none)"
     geo, quadrants = point["geometry"], point["quadrants"]  # quadrants: None when every run diverged
     kappa = {name: geo[name]["tilt"]["kappa"] for name in ("phi", "phi_prime")}
     kappa = ", ".join(f"{name} {'n/a' if k is None else format(k, '.3f')}" for name, k in kappa.items())

@@ -217,14 +217,16 @@ def kl_cost_figure(path: Path, curves: dict, family: str, title: str) -> None:
         c = curves[name]
         ax.plot(d, c["tilt_gain"], color=color, label="gain, all policies")
         ax.plot(d, c["tilt_loss"], color=color, ls="--", label="loss, all policies")
-        ax.plot(d, c["family_gain"], color=color, marker="o", ms=3, alpha=0.5, label=f"gain, {family}")
-        ax.plot(d, c["family_loss"], color=color, marker="o", ms=3, ls="--", alpha=0.5, label=f"loss, {family}")
+        if "family_gain" in c:  # computed with analysis=full only
+            ax.plot(d, c["family_gain"], color=color, marker="o", ms=3, alpha=0.5, label=f"gain, {family}")
+            ax.plot(d, c["family_loss"], color=color, marker="o", ms=3, ls="--", alpha=0.5, label=f"loss, {family}")
         ax.set(title=f"{sym}: KL cost of moving E[{sym}] by ±δ", xlabel="δ", ylabel="min KL (nats)", yscale="log")
         ax.legend(fontsize=7)
     with np.errstate(divide="ignore", invalid="ignore"):
         for name, (color, sym) in REWARD_STYLE.items():
             c = curves[name]
-            for kind, style, label in (("tilt", {}, "all policies"), ("family", dict(marker="o", ms=3, alpha=0.5), family)):
+            kinds = (("tilt", {}, "all policies"), ("family", dict(marker="o", ms=3, alpha=0.5), family))
+            for kind, style, label in kinds[:2 if "family_gain" in c else 1]:
                 kappa_D = c[f"{kind}_gain"] / c[f"{kind}_loss"]
                 kappa_D = np.where((kappa_D > 0) & np.isfinite(kappa_D), kappa_D, np.nan)  # 0, inf: out of reach
                 axes[2].plot(d, kappa_D, color=color, label=f"{sym}, {label}", **style)
@@ -232,8 +234,8 @@ def kl_cost_figure(path: Path, curves: dict, family: str, title: str) -> None:
     axes[2].set(title="κ(δ) = C(+δ) / C(−δ)", xlabel="δ", ylabel="κ", yscale="log")
     _plain_log_ticks(axes[2])
     axes[2].legend(fontsize=7)
-    fig.suptitle(title + "  (a missing point: that move is out of reach, or the family solve missed it by > 1%)",
-                 fontsize=10)
+    missing = "out of reach, or the family solve missed it by > 1%" if "family_gain" in curves["phi"] else "out of reach"
+    fig.suptitle(f"{title}  (a missing point: that move is {missing})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

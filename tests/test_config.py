@@ -96,6 +96,7 @@ BAD = [
     (["policy=gru", "policy.eval.samples=1"], "policy.eval.samples=1: must be an integer >= 2"),
     (["runtime.sft_cache=''"], "runtime.sft_cache='': must be a directory path"),
     (["policy=gru", "+policy.sft.epochs=3"], "policy.sft.epochs: unknown key"),
+    (["analysis=slow"], "analysis='slow': allowed values are none, basic, full"),
 ]
 
 

@@ -12,7 +12,7 @@ from tests.conftest import NEURAL, SMALL, compose_plain
 
 
 def test_run_experiment_writes_every_output(tmp_path):
-    plain = compose_plain(SMALL + ["plots=true"])
+    plain = compose_plain(SMALL + ["plots=true", "analysis=full"])
     info = run_experiment(parse(plain), plain, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "rewards.png",
                                                    "provenance.json", "kl_cost.png", "diagnostics.png",
@@ -40,6 +40,22 @@ def test_run_experiment_writes_every_output(tmp_path):
     assert sum(c["frac"] for c in cells.values()) == pytest.approx(1.0)
     assert isinstance(point["quadrants"]["blog_inequality"]["holds"], bool)
     assert {"kappa_phi", "quad_frac_ud", "adv_share_phi_prime"} <= set(rows[0])
+
+
+def test_basic_analysis_has_no_family_solve_and_none_has_no_analysis(tmp_path):
+    """analysis=basic: the tilt's curves, kappa, orthogonality and quadrants, no family solve;
+    analysis=none: none of it (and no figures that need it), the run's own outputs unchanged."""
+    outs = {}
+    for mode in ("basic", "none"):
+        plain = compose_plain(SMALL + ["plots=true", f"analysis={mode}"])
+        outs[mode] = run_experiment(parse(plain), plain, tmp_path / mode)
+    basic = outs["basic"]["points"][0]
+    assert set(basic["geometry"]["phi"]) == {"competence", "mean", "tilt"} and "family_seed" not in basic["geometry"]
+    assert basic["geometry"]["phi"]["tilt"]["kappa"] < 1 and basic["quadrants"] and basic["orthogonality"]
+    assert not {"geometry", "orthogonality", "quadrants"} & set(outs["none"]["points"][0])
+    assert (tmp_path / "basic" / "kl_cost.png").exists() and not (tmp_path / "none" / "kl_cost.png").exists()
+    assert (tmp_path / "none" / "diagnostics.png").exists()
+    assert outs["none"]["points"][0]["metrics"] == basic["metrics"]
 
 
 def test_config_hash_changes_with_the_config():
@@ -140,7 +156,7 @@ def test_a_neural_policy_starts_at_its_sft_reference_and_reports_it(tmp_path):
     # gains of phi cheaper than losses, of phi_prime dearer), no family solve for a network
     geo = info["points"][0]["geometry"]
     assert geo["phi"]["tilt"]["kappa"] < 1 < geo["phi_prime"]["tilt"]["kappa"]
-    assert geo["phi"]["family"]["kappa"] is None
+    assert "family" not in geo["phi"]
     assert m["kappa_phi"]["start"] == pytest.approx(geo["phi"]["tilt"]["kappa"], rel=1e-4)
     assert abs(info["points"][0]["orthogonality"]["reference"]["corr"]) < 0.05
     assert (tmp_path / "out" / "kl_cost.png").exists() and (tmp_path / "out" / "orthogonality.png").exists()
