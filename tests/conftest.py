@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "")
-
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from sim import runtime
 from sim.config import parse
 from sim.run import CONF_DIR
+
+runtime.set_xla_flags()  # as a run has them (the JAX backend starts after this, at first use)
 
 # Small enough to compile and run in a couple of seconds on 2 cores.
 SMALL = ["seeds=4", "steps=20", "log_every=5", "task.prompts=4", "plots=false"]

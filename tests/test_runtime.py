@@ -29,3 +29,15 @@ def test_auto_devices_follow_the_environment_or_the_cores(monkeypatch):
     assert cpu_device_count("auto") == 5
     monkeypatch.delenv("JAX_NUM_CPU_DEVICES")
     assert cpu_device_count("auto") >= 1 and cpu_device_count(2) == 2
+
+
+def test_xla_flags_are_added_once_and_a_user_setting_wins(monkeypatch):
+    from sim.runtime import XLA_OPT_FLAG, set_xla_flags
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    set_xla_flags()
+    set_xla_flags()
+    import os
+    assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {XLA_OPT_FLAG}=1"
+    monkeypatch.setenv("XLA_FLAGS", f"{XLA_OPT_FLAG}=2")
+    set_xla_flags()
+    assert os.environ["XLA_FLAGS"] == f"{XLA_OPT_FLAG}=2"
