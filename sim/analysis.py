@@ -73,7 +73,9 @@ def _network_point_arrays(static: Static):
     logged kappa: positions taken as independent given the prompt, which the SFT reference of a
     factorised teacher nearly is); joints are exact by enumeration or the frequencies of
     sft.MEASURE_SAMPLES responses per prompt. No family curves, whatever exp.analysis says: the
-    family solver needs a factorised policy."""
+    family solver needs a factorised policy. The teacher's tilt curves come too (`teacher_*`): a
+    kappa target is solved on the teacher, but the runs start from the SFT reference, whose kappa
+    is the one that counts."""
     key = jax.random.key(0)  # fixed: the same responses for every point and run count
     n, limit = sft.MEASURE_SAMPLES, sft.MEASURE_ENUMERATE_MAX
 
@@ -88,6 +90,10 @@ def _network_point_arrays(static: Static):
             values_J, pmf_PxJ = geometry.reward_pmf_PxJ(spec, g_PxK)
             tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
             curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:]}
+        # the teacher's, for comparison: the kappa a config's target (task.<reward>.kappa) was solved on
+        for name, (values_J, pmf_PxJ) in zip(REWARDS, geometry.policy_pmfs(static.task, _reference_logits(static, hp))):
+            tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
+            curves[name] |= {"teacher_gain": tilt_2D[:D], "teacher_loss": tilt_2D[D:]}
         joint = lambda params: estimates.joint_count_pmf(static.task, policy, params, key, n, limit)
         values_J, values_K = (task_lib.reward_of_count_J(spec) for spec in static.task.specs)
         return curves, (values_J, values_K, joint(ref), jax.vmap(joint)(params_R))
@@ -102,12 +108,15 @@ def _finite(x) -> float | None:
 
 def geometry_summary(hp: dict, curves: dict, delta_D: np.ndarray, at: int, seed: int) -> dict:
     """Each reward's competence, E_ref[R], and C(+-delta) and kappa at delta = delta_D[at], over
-    all policies (tilt) and, where computed, within the policy family (of the run with this seed)."""
+    all policies (tilt) and, where computed, within the policy family (of the run with this seed).
+    For a neural policy the reference is the SFT-trained network (its E_ref[R] is the measured
+    competence of a mean-shaped reward) and `teacher` is the tilt of the factorised teacher it was
+    trained on."""
     out = {"delta": float(delta_D[at])} | ({"family_seed": seed} if "family_gain" in curves[REWARDS[0]] else {})
     for name in REWARDS:
         c = curves[name]
         out[name] = {"competence": float(hp[f"competence_{name}"]), "mean": float(c["mean"])}
-        for kind in ("tilt", "family")[:2 if "family_gain" in c else 1]:
+        for kind in [k for k in ("tilt", "family", "teacher") if f"{k}_gain" in c]:
             gain, loss = float(c[f"{kind}_gain"][at]), float(c[f"{kind}_loss"][at])
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[name][kind] = {"cost_gain": _finite(gain), "cost_loss": _finite(loss),

@@ -135,8 +135,13 @@ def one_line_diagnostics(point: dict) -> str:
     if "geometry" not in point:
         return "no analysis (analysis=none)"
     geo, quadrants = point["geometry"], point["quadrants"]  # quadrants: None when every run diverged
-    kappa = {name: geo[name]["tilt"]["kappa"] for name in ("phi", "phi_prime")}
-    kappa = ", ".join(f"{name} {'n/a' if k is None else format(k, '.3f')}" for name, k in kappa.items())
+    def kappas(kind: str) -> str:
+        values = {name: geo[name][kind]["kappa"] for name in ("phi", "phi_prime")}
+        return ", ".join(f"{name} {'n/a' if k is None else format(k, '.3f')}" for name, k in values.items())
+
+    kappa = kappas("tilt")
+    if "teacher" in geo["phi"]:  # a neural policy: the runs start from the SFT reference, not the teacher
+        kappa = f"{kappa} (SFT reference; teacher {kappas('teacher')})"
     held = "n/a (no healthy run)" if quadrants is None else (
         "held" if quadrants["blog_inequality"]["holds"] else "did not hold")
     return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime not up) > p(both up) "

@@ -157,6 +157,9 @@ def test_a_neural_policy_starts_at_its_sft_reference_and_reports_it(tmp_path):
     geo = info["points"][0]["geometry"]
     assert geo["phi"]["tilt"]["kappa"] < 1 < geo["phi_prime"]["tilt"]["kappa"]
     assert "family" not in geo["phi"]
+    # the teacher's kappa is reported beside it (what a task.<reward>.kappa target was solved on)
+    assert geo["phi"]["teacher"]["kappa"] < 1 < geo["phi_prime"]["teacher"]["kappa"]
+    assert geo["phi"]["teacher"]["kappa"] != geo["phi"]["tilt"]["kappa"]
     assert m["kappa_phi"]["start"] == pytest.approx(geo["phi"]["tilt"]["kappa"], rel=1e-4)
     assert abs(info["points"][0]["orthogonality"]["reference"]["corr"]) < 0.05
     assert (tmp_path / "out" / "kl_cost.png").exists() and (tmp_path / "out" / "orthogonality.png").exists()
