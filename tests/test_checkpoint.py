@@ -39,7 +39,8 @@ def test_maybe_save_spaces_checkpoints_in_time(small, tmp_path):
         ckpt = Checkpoints(tmp_path / str(seconds), "abc", exp.static.log_every, every_seconds=seconds)
         assert ckpt.maybe_save(snaps[0]) == saved
         ckpt.close()
-        assert any((tmp_path / str(seconds)).iterdir()) == saved
+        folder = tmp_path / str(seconds)
+        assert (folder.exists() and any(folder.iterdir())) == saved  # nothing saved: not even a folder
 
 
 def test_a_checkpoint_of_another_configuration_is_refused(small, tmp_path):
