@@ -1,6 +1,7 @@
 """`python -m sim.bench [section ...] [--json PATH]`: performance figures, medians over repeats.
 
-Sections (default: all of these):
+Sections (default: wall, throughput, vmap and roofline, a few minutes; sweep takes ten more and
+runs only when named):
   wall        `python -m sim.run` end to end in a fresh process: cold (empty compilation cache)
               and warm (cache hit); compile and run seconds from its summary.json
   throughput  steady-state sampled tokens/s and run-steps/s of the default task at 1, 16, 64, 256 runs
@@ -105,7 +106,8 @@ def bench_throughput(repeats: int, sizes=(1, 16, 64, 256)) -> dict:
 
 
 def bench_vmap(repeats: int, n: int = 64) -> dict:
-    """n runs as one vmapped batch vs n single-run calls of the (already compiled) program."""
+    """n runs as one vmapped batch vs n single-run calls of the (already compiled) program. The
+    sequential time is n times the median single run (n timed calls: the median of n samples)."""
     from sim.sweep import expand
     from sim.train import make_train, run_keys
 
@@ -114,50 +116,52 @@ def bench_vmap(repeats: int, n: int = 64) -> dict:
     b = expand(one)
     train = make_train(one.static)
     train(b.hparams_R, run_keys(b.seeds_R))  # compile
-    sequential = []
-    for _ in range(max(1, repeats // 2)):
+    single = []
+    for seed in range(n):
         t = time.perf_counter()
-        for seed in range(n):
-            train(b.hparams_R, run_keys([seed]))
-        sequential.append(time.perf_counter() - t)
-    seq = float(np.median(sequential))
-    return {"runs": n, "batched_seconds": batched, "sequential_seconds": seq, "speedup": seq / batched}
+        train(b.hparams_R, run_keys([seed]))
+        single.append(time.perf_counter() - t)
+    seq = n * float(np.median(single))
+    return {"runs": n, "batched_seconds": batched, "single_run_seconds": float(np.median(single)),
+            "sequential_seconds": seq, "speedup": seq / batched}
 
 
 def bench_roofline(repeats: int, n: int = 64) -> dict:
-    """Sample the default task's tokens (n runs x steps x P x G x L) from fixed logits, nothing else."""
+    """Sample the default task's tokens (n runs x steps x P x G x L) from fixed logits, nothing else,
+    with the runs laid out as training lays them out (sharded over every device, in blocks)."""
     import jax
     import jax.numpy as jnp
 
+    from sim.layout import over_runs, run_block
     from sim.policies.base import sample_inverse_cdf
-    from sim.train import run_keys
+    from sim.train import run_keys, run_shardings
 
     exp = _default_experiment(n)
     s = exp.static
     P, G, L, V = s.task.prompts, s.group_size, s.task.length, s.task.vocab
-    logits = jax.random.normal(jax.random.key(0), (n, P, L, V))
+    runs, _ = run_shardings()
+    whole = runs.mesh.size * run_block(s)  # training pads its runs to whole blocks per device: so does this
+    padded = -(-n // whole) * whole
+    logits = jax.random.normal(jax.random.key(0), (padded, P, L, V))
     prompts_B = jnp.repeat(jnp.arange(P), G)
 
-    @jax.jit
-    def sample_only(keys, logits_RxPxLxV):
-        def one(key, logits_PxLxV):
-            cdf = jnp.cumsum(jax.nn.softmax(logits_PxLxV), -1)
+    def sample_only(key, logits_PxLxV):
+        cdf = jnp.cumsum(jax.nn.softmax(logits_PxLxV), -1)
 
-            def step(carry, _):
-                key, acc = carry
-                key, k = jax.random.split(key)
-                return (key, acc + jnp.sum(sample_inverse_cdf(k, cdf[prompts_B]))), None
+        def step(carry, _):
+            key, acc = carry
+            key, k = jax.random.split(key)
+            return (key, acc + jnp.sum(sample_inverse_cdf(k, cdf[prompts_B]))), None
 
-            return jax.lax.scan(step, (key, 0), None, length=s.steps)[0][1]
+        return jax.lax.scan(step, (key, 0), None, length=s.steps)[0][1]
 
-        return jax.vmap(one)(keys, logits_RxPxLxV)
-
-    keys = run_keys(range(n))
-    jax.block_until_ready(sample_only(keys, logits))
+    sample_all = jax.jit(over_runs(sample_only, runs.mesh, run_block(s)), in_shardings=runs)
+    keys, logits = jax.device_put((run_keys(range(padded)), logits), runs)
+    jax.block_until_ready(sample_all(keys, logits))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        jax.block_until_ready(sample_only(keys, logits))
+        jax.block_until_ready(sample_all(keys, logits))
         times.append(time.perf_counter() - t)
     roof = n * _tokens_per_run(exp) / float(np.median(times))
     _, run_s = _timed_train(exp, repeats)
@@ -204,6 +208,7 @@ def bench_sweep(repeats: int, runs: int = 1000, steps: int = 500, processes: int
 
 SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline,
             "sweep": bench_sweep}
+DEFAULT_SECTIONS = ("wall", "throughput", "vmap", "roofline")
 
 
 def report(results: dict) -> str:
@@ -221,7 +226,8 @@ def report(results: dict) -> str:
     if "vmap" in results:
         v = results["vmap"]
         lines.append(f"vmap: {v['runs']} runs batched {v['batched_seconds']:.3f} s vs sequential "
-                     f"{v['sequential_seconds']:.2f} s: {v['speedup']:.1f}x")
+                     f"{v['sequential_seconds']:.2f} s ({v['runs']} x {v['single_run_seconds']:.3f} s, a single run "
+                     f"padded to a block per device): {v['speedup']:.1f}x")
     if "roofline" in results:
         r = results["roofline"]
         lines.append(f"roofline ({r['runs']} runs): sampling only {r['roofline_tokens_per_second'] / 1e6:.2f} M tokens/s, "
@@ -243,7 +249,7 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sections", nargs="*", help=f"sections to run: {', '.join(SECTIONS)} (default: all)")
+    parser.add_argument("sections", nargs="*", help=f"sections to run: {', '.join(SECTIONS)} (default: {', '.join(DEFAULT_SECTIONS)})")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median reported)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-' for stdout)")
     parser.add_argument("--sweep-runs", type=int, default=1000,
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     runtime.configure(None, "auto")  # in-process sections: all cores, no persistent cache (cold numbers)
     results = {"header": header()}
-    for name in args.sections or list(SECTIONS):
+    for name in args.sections or DEFAULT_SECTIONS:
         repeats = max(1, args.repeats // 2) if name in ("wall", "sweep") else args.repeats
         extra = {"runs": args.sweep_runs, "steps": args.sweep_steps, "processes": args.sweep_processes,
                  "record": args.sweep_record}
