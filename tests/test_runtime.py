@@ -32,12 +32,48 @@ def test_auto_devices_follow_the_environment_or_the_cores(monkeypatch):
 
 
 def test_xla_flags_are_added_once_and_a_user_setting_wins(monkeypatch):
-    from sim.runtime import XLA_OPT_FLAG, set_xla_flags
+    import os
+    from sim.runtime import set_xla_flags
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     set_xla_flags()
     set_xla_flags()
-    import os
-    assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {XLA_OPT_FLAG}=1"
-    monkeypatch.setenv("XLA_FLAGS", f"{XLA_OPT_FLAG}=2")
+    assert os.environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=1"
+                                       " --xla_cpu_experimental_ynn_fusion_type=")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
     set_xla_flags()
-    assert os.environ["XLA_FLAGS"] == f"{XLA_OPT_FLAG}=2"
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=2 --xla_cpu_experimental_ynn_fusion_type="
+
+
+WIDE = """
+import json, sys
+import jax, numpy as np
+from sim import runtime
+runtime.configure(None, 1)
+from tests.conftest import experiment
+from sim.sweep import expand
+from sim import train
+exp = experiment(["policy.width=24", "seeds=16", "steps=10", "log_every=10", "plots=false"])
+b = expand(exp)
+r = train.make_train(exp.static)(b.hparams_R, train.run_keys(b.seeds_R))
+run = 0
+hp = {k: np.float32(v[run]) for k, v in b.hparams_R.items()}
+state = jax.tree.map(lambda x: x[run], r.state)
+policy = train.build_policy(exp.static, hp, state.policy_key)
+lp = np.asarray(jax.nn.log_softmax(policy.marginals(state.params)), np.float64)
+lq = np.asarray(jax.nn.log_softmax(policy.marginals(policy.init())), np.float64)
+print(json.dumps({"logged": float(r.metrics["kl"][1][run]), "eager": float(np.mean(np.sum(np.exp(lp) * (lp - lq), (-1, -2))))}))
+"""
+
+
+def test_a_fresh_compilation_logs_the_policys_own_kl():
+    """Regression for the YNNPACK-fusion fault (sim/runtime.py): with XLA's default fusions about
+    half of fresh compilations of this program logged KL 3.98 for a policy whose KL, computed
+    eagerly in float64 from the same final parameters, is 0.20. Three fresh processes, each a
+    new compilation: all three must log the policy's own KL (float32 rounding: rel 1e-3). With
+    the fault, passing by luck has probability about 1/8."""
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parent.parent)
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", WIDE], capture_output=True, text=True, check=True, cwd=root)
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        assert abs(got["logged"] - got["eager"]) <= 1e-3 * got["eager"], got
