@@ -422,7 +422,8 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         if compiled[size][1] is None:  # lowered on the real state, so its shardings match
             compiled[size][1] = chunk_R.lower(state, hp_R).compile()
         chunk_c = compiled[size][1]
-        unpad = partial(jax.tree.map, lambda x: np.asarray(x[:, :n_runs]))
+        # to the host whole, then cut: a device-side slice would be one more dispatch per metric
+        unpad = partial(jax.tree.map, lambda x: np.asarray(x)[:, :n_runs])
         row0 = jax.tree.map(lambda x: x[None], row0)
         chunks, moments = [unpad(row0)], [reduce(row0)] if reduce else []
         rows_done = 0
@@ -432,8 +433,12 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             state = _device_state(start.state, state, n_runs)
             chunks, rows_done = [dict(start.rows)], start.rows_done
         t1 = time.perf_counter()
-        for done in range(rows_done + chunk_rows, total_rows + 1, chunk_rows):
-            state, rows = chunk_c(state, hp_R)
+        ends = range(rows_done + chunk_rows, total_rows + 1, chunk_rows)
+        launched = chunk_c(state, hp_R) if len(ends) else None
+        for i, done in enumerate(ends):
+            state, rows = launched
+            if i + 1 < len(ends):  # dispatch the next chunk first: the devices run it while the host reads this one
+                launched = chunk_c(state, hp_R)
             if reduce is None:
                 chunks.append(unpad(rows))
                 shown = chunks[-1]
