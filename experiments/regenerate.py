@@ -81,13 +81,18 @@ def run_experiment(name: str) -> dict[str, Run]:
     return {label: train_run(label, common + list(extra)) for label, extra in spec["runs"].items()}
 
 
+def dirty_outside_experiments(porcelain: str) -> bool:
+    """Whether `git status --porcelain` output (unstripped: each line is 'XY path') lists a change
+    outside experiments/ (the report's own outputs are rewritten by every regeneration)."""
+    return any(line[3:] and not line[3:].startswith("experiments/") for line in porcelain.splitlines())
+
+
 def git_state() -> tuple[str, bool]:
     def git(*args):
-        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout
 
-    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = any(line and not line[3:].startswith("experiments/") for line in git("status", "--porcelain").splitlines())
-    return commit, dirty
+    commit = git("rev-parse", "--short=12", "HEAD").strip() or "unknown"
+    return commit, dirty_outside_experiments(git("status", "--porcelain"))
 
 
 def main(argv: list[str] | None = None) -> None:
