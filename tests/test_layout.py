@@ -1,0 +1,42 @@
+"""sim/layout.py: the per-point moments reduced on device, the block sizes, and the mapping of a
+per-run function over blocks (the batch-invariance test of a whole run is in test_train.py)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from sim.layout import NEURAL_RUN_BLOCK, RUN_BLOCK, over_runs, point_moments, run_block
+
+
+def test_point_moments_match_numpy_and_drop_the_padding():
+    rng = np.random.default_rng(0)
+    x_CxR = rng.normal(size=(3, 7)).astype(np.float32)
+    points_R = np.array([0, 1, 0, 2, 1, 0, 3])  # 3 points; index 3 marks a padding run
+    got = point_moments({"x": jnp.asarray(x_CxR)}, jnp.asarray(points_R), 3)["x"]
+    for p in range(3):
+        runs = x_CxR[:, points_R == p].astype(np.float64)
+        np.testing.assert_allclose(got[0][:, p], runs.mean(1), rtol=1e-6)
+        np.testing.assert_allclose(got[1][:, p], ((runs - runs.mean(1, keepdims=True)) ** 2).sum(1), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_block_sizes(small):
+    assert run_block(small().static) == RUN_BLOCK
+    assert run_block(small("algo.mode=exact", "task.length=2", "task.vocab=4", "task.phi.positions=[0]",
+                           "task.phi.good_tokens=[0]", "task.phi_prime.positions=[1]",
+                           "task.phi_prime.good_tokens=[1]").static) == 1
+    assert run_block(small("policy=mlp").static) == NEURAL_RUN_BLOCK
+
+
+def test_over_runs_applies_the_per_run_function_to_each_run_in_order():
+    """8 runs in blocks of 4 on one device: run r's output is fn of run r's inputs (float rounding
+    may differ from an unbatched call, which is why blocks have one fixed size: see the module)."""
+    mesh = Mesh(np.array(jax.local_devices()[:1]), ("runs",))
+
+    def one(key, scale):
+        return scale * jnp.sum(jax.random.normal(key, (5, 3)) ** 2, 0)
+
+    keys, scale = jax.random.split(jax.random.key(0), 8), jnp.linspace(0.5, 2.0, 8)
+    got = np.asarray(jax.jit(over_runs(one, mesh, 4))(keys, scale))
+    expected = np.stack([np.asarray(one(k, s)) for k, s in zip(keys, scale)])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
