@@ -215,6 +215,11 @@ def batch_statistics(static: Static, hp: dict, batch: StepBatch, loss_E, grad_no
     return metrics
 
 
+def no_batch_statistics() -> dict:
+    """BATCH_METRICS where no update describes them (step 0, unlogged steps, a frozen run): NaN."""
+    return {name: jnp.float32(jnp.nan) for name in BATCH_METRICS}
+
+
 def eval_key(state: RunState) -> jax.Array:
     """The run's fixed key for Monte Carlo expectations (independent of its training keys)."""
     return jax.random.fold_in(state.policy_key, 1)
@@ -227,7 +232,7 @@ def init_run(static: Static, hp: dict, key: jax.Array, ref=None) -> tuple[RunSta
     state = RunState(params, make_optimizer(static, hp).init(params), key, policy_key,
                      step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref)
     row = exact_metrics(static, policy, params, params, hp, eval_key(state))
-    row.update({name: jnp.float32(jnp.nan) for name in BATCH_METRICS})
+    row.update(no_batch_statistics())
     row["diverged_at_step"] = state.diverged_at
     return state, row
 
@@ -254,8 +259,7 @@ def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: Ru
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
     diverged_at = jnp.where((state.diverged_at < 0) & ~ok, step, state.diverged_at)
-    nan_row = {name: jnp.float32(jnp.nan) for name in BATCH_METRICS}
-    m = jax.lax.cond(with_metrics, lambda: batch_statistics(static, hp, *described), lambda: nan_row)
+    m = jax.lax.cond(with_metrics, lambda: batch_statistics(static, hp, *described), no_batch_statistics)
     m = jax.tree.map(lambda x: jnp.where(ok, x, jnp.nan), m)  # no update happened: no batch statistics
     return state._replace(params=params, opt_state=opt_state, key=key, step=step, diverged_at=diverged_at), m
 
@@ -270,8 +274,7 @@ def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[Run
         return guarded_step(static, policy, ref_params, hp, state, i == static.log_every - 1), None
 
     def one_interval(state, _):
-        nan_row = {name: jnp.float32(jnp.nan) for name in BATCH_METRICS}
-        (state, last), _ = jax.lax.scan(one_step, (state, nan_row), jnp.arange(static.log_every))
+        (state, last), _ = jax.lax.scan(one_step, (state, no_batch_statistics()), jnp.arange(static.log_every))
         row = exact_metrics(static, policy, state.params, ref_params, hp, eval_key(state)) | last
         row["diverged_at_step"] = state.diverged_at
         return state, row
