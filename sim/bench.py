@@ -133,7 +133,7 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
     import jax.numpy as jnp
 
     from sim.layout import over_runs, run_block
-    from sim.policies.base import sample_inverse_cdf
+    from sim.policies.base import sample_table
     from sim.train import run_keys, run_shardings
 
     exp = _default_experiment(n)
@@ -143,15 +143,14 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
     whole = runs.mesh.size * run_block(s)  # training pads its runs to whole blocks per device: so does this
     padded = -(-n // whole) * whole
     logits = jax.random.normal(jax.random.key(0), (padded, P, L, V))
-    prompts_B = jnp.repeat(jnp.arange(P), G)
 
     def sample_only(key, logits_PxLxV):
         cdf = jnp.cumsum(jax.nn.softmax(logits_PxLxV), -1)
 
-        def step(carry, _):
+        def step(carry, _):  # training's sampler (policies.base.sample_table) on a fixed table
             key, acc = carry
             key, k = jax.random.split(key)
-            return (key, acc + jnp.sum(sample_inverse_cdf(k, cdf[prompts_B]))), None
+            return (key, acc + jnp.sum(sample_table(k, cdf, G))), None
 
         return jax.lax.scan(step, (key, 0), None, length=s.steps)[0][1]
 

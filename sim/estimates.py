@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sim import task as task_lib
-from sim.policies.base import Policy
+from sim.policies.base import Policy, prompt_major
 from sim.task import RewardSpec, Task
 
 NAMES = ("phi", "phi_prime", "reward", "kl", "entropy")
@@ -42,7 +42,7 @@ def _per_prompt_mean(x_BxK: jax.Array, weight_B: jax.Array, prompts: int) -> jax
 def _enumerated(task, policy, params, ref_params, w):
     P, N = task.prompts, task.vocab ** task.length
     tokens_BxL = jnp.tile(task_lib.all_responses_NxL(task), (P, 1))
-    prompts_B = jnp.repeat(jnp.arange(P), N)
+    prompts_B = prompt_major(P, N)
     logp_B = jnp.sum(policy.log_probs(params, prompts_B, tokens_BxL), -1)
     logq_B = jnp.sum(policy.log_probs(ref_params, prompts_B, tokens_BxL), -1)
     phi_B, phi_prime_B = task_lib.rewards_B(task, tokens_BxL)
@@ -56,8 +56,8 @@ def _enumerated(task, policy, params, ref_params, w):
 
 def _monte_carlo(task, policy, params, ref_params, w, key, samples):
     P = task.prompts
-    prompts_B = jnp.repeat(jnp.arange(P), samples)
-    tokens_BxL = policy.sample(params, key, prompts_B)
+    prompts_B = prompt_major(P, samples)
+    tokens_BxL = policy.sample(params, key, samples)
     logits_BxLxV = policy.token_logits(params, prompts_B, tokens_BxL)
     kl_B, entropy_B = _step_kl_entropy_B(logits_BxLxV, policy.token_logits(ref_params, prompts_B, tokens_BxL))
     # per response and position: P(good | its prefix), whose mean over responses is P(good)
@@ -96,11 +96,11 @@ def joint_count_pmf(task: Task, policy: Policy, params, key: jax.Array, samples:
     P = task.prompts
     if enumerates(task, enumerate_max):
         tokens_BxL = jnp.tile(task_lib.all_responses_NxL(task), (P, 1))
-        prompts_B = jnp.repeat(jnp.arange(P), tokens_BxL.shape[0] // P)
+        prompts_B = prompt_major(P, tokens_BxL.shape[0] // P)
         weight_B = jnp.exp(jnp.sum(policy.log_probs(params, prompts_B, tokens_BxL), -1)) / P
     else:
-        prompts_B = jnp.repeat(jnp.arange(P), samples)
-        tokens_BxL = policy.sample(params, key, prompts_B)
+        prompts_B = prompt_major(P, samples)
+        tokens_BxL = policy.sample(params, key, samples)
         weight_B = jnp.full(prompts_B.shape, 1.0 / prompts_B.shape[0])
     j_B, k_B = (jnp.sum(good_BxK(spec, task.vocab, tokens_BxL), -1).astype(jnp.int32) for spec in task.specs)
     K1, K2 = len(task.phi.positions), len(task.phi_prime.positions)

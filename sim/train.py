@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sim import algos, diagnostics, estimates, geometry, policies, task as task_lib
 from sim.config import Static
 from sim.layout import PointStats, over_runs, point_moments, run_block
-from sim.policies.base import Policy
+from sim.policies.base import Policy, prompt_major, token_log_probs
 
 # Exact expectations under the current policy, logged at every logged step (step 0 included).
 # Networks too large to enumerate estimate them by Monte Carlo (estimates.py) and also log the
@@ -130,11 +130,11 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
     P = static.task.prompts
     if static.mode == "exact":
         all_NxL = task_lib.all_responses_NxL(static.task)
-        prompts_B = jnp.repeat(jnp.arange(P), all_NxL.shape[0])
+        prompts_B = prompt_major(P, all_NxL.shape[0])
         tokens_BxL = jnp.tile(all_NxL, (P, 1))
     else:
-        prompts_B = jnp.repeat(jnp.arange(P), static.group_size)
-        tokens_BxL = policy.sample(params, key, prompts_B)
+        prompts_B = prompt_major(P, static.group_size)
+        tokens_BxL = policy.sample(params, key, static.group_size)
     logp_old_BxL = jax.lax.stop_gradient(policy.log_probs(params, prompts_B, tokens_BxL))
     logp_ref_BxL = policy.log_probs(ref_params, prompts_B, tokens_BxL)
     u_PxG = None  # sample statistics
@@ -162,10 +162,11 @@ def loss_fn(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBat
         # backward pass runs once (two passes cost two backward passes: ~1.5x the step, measured)
         logits_BxLxV = policy.token_logits(params, b.prompts_B, b.tokens_BxL)
         logp_BxL = jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV), b.tokens_BxL[..., None], -1)[..., 0]
-        entropy_BxL = algos.entropy_BxL(logits_BxLxV)
-    else:
-        logp_BxL = policy.log_probs(params, b.prompts_B, b.tokens_BxL)
-        entropy_BxL = per_token_BxL(policy, algos.entropy_BxL, (params,), b.prompts_B, b.tokens_BxL)
+        entropy_BxL = algos.entropy_BxL(logits_BxLxV) if static.entropy_bonus else None
+    else:  # likewise one evaluation of the logits table (the entropy's would be a second backward pass)
+        logits_PxLxV = policy.marginals(params)
+        logp_BxL = token_log_probs(jax.nn.log_softmax(logits_PxLxV), b.prompts_B, b.tokens_BxL)
+        entropy_BxL = algos.entropy_BxL(logits_PxLxV)[b.prompts_B] if static.entropy_bonus else None
     kl_BxL = None
     if static.kl_placement == "loss":
         kl_BxL = _kl_tokens_BxL(static, policy, ref_params, params, b.prompts_B, b.tokens_BxL, logp_BxL, b.logp_ref_BxL)

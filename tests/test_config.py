@@ -132,6 +132,12 @@ def test_loss_knobs_are_hparams_and_loss_shape_is_static():
     assert exp.hparams["eps_low"] == 0.2
 
 
+def test_the_entropy_term_is_in_the_loss_only_when_some_run_has_an_entropy_bonus():
+    assert not parse(compose_plain([])).static.entropy_bonus
+    assert parse(compose_plain(["algo.loss.entropy_coef=0.01"])).static.entropy_bonus
+    assert parse(compose_plain(["algo.loss.entropy_coef=[0,0.01]"])).static.entropy_bonus
+
+
 def test_exact_mode_accepts_small_tasks_and_groups_of_one():
     tiny = ["task.length=4", "task.vocab=8", "task.phi.positions=[0,1]", "task.phi_prime.positions=[2,3]",
             "algo.mode=exact", "algo.group_size=1"]

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,6 +7,7 @@ import pytest
 from jax._src.dispatch import BACKEND_COMPILE_EVENT  # the event JAX records for each XLA compile
 
 from sim import algos
+from sim.policies.base import prompt_major
 from sim.sweep import expand
 from sim.train import (auto_rows_per_chunk, build_policy, loss_fn, make_step_batch, make_train, run_keys,
                        snapshot_template, train_step)
@@ -52,8 +55,8 @@ def test_exact_kl_matches_the_sampled_k1_estimate_after_training(small):
     state = jax.tree.map(lambda x: x[0], res.state)
     pol = build_policy(exp.static, hp, state.policy_key)
     n = 20_000
-    prompts = jnp.arange(n) % exp.static.task.prompts
-    tok = pol.sample(state.params, jax.random.key(9), prompts)
+    prompts = prompt_major(exp.static.task.prompts, n // exp.static.task.prompts)
+    tok = pol.sample(state.params, jax.random.key(9), n // exp.static.task.prompts)
     k1 = np.asarray(jnp.sum(pol.log_probs(state.params, prompts, tok) - pol.log_probs(pol.init(), prompts, tok), -1))
     exact = res.metrics["kl"][-1, 0]
     assert exact > 0.05
@@ -277,6 +280,18 @@ def test_exact_kl_and_entropy_bonus_give_exact_gradients_from_any_single_batch()
     expected = jax.grad(_kl)(theta, ref) - 0.5 * jax.grad(entropy)(theta)
     np.testing.assert_allclose(_one_batch_grad(exp, hp, pol, ref, theta, jax.random.key(3)), expected, rtol=1e-4,
                                atol=1e-6)
+
+
+def test_skipping_the_entropy_term_when_every_coefficient_is_zero_changes_no_gradient():
+    """parse() sets static.entropy_bonus=False when no run has an entropy bonus, and the loss then
+    leaves the entropy out: the gradient must be bit-identical to the one with the term at 0."""
+    exp = _tiny("algo.kl.estimator=k3")
+    assert not exp.static.entropy_bonus
+    hp, pol, ref, theta = _setup(exp)
+    with_term = dataclasses.replace(exp, static=dataclasses.replace(exp.static, entropy_bonus=True))
+    key = jax.random.key(5)
+    np.testing.assert_array_equal(_one_batch_grad(exp, hp, pol, ref, theta, key),
+                                  _one_batch_grad(with_term, hp, pol, ref, theta, key))
 
 
 @pytest.mark.parametrize("advantage, scale", [("reinforce", 1.0), ("reinforce_baseline", 1.0), ("rloo", 1.0),

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sim.policies.base import Params, Policy, sample_inverse_cdf
+from sim.policies.base import Params, Policy, prompt_major, sample_inverse_cdf
 from sim.task import Task
 
 POSITIONS = ("learned", "rope")
@@ -67,7 +67,9 @@ def make(net: Net, ref_params: Params, task: Task) -> Policy:
         logp_BxLxV = jax.nn.log_softmax(token_logits(params, prompts_B, tokens_BxL))
         return jnp.take_along_axis(logp_BxLxV, tokens_BxL[..., None], -1)[..., 0]
 
-    def sample(params, key, prompts_B):
+    def sample(params, key, per_prompt):
+        prompts_B = prompt_major(task.prompts, per_prompt)
+
         def one_token(carry, key_t):
             state, ids_B, t = carry
             state, logits_BxV = net.step(params, state, ids_B, t)

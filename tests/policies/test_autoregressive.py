@@ -56,7 +56,7 @@ def test_sampling_frequencies_match_teacher_forced_probabilities():
     all_27x3 = jnp.array(list(itertools.product(range(3), repeat=3)))
     for name in ARCHS:
         _, params, pol = _policy(name)
-        log_probs, sample = jax.jit(pol.log_probs), jax.jit(pol.sample)
+        log_probs, sample = jax.jit(pol.log_probs), jax.jit(pol.sample, static_argnums=2)
         for p in range(2):
             logp_27 = jnp.sum(log_probs(params, jnp.full(27, p), all_27x3), -1)
             prob_27 = np.asarray(jnp.exp(logp_27), np.float64)
@@ -64,7 +64,7 @@ def test_sampling_frequencies_match_teacher_forced_probabilities():
             # the distribution is not a product of its marginals: the test covers prefix-dependence
             marg = [np.bincount(all_27x3[:, t], prob_27, 3) for t in range(3)]
             assert np.abs(prob_27 - np.prod([m[all_27x3[:, t]] for t, m in enumerate(marg)], 0)).max() > 1e-3
-            tokens = np.asarray(sample(params, jax.random.key(1), jnp.full(n, p)))
+            tokens = np.asarray(sample(params, jax.random.key(1), n))[p * n:(p + 1) * n]  # prompt-major
             counts = np.bincount(tokens @ np.array([9, 3, 1]), minlength=27)
             pvalue = stats.chisquare(counts, prob_27 / prob_27.sum() * n).pvalue
             assert pvalue > 1e-4, (name, p, pvalue)

@@ -2,15 +2,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.policies.base import factorised, sample_inverse_cdf
+from sim.policies.base import factorised, prompt_major, sample_inverse_cdf, token_log_probs
 
 
 def test_sampling_frequencies_match_teacher_forced_probabilities():
     logits = jax.random.normal(jax.random.key(0), (2, 3, 4))
     pol = factorised(init=lambda: logits, logits_fn=lambda x: x)
     n = 100_000
-    prompts = jnp.repeat(jnp.arange(2), n)
-    tokens = pol.sample(logits, jax.random.key(1), prompts)
+    prompts = prompt_major(2, n)
+    tokens = pol.sample(logits, jax.random.key(1), n)
     freq = np.stack([np.stack([np.bincount(np.asarray(tokens[p * n:(p + 1) * n, t]), minlength=4) / n
                                for t in range(3)]) for p in range(2)])
     np.testing.assert_allclose(freq, jax.nn.softmax(logits), atol=0.006)  # > 3 std errors at n=1e5
@@ -18,6 +18,14 @@ def test_sampling_frequencies_match_teacher_forced_probabilities():
     lp = pol.log_probs(logits, prompts[:5], tokens[:5])
     expect = jax.nn.log_softmax(logits)[0, jnp.arange(3), tokens[:5]]
     np.testing.assert_allclose(lp, expect, rtol=1e-6)
+
+
+def test_token_log_probs_read_each_tokens_own_prompt_and_position():
+    logp = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (3, 4, 5)))
+    prompts_B = jnp.array([2, 0, 2, 1])  # any order: log-probs do not need a prompt-major batch
+    tokens_BxL = jax.random.randint(jax.random.key(1), (4, 4), 0, 5)
+    expect = [[logp[p, t, tokens_BxL[b, t]] for t in range(4)] for b, p in enumerate(prompts_B.tolist())]
+    np.testing.assert_array_equal(token_log_probs(logp, prompts_B, tokens_BxL), np.array(expect))
 
 
 def test_inverse_cdf_never_draws_zero_probability_tokens_and_hits_the_edges():
