@@ -10,6 +10,8 @@ rewards or parameters) and were left out of the statistics.
 """
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -117,9 +119,15 @@ def preflight(argv: list[str]) -> Experiment | None:
 
 
 def main() -> None:
+    """The command line: exits the process."""
     preflight(sys.argv[1:])
     hydra_main()
-    sys.exit(max(_statuses, default=0))
+    # Every output is written and closed by now: skip the interpreter's teardown, which spends
+    # ~0.4 s (7% of a warm default run) destroying JAX's and XLA's objects.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(max(_statuses, default=0))
 
 
 if __name__ == "__main__":
