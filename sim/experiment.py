@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, reference, results, rundir, runtime
+from sim import analysis, diagnostics, plots, reference, results, rundir
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -116,8 +116,6 @@ def _check_provenance(out: Path, now: dict) -> None:
 def write_diagnostic_figures(out: Path, exp: Experiment, result: TrainResult, point0: dict, arrays: dict,
                              points_R: np.ndarray, labels: list[str], title: str) -> None:
     """diagnostics.png, and unless analysis=none kl_cost.png and orthogonality.png (for sweep point 0)."""
-    from sim import plots  # matplotlib: preloaded while training (run_experiment)
-
     plots.diagnostics_figure(out / "diagnostics.png", result.steps_T, result.metrics, points_R, labels, title)
     if not arrays:  # analysis=none
         return
@@ -183,7 +181,6 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
     else:
         _check_provenance(out, prov)
     batch = expand(exp)
-    runtime.preload("scipy.special", *(["sim.plots"] if exp.plots else []))  # needed after training
     refs = reference.prepare(exp, batch.hparams_R) if exp.sft is not None else None  # the SFT stage
     ref_R = refs.params_R if refs is not None else None
     checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
@@ -221,8 +218,6 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
     info["analysis_seconds"] = time.perf_counter() - t0
     info = results.json_safe(info)
     if exp.plots:
-        from sim import plots  # matplotlib: preloaded while training (run_experiment)
-
         write_figures(out, exp, batch, result, info, arrays)
         if refs is not None:
             plots.sft_loss_figure(out / "sft_loss.png", refs.loss_KxS, [p["loss_floor"] for p in refs.points],
@@ -249,8 +244,6 @@ def write_figures(out: Path, exp: Experiment, batch: Batch, result: TrainResult,
     counted in the labels; with record=points the bands come from the device's moments, which
     include them, and the diagnostics see each run's key rows only), and sweep.png for 1 or 2
     sweep axes."""
-    from sim import plots  # matplotlib: preloaded while training (run_experiment)
-
     healthy_R = result.diverged_at_step_R < 0
     labels = []
     for p, values in enumerate(batch.point_values):

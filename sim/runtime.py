@@ -17,9 +17,7 @@ A value of either flag already in $XLA_FLAGS wins.
 """
 from __future__ import annotations
 
-import importlib
 import os
-import threading
 from pathlib import Path
 
 import jax
@@ -53,18 +51,3 @@ def configure(compilation_cache: str | None, cpu_devices: int | str = "auto") ->
         jax.config.update("jax_num_cpu_devices", cpu_device_count(cpu_devices))
     except RuntimeError:  # backend already initialised (e.g. called twice in one process): keep it
         pass
-
-
-def preload(*modules: str) -> None:
-    """Import `modules` on a background thread. The figure and statistics modules (matplotlib,
-    scipy.special: 0.5 s together) are needed only after training, and while JAX compiles and
-    trains the main thread mostly waits without the GIL; a later import of the same module
-    waits for this one to finish. A failure is left for that later import to report."""
-    def run():
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001  (the main thread's own import raises it properly)
-                return
-
-    threading.Thread(target=run, name="sim-preload", daemon=True).start()

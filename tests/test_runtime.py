@@ -2,9 +2,7 @@
 import json
 import subprocess
 import sys
-import threading
 
-from sim import runtime
 from sim.runtime import cpu_device_count
 
 PROBE = """
@@ -79,14 +77,3 @@ def test_a_fresh_compilation_logs_the_policys_own_kl():
         out = subprocess.run([sys.executable, "-c", WIDE], capture_output=True, text=True, check=True, cwd=root)
         got = json.loads(out.stdout.strip().splitlines()[-1])
         assert abs(got["logged"] - got["eager"]) <= 1e-3 * got["eager"], got
-
-
-def test_preload_imports_on_a_background_thread_and_leaves_failures_to_the_real_import(capfd):
-    sys.modules.pop("colorsys", None)
-    runtime.preload("sim_no_such_module", "colorsys")  # the failure stops the thread quietly
-    runtime.preload("colorsys")
-    for t in threading.enumerate():
-        if t.name == "sim-preload":
-            t.join(timeout=30)
-    assert "colorsys" in sys.modules
-    assert capfd.readouterr().err == ""
