@@ -106,6 +106,13 @@ def _finite(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
+def _nan_mean(x: np.ndarray) -> float | None:
+    """Mean of the non-NaN entries; None if there are none (a quadrant no sampled response fell in),
+    without the RuntimeWarning np.nanmean prints for that."""
+    x = x[~np.isnan(x)]
+    return float(np.mean(x)) if x.size else None
+
+
 def geometry_summary(hp: dict, curves: dict, delta_D: np.ndarray, at: int, seed: int) -> dict:
     """Each reward's competence, E_ref[R], and C(+-delta) and kappa at delta = delta_D[at], over
     all policies (tilt) and, where computed, within the policy family (of the run with this seed).
@@ -147,7 +154,7 @@ def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict |
         return None
     rows = slice(1, None)  # row 0 is the reference, before any batch
     cells = {q: {"frac": float(np.mean(metrics[f"quad_frac_{q}"][rows][:, runs])),
-                 "adv": _finite(np.nanmean(metrics[f"quad_adv_{q}"][rows][:, runs]))}
+                 "adv": _nan_mean(metrics[f"quad_adv_{q}"][rows][:, runs])}
              for q in diagnostics.QUADRANTS}
     gap_TxN = metrics["quad_frac_ud"][rows][:, runs] - metrics["quad_frac_uu"][rows][:, runs]
     mean, lo, hi = results.mean_ci95(np.mean(gap_TxN, 0))

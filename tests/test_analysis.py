@@ -1,5 +1,7 @@
 """analysis.quadrant_summary on hand-built metric rows (report() itself runs end to end in
 tests/test_experiment.py)."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -30,3 +32,13 @@ def test_quadrant_summary_averages_batch_rows_and_tests_the_blogs_inequality():
     flipped = analysis.quadrant_summary(_rows(ud=[[0.1, 0.1], [0.1, 0.1]], uu=[[0.3, 0.3], [0.3, 0.3]]),
                                         np.array([0, 1]))
     assert not flipped["blog_inequality"]["holds"]
+
+
+def test_a_quadrant_no_response_fell_in_has_no_mean_advantage_and_no_warning():
+    m = _rows(ud=[[0.3, 0.3], [0.3, 0.3]], uu=[[0.2, 0.2], [0.2, 0.2]])
+    m["quad_adv_du"][1:] = np.nan  # empty in every batch; another cell's NaN entries are skipped
+    m["quad_adv_dd"][1, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = analysis.quadrant_summary(m, np.array([0, 1]))
+    assert out["cells"]["du"]["adv"] is None and out["cells"]["dd"]["adv"] == -1.0
