@@ -1,7 +1,8 @@
 """The one training loop: make_train(static) -> train(hparams_R, keys_R).
 
 Each run (one seed at one sweep point) is a pure function of its hparams and key. Runs are
-vmapped and sharded over local devices; steps are a lax.scan. The loop runs in chunks of
+vmapped and sharded over local devices; steps (one update each: sim/step.py) are a lax.scan, with
+a divergence guard and exact metrics at logged steps. The loop runs in chunks of
 `rows_per_chunk` logged rows, each chunk one call of the same compiled program, so the host can
 show progress, stream metrics and checkpoint between chunks without changing any number.
 """
@@ -15,14 +16,15 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sim import algos, diagnostics, estimates, geometry, policies, task as task_lib
+from sim import estimates, geometry, policies, task as task_lib
 from sim.config import Static
 from sim.layout import PointStats, over_runs, point_moments, run_block
-from sim.policies.base import Policy, prompt_major, token_log_probs
+from sim.policies.base import Policy
+from sim.step import BATCH_METRICS, batch_statistics, make_optimizer, no_batch_statistics, train_step
 
+# What every logged row holds (step.BATCH_METRICS: the last update's batch statistics).
 # Exact expectations under the current policy, logged at every logged step (step 0 included).
 # Networks too large to enumerate estimate them by Monte Carlo (estimates.py) and also log the
 # standard errors (metric_names). spill: probability of one of phi's good tokens at phi_prime's
@@ -31,9 +33,6 @@ EXACT_METRICS = estimates.NAMES + ("spill",)
 # Also exact, at the same rows: the KL-cost asymmetry C(+delta) / C(-delta) with the current
 # policy as the reference (geometry.py); inf once a gain of delta is out of reach, 0 a loss.
 KAPPA_METRICS = ("kappa_phi", "kappa_phi_prime")
-# Statistics of the last training batch before the logged step (NaN at step 0: no batch yet).
-BATCH_METRICS = ("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampled",
-                 "adv_mean", "adv_std", "grad_norm", "loss", "clip_frac") + diagnostics.BATCH_METRICS
 METRICS = EXACT_METRICS + KAPPA_METRICS + BATCH_METRICS
 
 
@@ -62,13 +61,6 @@ def build_policy(static: Static, hp: dict, policy_key: jax.Array, ref=None) -> P
                           arch=static.arch, ref_params=ref)
 
 
-def make_optimizer(static: Static, hp: dict) -> optax.GradientTransformation:
-    base = {"adam": optax.adam, "sgd": optax.sgd}[static.optimizer]
-
-    def chain(learning_rate, max_grad_norm):
-        return optax.chain(optax.clip_by_global_norm(max_grad_norm), base(learning_rate))
-
-    return optax.inject_hyperparams(chain)(learning_rate=hp["lr"], max_grad_norm=hp["max_grad_norm"])
 
 
 def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, key: jax.Array) -> dict:
@@ -93,132 +85,24 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, 
     } | geometry.policy_kappas(static.task, logp_PxLxV, hp["kappa_delta"])
 
 
-class StepBatch(NamedTuple):
-    """One update's data, fixed across its inner epochs: the responses (samples, or every response
-    in exact mode) and what the policy that drew them says about them."""
-    prompts_B: jax.Array
-    tokens_BxL: jax.Array
-    weight_B: jax.Array  # probability weight of each response in the batch: 1/B, or pi_old(y|p)/P (exact)
-    logp_old_BxL: jax.Array
-    logp_ref_BxL: jax.Array
-    phi_B: jax.Array
-    phi_prime_B: jax.Array
-    kl_B: jax.Array  # the configured estimator under pi_old (the reward penalty and a metric)
-    adv_B: jax.Array
 
 
-def per_token_BxL(policy: Policy, f: Callable, params_list: tuple, prompts_B, tokens_BxL) -> jax.Array:
-    """f(*logits_BxLxV) -> BxL, a function of each token's full next-token distribution (entropy,
-    exact KL). In a factorised policy that distribution depends only on (prompt, position), so f
-    runs on the P x L x V table and is gathered: the same numbers for a fraction of the work
-    (in exact mode B = P * V**L)."""
-    if policy.marginals is not None:
-        return f(*(policy.marginals(p) for p in params_list))[prompts_B]
-    return f(*(policy.token_logits(p, prompts_B, tokens_BxL) for p in params_list))
 
 
-def _kl_tokens_BxL(static: Static, policy: Policy, ref_params, params, prompts_B, tokens_BxL, logp_BxL, logp_ref_BxL):
-    if static.kl_estimator == "exact":
-        exact_kl = lambda logits, ref_logits: algos.kl_BxL("exact", None, None, logits, ref_logits)
-        return per_token_BxL(policy, exact_kl, (params, ref_params), prompts_B, tokens_BxL)
-    return algos.kl_BxL(static.kl_estimator, logp_BxL, logp_ref_BxL)
 
 
-def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params, key) -> StepBatch:
-    """Draw P x G samples (sampled mode) or take all N = V**L responses of each prompt weighted by
-    their probability (exact mode), and compute rewards, KL and advantages under `params`."""
-    P = static.task.prompts
-    if static.mode == "exact":
-        all_NxL = task_lib.all_responses_NxL(static.task)
-        prompts_B = prompt_major(P, all_NxL.shape[0])
-        tokens_BxL = jnp.tile(all_NxL, (P, 1))
-    else:
-        prompts_B = prompt_major(P, static.group_size)
-        tokens_BxL = policy.sample(params, key, static.group_size)
-    logp_old_BxL = jax.lax.stop_gradient(policy.log_probs(params, prompts_B, tokens_BxL))
-    logp_ref_BxL = policy.log_probs(ref_params, prompts_B, tokens_BxL)
-    u_PxG = None  # sample statistics
-    weight_B = jnp.full(prompts_B.shape, 1.0 / prompts_B.shape[0])
-    if static.mode == "exact":  # population statistics: each response weighted by pi_old(y|p)
-        u_PxG = jax.nn.softmax(jnp.sum(logp_old_BxL, -1).reshape(P, -1), -1)
-        weight_B = u_PxG.reshape(-1) / P
-    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL)
-    kl_B = jnp.sum(_kl_tokens_BxL(static, policy, ref_params, params, prompts_B, tokens_BxL,
-                                  logp_old_BxL, logp_ref_BxL), -1)
-    components, weights = [phi_B, phi_prime_B], [hp["w_phi"], hp["w_phi_prime"]]
-    if static.kl_placement == "reward":
-        components, weights = components + [kl_B], weights + [-hp["beta"]]
-    rewards_PxGxK = jnp.stack(components, -1).reshape(P, -1, len(components))
-    adv_B = algos.advantages_PxG(static.advantage, rewards_PxGxK, jnp.stack(weights), static.std_eps, u_PxG)
-    return StepBatch(prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B, kl_B,
-                     jax.lax.stop_gradient(adv_B.reshape(-1)))
 
 
-def loss_fn(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBatch, params):
-    """The surrogate whose gradient is the update; at params = pi_old it is the on-policy one."""
-    b = batch
-    if policy.marginals is None:
-        # A network: one teacher-forced pass gives both the log-probs and the entropies, so the
-        # backward pass runs once (two passes cost two backward passes: ~1.5x the step, measured)
-        logits_BxLxV = policy.token_logits(params, b.prompts_B, b.tokens_BxL)
-        logp_BxL = jnp.take_along_axis(jax.nn.log_softmax(logits_BxLxV), b.tokens_BxL[..., None], -1)[..., 0]
-        entropy_BxL = algos.entropy_BxL(logits_BxLxV) if static.entropy_bonus else None
-    else:  # likewise one evaluation of the logits table (the entropy's would be a second backward pass)
-        logits_PxLxV = policy.marginals(params)
-        logp_BxL = token_log_probs(jax.nn.log_softmax(logits_PxLxV), b.prompts_B, b.tokens_BxL)
-        entropy_BxL = algos.entropy_BxL(logits_PxLxV)[b.prompts_B] if static.entropy_bonus else None
-    kl_BxL = None
-    if static.kl_placement == "loss":
-        kl_BxL = _kl_tokens_BxL(static, policy, ref_params, params, b.prompts_B, b.tokens_BxL, logp_BxL, b.logp_ref_BxL)
-    return algos.policy_loss(static.loss, static.aggregation, b.weight_B, logp_BxL, b.logp_old_BxL, b.adv_B,
-                             hp["eps_low"], hp["eps_high"], hp["beta"], kl_BxL, hp["entropy_coef"], entropy_BxL)
 
 
-def inner_epoch(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBatch, carry):
-    """One optimizer step on the batch; returns the new (params, opt_state) and (loss, grad norm, aux)."""
-    params, opt_state = carry
-    (loss, aux), grads = jax.value_and_grad(partial(loss_fn, static, policy, ref_params, hp, batch), has_aux=True)(params)
-    updates, opt_state = make_optimizer(static, hp).update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), (loss, optax.tree.norm(grads), aux)
 
 
-def _weighted_mean_std(x_B, weight_B):
-    mean = jnp.sum(weight_B * x_B)
-    return mean, jnp.sqrt(jnp.sum(weight_B * (x_B - mean) ** 2))
 
 
-def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt_state, key):
-    """One policy-gradient update: a batch, then `static.epochs` optimizer steps on it.
-    Returns the new (params, opt_state) and what batch_statistics needs to describe the update."""
-    batch = make_step_batch(static, policy, ref_params, hp, params, key)
-    (params, opt_state), (loss_E, grad_norm_E, aux_E) = jax.lax.scan(
-        lambda carry, _: inner_epoch(static, policy, ref_params, hp, batch, carry), (params, opt_state), None,
-        length=static.epochs)
-    return params, opt_state, (batch, loss_E, grad_norm_E, aux_E)
 
 
-def batch_statistics(static: Static, hp: dict, batch: StepBatch, loss_E, grad_norm_E, aux_E) -> dict:
-    """The BATCH_METRICS of one update. Only logged steps need them, so the loop computes them
-    there alone (the advantage split solves a small least-squares problem per run)."""
-    w_B = batch.weight_B  # batch statistics are weighted means: exact expectations in exact mode
-    reward_B = hp["w_phi"] * batch.phi_B + hp["w_phi_prime"] * batch.phi_prime_B
-    adv_mean, adv_std = _weighted_mean_std(batch.adv_B, w_B)
-    metrics = {
-        "phi_sampled": jnp.sum(w_B * batch.phi_B), "phi_prime_sampled": jnp.sum(w_B * batch.phi_prime_B),
-        "reward_sampled": jnp.sum(w_B * reward_B), "kl_sampled": jnp.sum(w_B * batch.kl_B),
-        "adv_mean": adv_mean, "adv_std": adv_std,
-        "grad_norm": grad_norm_E[0], "loss": loss_E[0],  # the first epoch's: the on-policy update
-        "clip_frac": aux_E["clip_frac"][-1],  # the last epoch's: how much of the batch clipping froze
-    }
-    P = static.task.prompts  # the blog's Table 1 and the advantage split, per prompt group
-    metrics |= diagnostics.batch_metrics(*(x.reshape(P, -1) for x in (batch.phi_B, batch.phi_prime_B,
-                                                                         batch.adv_B, w_B)))
-    return metrics
 
 
-def no_batch_statistics() -> dict:
-    """BATCH_METRICS where no update describes them (step 0, unlogged steps, a frozen run): NaN."""
-    return {name: jnp.float32(jnp.nan) for name in BATCH_METRICS}
 
 
 def eval_key(state: RunState) -> jax.Array:
