@@ -115,7 +115,7 @@ class Static:
     eval_samples: int = 0  # neural: Monte Carlo responses per prompt for the logged expectations
     enumerate_max: int = 0  # neural: exact expectations by enumeration when vocab**length <= this
     # whether the loss carries the entropy bonus: parse() clears it when every run's entropy_coef is
-    # 0, so the default runs skip the entropy and its gradient (~10% of a step, python -m sim.bench)
+    # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
 
 

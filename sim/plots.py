@@ -30,7 +30,8 @@ AXIS_LABELS = {
 
 def _save(fig, path) -> None:
     """Lay out, write and close. tight_layout leaves a placeholder layout engine behind, for which
-    savefig would first draw the whole figure once more (a third of a figure's time): dropped."""
+    savefig would first draw the whole figure once more (0.75 -> 0.51 s of saving for a default run's
+    four figures): dropped."""
     fig.tight_layout()
     fig.set_layout_engine(None)
     fig.savefig(path, dpi=110)
