@@ -1,6 +1,7 @@
 """The report's own figures (sim.plots draws a single run's; these put several side by side).
 
-Each function takes arrays and a path, draws with matplotlib's Agg backend, and closes.
+Each function takes arrays and a path, draws with matplotlib's Agg backend and saves with
+sim.plots.save.
 """
 from __future__ import annotations
 
@@ -12,16 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim.plots import REWARD_STYLE  # noqa: E402
-from sim.results import band_TxN  # noqa: E402
+from sim.plots import REWARD_STYLE, band, save  # noqa: E402
 
 QUADRANT_STYLE = {"uu": ("C2", "φ↑ φ′↑"), "ud": ("C3", "φ↑ φ′↓"), "du": ("C0", "φ↓ φ′↑"), "dd": ("C7", "φ↓ φ′↓")}
-
-
-def _band(ax, x_T, y_TxN, color, label, ls="-"):
-    mean, lo, hi = band_TxN(y_TxN)
-    ax.plot(x_T, mean, color=color, label=label, ls=ls)
-    ax.fill_between(x_T, lo, hi, color=color, alpha=0.25, linewidth=0)
 
 
 def rewards_panels(path: Path, panels: list[tuple[str, np.ndarray, dict[str, np.ndarray]]], title: str) -> None:
@@ -32,7 +26,7 @@ def rewards_panels(path: Path, panels: list[tuple[str, np.ndarray, dict[str, np.
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False, sharey=True)
     for ax, (name, steps_T, metrics) in zip(axes.flat, panels):
         for metric, (color, sym) in REWARD_STYLE.items():
-            _band(ax, steps_T, metrics[metric], color, sym)
+            band(ax, steps_T, metrics[metric], color, sym)
         ax.set_title(name, fontsize=9)
         ax.set(ylim=(-0.02, 1.02), xlabel="step")
     for ax in axes.flat[len(panels):]:
@@ -40,23 +34,19 @@ def rewards_panels(path: Path, panels: list[tuple[str, np.ndarray, dict[str, np.
     axes[0, 0].set_ylabel("E[reward]")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def floor_figure(path: Path, steps_T: np.ndarray, curves: dict[str, dict[str, np.ndarray]], title: str) -> None:
     """phi (dashed) and phi_prime (solid) of each condition on one axis; curves: label -> metrics."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, metrics) in enumerate(curves.items()):
-        _band(ax, steps_T, metrics["phi_prime"], f"C{3 + i}", f"φ′ ({label})")
-        _band(ax, steps_T, metrics["phi"], f"C{3 + i}", f"φ ({label})", ls="--")
+        band(ax, steps_T, metrics["phi_prime"], f"C{3 + i}", f"φ′ ({label})")
+        band(ax, steps_T, metrics["phi"], f"C{3 + i}", f"φ ({label})", ls="--")
     ax.set(xlabel="step", ylabel="E[reward]", ylim=(-0.02, 1.02))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def quadrant_figure(path: Path, steps_T: np.ndarray, panels: dict[str, dict[str, np.ndarray]], title: str) -> None:
@@ -65,15 +55,13 @@ def quadrant_figure(path: Path, steps_T: np.ndarray, panels: dict[str, dict[str,
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False, sharey=True)
     for ax, (label, fracs) in zip(axes[0], panels.items()):
         for q, (color, name) in QUADRANT_STYLE.items():
-            _band(ax, steps_T, fracs[q], color, name)
+            band(ax, steps_T, fracs[q], color, name)
         ax.set_title(label, fontsize=9)
         ax.set(xlabel="step")
     axes[0, 0].set_ylabel("fraction of the batch")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def lines_figure(path: Path, x_label: str, lines: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
@@ -93,6 +81,4 @@ def lines_figure(path: Path, x_label: str, lines: dict[str, tuple[np.ndarray, np
     ax.set(xlabel=x_label, ylabel=y_label)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -28,19 +28,20 @@ AXIS_LABELS = {
 }
 
 
-def _save(fig, path) -> None:
-    """Lay out, write and close. tight_layout leaves a placeholder layout engine behind, for which
-    savefig would first draw the whole figure once more (0.75 -> 0.51 s of saving for a default run's
-    four figures): dropped."""
+def save(fig, path) -> None:
+    """Lay out, write and close: every figure of sim and of the experiments report. tight_layout
+    leaves a placeholder layout engine behind, for which savefig would first draw the whole figure
+    once more (0.75 -> 0.51 s of saving for a default run's four figures): dropped."""
     fig.tight_layout()
     fig.set_layout_engine(None)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _band(ax, steps_T, x_TxN, color, label):
+def band(ax, steps_T, x_TxN, color, label, ls="-"):
+    """The mean over runs (x_TxN's columns) against step, with its 95% band."""
     mean, lo, hi = band_TxN(x_TxN)
-    ax.plot(steps_T, mean, color=color, label=label)
+    ax.plot(steps_T, mean, color=color, label=label, ls=ls)
     ax.fill_between(steps_T, lo, hi, color=color, alpha=0.25, linewidth=0)
 
 
@@ -74,7 +75,7 @@ def rewards_figure(path: Path, steps_T: np.ndarray, bands: Bands, point_labels: 
         axes[0].legend(fontsize=8)
     what = f"mean and 95% band over {n_seeds} seeds" if banded else f"{n_points} sweep points, mean of {n_seeds} seeds"
     fig.suptitle(f"{title}  ({what})", fontsize=10)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _positions(values: list) -> tuple[np.ndarray, bool, str]:
@@ -140,7 +141,7 @@ def _sweep_lines(path, points, axis, title, metrics):
            title=f"{title}\n(mean and 95% CI over {n} seeds)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _sweep_heatmaps(path, points, axes, title, metrics):
@@ -162,7 +163,7 @@ def _sweep_heatmaps(path, points, axes, title, metrics):
                title=f"{_label(metric)} (mean over seeds)")
         fig.colorbar(im, ax=ax, shrink=0.85)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save(fig, path)
 
 
 def _plain_log_ticks(ax) -> None:
@@ -181,7 +182,7 @@ def _per_point(ax, steps_T, metrics, points_R, point_labels, series) -> None:
         for name, color, text in series:
             x_TxN = metrics[name][:, runs]
             keep = ~np.all(np.isnan(x_TxN), 1)  # batch metrics have no row 0
-            _band(ax, steps_T[keep], x_TxN[keep], color, text + suffix)
+            band(ax, steps_T[keep], x_TxN[keep], color, text + suffix)
             ax.lines[-1].set_linestyle(styles[p % len(styles)])
 
 
@@ -207,7 +208,7 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     for ax in axes:
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save(fig, path)
 
 
 def kl_cost_figure(path: Path, curves: dict, family: str, title: str) -> None:
@@ -238,7 +239,7 @@ def kl_cost_figure(path: Path, curves: dict, family: str, title: str) -> None:
     axes[2].legend(fontsize=7)
     missing = "out of reach, or the family solve missed it by > 1%" if "family_gain" in curves["phi"] else "out of reach"
     fig.suptitle(f"{title}  (a missing point: that move is {missing})", fontsize=10)
-    _save(fig, path)
+    save(fig, path)
 
 
 def orthogonality_figure(path: Path, values_J: np.ndarray, values_K: np.ndarray, ref_JxK: np.ndarray,
@@ -253,7 +254,7 @@ def orthogonality_figure(path: Path, values_J: np.ndarray, values_K: np.ndarray,
         ax.set_yticks(range(len(values_K)), [f"{v:.2g}" for v in values_K])
         ax.set(title=f"{name}: corr(φ, φ′) = {corr:.3f}", xlabel="φ", ylabel="φ′")
         fig.colorbar(img, ax=ax, label="log10 P(φ, φ′)")
-    _save(fig, path)
+    save(fig, path)
 
 
 def sft_loss_figure(path: Path, loss_KxS: np.ndarray, floor_K: list[float], labels: list[str], title: str) -> None:
@@ -266,4 +267,4 @@ def sft_loss_figure(path: Path, loss_KxS: np.ndarray, floor_K: list[float], labe
         ax.axhline(floor, color=f"C{k}", ls="--", lw=1)
     ax.set(title=title, xlabel="SFT step", ylabel="NLL per token (nats)")
     ax.legend(fontsize=7, title="dashed: teacher entropy", title_fontsize=7)
-    _save(fig, path)
+    save(fig, path)
