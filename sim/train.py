@@ -61,8 +61,6 @@ def build_policy(static: Static, hp: dict, policy_key: jax.Array, ref=None) -> P
                           arch=static.arch, ref_params=ref)
 
 
-
-
 def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, key: jax.Array) -> dict:
     """`key` draws the Monte Carlo responses of networks; a run passes the same key at every logged
     step (common random numbers: the curve's step-to-step changes are not sampling noise)."""
@@ -83,26 +81,6 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, 
         "entropy": jnp.mean(-jnp.sum(p_PxLxV * logp_PxLxV, (-1, -2))),
         "spill": jnp.mean(task_lib.spill_P(static.task, logp_PxLxV)),
     } | geometry.policy_kappas(static.task, logp_PxLxV, hp["kappa_delta"])
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def eval_key(state: RunState) -> jax.Array:
