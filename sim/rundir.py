@@ -35,8 +35,8 @@ PACKAGES = ("sim", "jax", "jaxlib", "optax", "numpy", "hydra-core", "matplotlib"
 # (chunk_steps stays in: a checkpoint can only be resumed with the chunking that wrote it.)
 EXECUTION_KEYS = ("runtime", "checkpoint_seconds", "resume", "overwrite")
 # Files and folders a run writes (overwrite=true removes these and nothing else).
-RUN_OUTPUTS = ("provenance.json", "config.yaml", "metrics.csv", "summary.json", "rewards.png", "kl_cost.png",
-               "diagnostics.png", "orthogonality.png", "checkpoints")
+RUN_OUTPUTS = ("provenance.json", "config.yaml", "metrics.csv", "points.csv", "summary.json", "rewards.png",
+               "kl_cost.png", "diagnostics.png", "orthogonality.png", "sweep.png", "sft_loss.png", "checkpoints")
 
 Action = Literal["fresh", "resume", "done"]
 

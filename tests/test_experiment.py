@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from sim import experiment
+from sim import experiment, rundir
 from sim.config import ConfigError, parse
 from sim.experiment import config_hash, run_experiment, versions
 from sim.run import EXIT_DIVERGED, report
@@ -129,6 +129,9 @@ def test_record_points_writes_per_point_statistics_instead_of_every_run(tmp_path
     plain = compose_plain(SMALL + ["seeds=2", "record=points", "plots=true", "optim.lr=[0.02,0.05]"])
     info = run_experiment(parse(plain), plain, tmp_path)
     assert not (tmp_path / "metrics.csv").exists() and info["record"] == "points"
+    # every file written is one that overwrite=true removes (rundir.clear): none is left stale
+    assert {p.name for p in tmp_path.iterdir()} <= set(rundir.RUN_OUTPUTS)
+    assert {"points.csv", "sweep.png"} <= {p.name for p in tmp_path.iterdir()}
     rows = list(csv.DictReader(open(tmp_path / "points.csv")))
     assert len(rows) == 2 * (20 // 5 + 1) and rows[0]["n_seeds"] == "2"
     assert {"point", "optim.lr", "step", "phi_mean", "phi_std", "kl_mean"} <= set(rows[0])
@@ -141,6 +144,7 @@ def test_a_neural_policy_starts_at_its_sft_reference_and_reports_it(tmp_path):
     plain = compose_plain(SMALL + NEURAL + ["policy=mlp", "plots=true", "seeds=2", f"runtime.sft_cache={tmp_path}"])
     info = run_experiment(parse(plain), plain, tmp_path / "out")
     assert (tmp_path / "out" / "sft_loss.png").stat().st_size > 0
+    assert {p.name for p in (tmp_path / "out").iterdir()} <= set(rundir.RUN_OUTPUTS)
     (point,) = info["sft"]["points"]
     assert point["cached"] is False and point["measured"]["phi_se"] == 0.0  # enumerated: exact
     m = info["points"][0]["metrics"]
