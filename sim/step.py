@@ -42,7 +42,9 @@ class StepBatch(NamedTuple):
     logp_ref_BxL: jax.Array
     phi_B: jax.Array
     phi_prime_B: jax.Array
-    kl_B: jax.Array  # the configured estimator under pi_old (the reward penalty and a metric)
+    # the configured KL estimator under pi_old, per response; None when the KL is in the loss, where
+    # only the kl_sampled metric reads it: batch_statistics computes it then, on logged steps alone
+    kl_B: jax.Array | None
     adv_B: jax.Array
 
 
@@ -61,6 +63,12 @@ def _kl_tokens_BxL(static: Static, policy: Policy, ref_params, params, prompts_B
         exact_kl = lambda logits, ref_logits: algos.kl_BxL("exact", None, None, logits, ref_logits)
         return per_token_BxL(policy, exact_kl, (params, ref_params), prompts_B, tokens_BxL)
     return algos.kl_BxL(static.kl_estimator, logp_BxL, logp_ref_BxL)
+
+
+def batch_kl_B(static: Static, policy: Policy, ref_params, params_old, batch: StepBatch) -> jax.Array:
+    """The configured KL estimator of each response of the batch under pi_old, summed over its tokens."""
+    return jnp.sum(_kl_tokens_BxL(static, policy, ref_params, params_old, batch.prompts_B, batch.tokens_BxL,
+                                  batch.logp_old_BxL, batch.logp_ref_BxL), -1)
 
 
 def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params, key) -> StepBatch:
@@ -82,15 +90,14 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
         u_PxG = jax.nn.softmax(jnp.sum(logp_old_BxL, -1).reshape(P, -1), -1)
         weight_B = u_PxG.reshape(-1) / P
     phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL)
-    kl_B = jnp.sum(_kl_tokens_BxL(static, policy, ref_params, params, prompts_B, tokens_BxL,
-                                  logp_old_BxL, logp_ref_BxL), -1)
+    batch = StepBatch(prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B, None, None)
     components, weights = [phi_B, phi_prime_B], [hp["w_phi"], hp["w_phi_prime"]]
     if static.kl_placement == "reward":
-        components, weights = components + [kl_B], weights + [-hp["beta"]]
+        batch = batch._replace(kl_B=batch_kl_B(static, policy, ref_params, params, batch))
+        components, weights = components + [batch.kl_B], weights + [-hp["beta"]]
     rewards_PxGxK = jnp.stack(components, -1).reshape(P, -1, len(components))
     adv_B = algos.advantages_PxG(static.advantage, rewards_PxGxK, jnp.stack(weights), static.std_eps, u_PxG)
-    return StepBatch(prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B, kl_B,
-                     jax.lax.stop_gradient(adv_B.reshape(-1)))
+    return batch._replace(adv_B=jax.lax.stop_gradient(adv_B.reshape(-1)))
 
 
 def loss_fn(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBatch, params):
@@ -136,9 +143,14 @@ def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt
     return params, opt_state, (batch, loss_E, grad_norm_E, aux_E)
 
 
-def batch_statistics(static: Static, hp: dict, batch: StepBatch, loss_E, grad_norm_E, aux_E) -> dict:
-    """The BATCH_METRICS of one update. Only logged steps need them, so the loop computes them
-    there alone (the advantage split solves a small least-squares problem per run)."""
+def batch_statistics(static: Static, policy: Policy, ref_params, hp: dict, params_old, batch: StepBatch,
+                     loss_E, grad_norm_E, aux_E) -> dict:
+    """The BATCH_METRICS of the update from params_old (= pi_old) on `batch`. Only logged steps need
+    them, so the loop computes them there alone: the advantage split solves a small least-squares
+    problem per run, and the KL of a batch whose KL is in the loss costs two gathers per token
+    (~15% of a training step when it was computed at every step; python -m sim.bench roofline)."""
+    if batch.kl_B is None:
+        batch = batch._replace(kl_B=batch_kl_B(static, policy, ref_params, params_old, batch))
     w_B = batch.weight_B  # batch statistics are weighted means: exact expectations in exact mode
     reward_B = hp["w_phi"] * batch.phi_B + hp["w_phi_prime"] * batch.phi_prime_B
     adv_mean, adv_std = _weighted_mean_std(batch.adv_B, w_B)

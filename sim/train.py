@@ -122,7 +122,8 @@ def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: Ru
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
     diverged_at = jnp.where((state.diverged_at < 0) & ~ok, step, state.diverged_at)
-    m = jax.lax.cond(with_metrics, lambda: batch_statistics(static, hp, *described), no_batch_statistics)
+    describe = lambda: batch_statistics(static, policy, ref_params, hp, state.params, *described)  # noqa: E731
+    m = jax.lax.cond(with_metrics, describe, no_batch_statistics)
     m = jax.tree.map(lambda x: jnp.where(ok, x, jnp.nan), m)  # no update happened: no batch statistics
     return state._replace(params=params, opt_state=opt_state, key=key, step=step, diverged_at=diverged_at), m
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sim import algos
-from sim.step import inner_epoch, loss_fn, make_optimizer, make_step_batch, per_token_BxL, train_step
+from sim.step import (batch_statistics, inner_epoch, loss_fn, make_optimizer, make_step_batch, per_token_BxL,
+                      train_step)
 from sim.sweep import expand
 from sim.train import build_policy, make_train, run_keys
 
@@ -249,6 +250,34 @@ def test_inner_epochs_move_the_policy_monotonically_until_clipping_stops_them():
     assert good_E[-1] > 1.2 and np.all(ratio_ExV[-1, 1:] < 0.8)  # every token clipped in its direction
     assert float(aux["clip_frac"]) == pytest.approx(0.5)  # position 0's tokens; position 1 had A = 0
     np.testing.assert_allclose(jax.nn.softmax(carry[0])[0, 1], jax.nn.softmax(ref)[0, 1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3", "exact"])
+def test_kl_sampled_is_the_batch_kl_whether_the_step_or_the_statistics_compute_it(estimator):
+    """With the KL in the reward the step needs each response's KL; in the loss only the logged
+    kl_sampled metric does, so the batch leaves it to batch_statistics. Both give the weighted
+    batch mean of the estimator summed over tokens, computed here from the tables by hand."""
+    got = {}
+    for placement in ("loss", "reward"):
+        if placement == "reward" and estimator == "exact":
+            continue  # not a valid combination (the exact per-token KL is a loss term)
+        exp = _tiny(f"algo.kl.placement={placement}", f"algo.kl.estimator={estimator}", "algo.group_size=16")
+        hp, pol, ref, theta = _setup(exp)
+        batch = make_step_batch(exp.static, pol, ref, hp, theta, jax.random.key(5))
+        assert (batch.kl_B is None) == (placement == "loss")
+        zero_E = jnp.zeros(1)
+        got[placement] = float(batch_statistics(exp.static, pol, ref, hp, theta, batch, zero_E, zero_E,
+                                                {"clip_frac": zero_E})["kl_sampled"])
+        logp, logq = jax.nn.log_softmax(theta), jax.nn.log_softmax(ref)  # P x L x V tables
+        if estimator == "exact":
+            tok_BxL = jnp.sum(jnp.exp(logp) * (logp - logq), -1)[batch.prompts_B]
+        else:
+            at = lambda t: t[batch.prompts_B[:, None], jnp.arange(2), batch.tokens_BxL]  # noqa: E731
+            d = at(logp) - at(logq)
+            tok_BxL = d if estimator == "k1" else jnp.exp(-d) - 1 + d
+        assert got[placement] == pytest.approx(float(jnp.mean(jnp.sum(tok_BxL, -1))), rel=1e-5)
+    if "reward" in got:
+        assert got["loss"] == pytest.approx(got["reward"], rel=1e-6)
 
 
 def test_per_token_quantities_from_the_marginals_table_equal_the_teacher_forced_path():
