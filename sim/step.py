@@ -149,7 +149,8 @@ def batch_statistics(static: Static, policy: Policy, ref_params, hp: dict, param
     them, so the loop computes them there alone: the advantage split solves a small least-squares
     problem per run, and the KL of a batch whose KL is in the loss costs two gathers per token
     (~15% of a training step when it was computed at every step; python -m sim.bench roofline)."""
-    if batch.kl_B is None:
+    if batch.kl_B is None:  # pi_old's log-probs read again here, so that the step need not keep them
+        batch = batch._replace(logp_old_BxL=policy.log_probs(params_old, batch.prompts_B, batch.tokens_BxL))
         batch = batch._replace(kl_B=batch_kl_B(static, policy, ref_params, params_old, batch))
     w_B = batch.weight_B  # batch statistics are weighted means: exact expectations in exact mode
     reward_B = hp["w_phi"] * batch.phi_B + hp["w_phi_prime"] * batch.phi_prime_B
