@@ -10,11 +10,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
-
-import numpy as np
+from typing import Mapping
 
 from sim import algos, geometry, policies
+from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
+                               choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
 from sim.sft import SFT
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
@@ -90,10 +90,6 @@ _POLICY_KEYS: dict[str, set[str]] = {
 }
 
 
-class ConfigError(ValueError):
-    """A user error in the configuration; its message is one line."""
-
-
 @dataclass(frozen=True)
 class Static:
     task: Task
@@ -155,41 +151,10 @@ class Experiment:
         return math.prod(len(v) for v in self.axes.values()) * len(self.seeds)
 
 
-def _get(cfg: Mapping, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise ConfigError(f"{key}: missing; it is required")
-        node = node[part]
-    return node
-
-
-def _int(cfg, key: str, lo: int, hi: int | None = None) -> int:
-    v = _get(cfg, key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        raise ConfigError(f"{key}={v!r}: must be {allowed}")
-    return v
-
-
-def _choice(cfg, key: str, allowed) -> str:
-    v = _get(cfg, key)
-    if v not in allowed:
-        raise ConfigError(f"{key}={v!r}: allowed values are {', '.join(allowed)}")
-    return v
-
-
-def _bool(cfg, key: str, default: bool) -> bool:
-    v = cfg.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{key}={v!r}: must be true or false")
-    return v
-
-
 def _chunk_steps(cfg, steps: int, log_every: int) -> int | None:
     if cfg.get("chunk_steps") is None:
         return None
-    chunk = _int(cfg, "chunk_steps", 1)
+    chunk = integer(cfg, "chunk_steps", 1)
     if chunk % log_every or steps % chunk:
         raise ConfigError(f"chunk_steps={chunk}: must be a multiple of log_every={log_every} that divides "
                           f"steps={steps}, or null for about 10 chunks")
@@ -199,55 +164,7 @@ def _chunk_steps(cfg, steps: int, log_every: int) -> int | None:
 def _checkpoint_seconds(cfg) -> float | None:
     if "checkpoint_seconds" not in cfg:
         return Experiment.checkpoint_seconds
-    return None if cfg["checkpoint_seconds"] is None else _float(cfg, "checkpoint_seconds", *_FINITE_NONNEG)
-
-
-def _number(v: Any, check, allowed: str) -> float | None:
-    """v as a float if it satisfies the rule, else None. null stands for inf where that is allowed."""
-    if v is None and "inf" in allowed:
-        return math.inf
-    try:
-        x = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-    except OverflowError:  # an integer too large for a float
-        x = math.nan
-    return None if math.isnan(x) or not check(x) else x
-
-
-def _float(cfg, key: str, check, allowed: str) -> float:
-    v = _get(cfg, key)
-    out = _number(v, check, allowed)
-    if out is None:
-        raise ConfigError(f"{key}={v!r}: must be {allowed}")
-    return out
-
-
-def _is_list(v: Any) -> bool:
-    return isinstance(v, (list, tuple))
-
-
-def _axis(key: str, values: list, check, allowed: str) -> tuple[float, ...]:
-    """An in-process sweep axis: every value obeys the scalar rule; no value twice."""
-    if not values:
-        raise ConfigError(f"{key}=[]: a sweep axis needs at least one value")
-    out = []
-    for v in values:
-        x = _number(v, check, allowed)
-        if x is None:
-            raise ConfigError(f"{key}={list(values)!r}: sweep values must each be {allowed}; {v!r} is not")
-        if x in out:
-            raise ConfigError(f"{key}={list(values)!r}: sweep values must not repeat; {v!r} appears twice")
-        out.append(x)
-    return tuple(out)
-
-
-def _int_list(cfg, key: str, lo: int, hi: int) -> tuple[int, ...]:
-    v = _get(cfg, key)
-    items = list(v) if isinstance(v, (list, tuple)) or hasattr(v, "__iter__") and not isinstance(v, str) else None
-    if not items or any(isinstance(i, bool) or not isinstance(i, int) or not lo <= i < hi for i in items):
-        raise ConfigError(f"{key}={v!r}: must be a non-empty list of integers in [{lo}, {hi})")
-    if len(set(items)) != len(items):
-        raise ConfigError(f"{key}={v!r}: must not repeat an entry")
-    return tuple(items)
+    return None if cfg["checkpoint_seconds"] is None else real(cfg, "checkpoint_seconds", *FINITE_NONNEG)
 
 
 def _check_keys(cfg: Mapping, keys: dict[str, set[str]], section: str = "") -> None:
@@ -259,20 +176,20 @@ def _check_keys(cfg: Mapping, keys: dict[str, set[str]], section: str = "") -> N
             if not isinstance(v, Mapping):
                 raise ConfigError(f"{full}={v!r}: must be a section with keys {', '.join(sorted(keys[full]))}")
             _check_keys(v, keys, full)
-        elif _is_list(v) and full not in SWEEP_KEYS.values() and full not in _LIST_KEYS:
+        elif is_list(v) and full not in SWEEP_KEYS.values() and full not in _LIST_KEYS:
             raise ConfigError(f"{full}={list(v)!r}: static keys cannot be swept in-process; "
                               "use -m (Hydra multirun) with comma-separated values")
 
 
 def _task(cfg) -> Task:
-    length, vocab = _int(cfg, "task.length", 2), _int(cfg, "task.vocab", 4)
+    length, vocab = integer(cfg, "task.length", 2), integer(cfg, "task.vocab", 4)
     specs = []
     for name in ("phi", "phi_prime"):
         key = f"task.{name}"
         specs.append(RewardSpec(
-            positions=_int_list(cfg, f"{key}.positions", 0, length),
-            good_tokens=_int_list(cfg, f"{key}.good_tokens", 0, vocab),
-            shape=_choice(cfg, f"{key}.shape", SHAPES),
+            positions=int_list(cfg, f"{key}.positions", 0, length),
+            good_tokens=int_list(cfg, f"{key}.good_tokens", 0, vocab),
+            shape=choice(cfg, f"{key}.shape", SHAPES),
         ))
         if len(specs[-1].good_tokens) >= vocab:
             raise ConfigError(f"{key}.good_tokens has {vocab} tokens: at least one of the task.vocab={vocab} "
@@ -284,29 +201,18 @@ def _task(cfg) -> Task:
     if set(phi.good_tokens) & set(phi_prime.good_tokens):
         raise ConfigError(f"task.phi_prime.good_tokens={list(phi_prime.good_tokens)}: must be disjoint from "
                           f"task.phi.good_tokens={list(phi.good_tokens)} (raise task.vocab for more tokens)")
-    return Task(prompts=_int(cfg, "task.prompts", 1), length=length, vocab=vocab,
-                phi=phi, phi_prime=phi_prime, seed=_int(cfg, "task.seed", 0))
+    return Task(prompts=integer(cfg, "task.prompts", 1), length=length, vocab=vocab,
+                phi=phi, phi_prime=phi_prime, seed=integer(cfg, "task.seed", 0))
 
 
-# Hparams are float32 on the device: "finite" means finite as a float32, and a probability must
-# stay strictly inside (0, 1) after rounding to float32 (and not be subnormal, which XLA may flush).
-_F32_MAX, _F32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
-_FINITE_NONNEG = (lambda v: 0 <= v <= _F32_MAX, "a finite number >= 0 (float32: at most 3.4e38)")
-_POSITIVE = (lambda v: 0 < v <= _F32_MAX, "a finite number > 0 (float32: at most 3.4e38)")
-_PROBABILITY = (lambda v: _F32_TINY <= v < 1 and np.float32(v) < 1,
-                "a number strictly between 0 and 1 (float32: from 1.2e-38 to 0.99999994)")
-_UNIT = (lambda v: 0 <= v <= 1, "a number in [0, 1]")
-_CLIP = (lambda v: v > 0, "a number > 0, or null for no clipping (inf)")
-_EPS_HIGH = (lambda v: v >= 0, "a number >= 0, or null for no upper clip (inf)")
-_KAPPA = (lambda v: 0 < v <= _F32_MAX, "a finite number > 0, or null to use the competence")
 _HPARAM_RULES = {
-    "w_phi": _FINITE_NONNEG, "w_phi_prime": _FINITE_NONNEG,
-    "competence_phi": _PROBABILITY, "competence_phi_prime": _PROBABILITY,
-    "competence_spread": _FINITE_NONNEG, "overlap": _UNIT, "beta": _FINITE_NONNEG,
-    "eps_low": _UNIT, "eps_high": _EPS_HIGH, "entropy_coef": _FINITE_NONNEG,
-    "lr": _POSITIVE, "max_grad_norm": _CLIP,
-    "kappa_phi_target": _KAPPA, "kappa_phi_prime_target": _KAPPA, "kappa_delta": _PROBABILITY,
-    "relative_weight": _FINITE_NONNEG,
+    "w_phi": FINITE_NONNEG, "w_phi_prime": FINITE_NONNEG,
+    "competence_phi": PROBABILITY, "competence_phi_prime": PROBABILITY,
+    "competence_spread": FINITE_NONNEG, "overlap": UNIT, "beta": FINITE_NONNEG,
+    "eps_low": UNIT, "eps_high": EPS_HIGH, "entropy_coef": FINITE_NONNEG,
+    "lr": POSITIVE, "max_grad_norm": CLIP,
+    "kappa_phi_target": KAPPA, "kappa_phi_prime_target": KAPPA, "kappa_delta": PROBABILITY,
+    "relative_weight": FINITE_NONNEG,
 }
 # Keys that may be absent (or null, for derived keys: not set), and what that means.
 _OPTIONAL = {"overlap": 0.0, "relative_weight": None}  # overlap: families without features ignore it
@@ -318,21 +224,21 @@ def _hparams(cfg) -> tuple[dict[str, float], dict[str, tuple[float, ...]], dict[
     hparams, axes, derived = {}, {}, {}
     for name, key in SWEEP_KEYS.items():
         section, _, leaf = key.rpartition(".")
-        absent = leaf not in _get(cfg, section) or (name in DERIVED_KEYS and _get(cfg, key) is None)
+        absent = leaf not in lookup(cfg, section) or (name in DERIVED_KEYS and lookup(cfg, key) is None)
         if name in _OPTIONAL and absent:
             if name in HPARAM_KEYS:
                 hparams[name] = _OPTIONAL[name]
             continue
         check, allowed = _HPARAM_RULES[name]
-        v = _get(cfg, key)
-        if check is _KAPPA[0] and v is None:
+        v = lookup(cfg, key)
+        if check is KAPPA[0] and v is None:
             hparams[name] = math.nan  # no target kappa: the competence stands
             continue
-        if _is_list(v):
-            axes[key] = _axis(key, v, check, allowed)
+        if is_list(v):
+            axes[key] = sweep_axis(key, v, check, allowed)
             value = axes[key][0]
         else:
-            value = _float(cfg, key, check, allowed)
+            value = real(cfg, key, check, allowed)
         if name in HPARAM_KEYS:
             hparams[name] = value
         elif key not in axes:
@@ -409,14 +315,14 @@ def _check_kappa_axes(task: Task, hparams: dict[str, float], axes: dict[str, tup
 
 
 def _arch(cfg, kind: str) -> Arch:
-    fields = {"kind": kind, "d_model": _int(cfg, "policy.d_model", 1), "hidden": _int(cfg, "policy.hidden", 1)}
+    fields = {"kind": kind, "d_model": integer(cfg, "policy.d_model", 1), "hidden": integer(cfg, "policy.hidden", 1)}
     if kind in ("mlp", "transformer"):
-        fields["layers"] = _int(cfg, "policy.layers", 1)
+        fields["layers"] = integer(cfg, "policy.layers", 1)
     if kind == "mlp":
-        fields["window"] = _int(cfg, "policy.window", 1)
+        fields["window"] = integer(cfg, "policy.window", 1)
     if kind == "transformer":
-        heads = fields["heads"] = _int(cfg, "policy.heads", 1)
-        fields["positions"] = _choice(cfg, "policy.positions", POSITIONS)
+        heads = fields["heads"] = integer(cfg, "policy.heads", 1)
+        fields["positions"] = choice(cfg, "policy.positions", POSITIONS)
         if fields["d_model"] % heads or (fields["positions"] == "rope" and fields["d_model"] // heads % 2):
             raise ConfigError(f"policy.heads={heads}: must divide policy.d_model={fields['d_model']}"
                               + (" into heads of even width (rope)" if fields["positions"] == "rope" else ""))
@@ -424,55 +330,55 @@ def _arch(cfg, kind: str) -> Arch:
 
 
 def _sft(cfg) -> SFT:
-    return SFT(steps=_int(cfg, "policy.sft.steps", 1), batch=_int(cfg, "policy.sft.batch", 1),
-               lr=_float(cfg, "policy.sft.lr", *_POSITIVE), seed=_int(cfg, "policy.sft.seed", 0))
+    return SFT(steps=integer(cfg, "policy.sft.steps", 1), batch=integer(cfg, "policy.sft.batch", 1),
+               lr=real(cfg, "policy.sft.lr", *POSITIVE), seed=integer(cfg, "policy.sft.seed", 0))
 
 
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
-    if _is_list(kind := _get(cfg, "policy.kind")):  # read before the keys are checked: say so here too
+    if is_list(kind := lookup(cfg, "policy.kind")):  # read before the keys are checked: say so here too
         raise ConfigError(f"policy.kind={list(kind)!r}: static keys cannot be swept in-process; "
                           "use -m (Hydra multirun) with comma-separated values")
-    kind = _choice(cfg, "policy.kind", policies.KINDS)
+    kind = choice(cfg, "policy.kind", policies.KINDS)
     _check_keys(cfg, {**_KEYS, "policy": _POLICY_KEYS[kind]})
     task = _task(cfg)
     neural = kind in policies.NEURAL
-    advantage = _choice(cfg, "algo.advantage", tuple(algos.ADVANTAGES))
-    mode = _choice(cfg, "algo.mode", MODES)
+    advantage = choice(cfg, "algo.advantage", tuple(algos.ADVANTAGES))
+    mode = choice(cfg, "algo.mode", MODES)
     lo = 2 if advantage in algos.NEEDS_GROUPS and mode == "sampled" else 1
-    group_size = _int(cfg, "algo.group_size", lo)
-    steps = _int(cfg, "steps", 1)
-    log_every = _int(cfg, "log_every", 1, steps)
+    group_size = integer(cfg, "algo.group_size", lo)
+    steps = integer(cfg, "steps", 1)
+    log_every = integer(cfg, "log_every", 1, steps)
     if steps % log_every:
         raise ConfigError(f"log_every={log_every}: must divide steps={steps}")
     static = Static(
-        task=task, policy=kind, width=_int(cfg, "policy.width", 1) if kind == "lowrank" else 0,
+        task=task, policy=kind, width=integer(cfg, "policy.width", 1) if kind == "lowrank" else 0,
         advantage=advantage, group_size=group_size,
-        std_eps=_float(cfg, "algo.std_eps", *_FINITE_NONNEG),
-        kl_estimator=_choice(cfg, "algo.kl.estimator", tuple(algos.KL_ESTIMATORS)),
-        kl_placement=_choice(cfg, "algo.kl.placement", algos.KL_PLACEMENTS),
-        optimizer=_choice(cfg, "optim.name", OPTIMIZERS), steps=steps, log_every=log_every,
-        mode=mode, loss=_choice(cfg, "algo.loss.kind", algos.LOSSES),
-        aggregation=_choice(cfg, "algo.loss.aggregation", algos.AGGREGATIONS),
-        epochs=_int(cfg, "algo.loss.epochs", 1),
+        std_eps=real(cfg, "algo.std_eps", *FINITE_NONNEG),
+        kl_estimator=choice(cfg, "algo.kl.estimator", tuple(algos.KL_ESTIMATORS)),
+        kl_placement=choice(cfg, "algo.kl.placement", algos.KL_PLACEMENTS),
+        optimizer=choice(cfg, "optim.name", OPTIMIZERS), steps=steps, log_every=log_every,
+        mode=mode, loss=choice(cfg, "algo.loss.kind", algos.LOSSES),
+        aggregation=choice(cfg, "algo.loss.aggregation", algos.AGGREGATIONS),
+        epochs=integer(cfg, "algo.loss.epochs", 1),
         arch=_arch(cfg, kind) if neural else None,
-        eval_samples=_int(cfg, "policy.eval.samples", 2) if neural else 0,
-        enumerate_max=_int(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
+        eval_samples=integer(cfg, "policy.eval.samples", 2) if neural else 0,
+        enumerate_max=integer(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
     )
     _check_algo(static)
-    seed, seeds = _int(cfg, "seed", 0), _int(cfg, "seeds", 1)
+    seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
     hparams, axes, derived = _hparams(cfg)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
     entropy_coefs = axes.get(SWEEP_KEYS["entropy_coef"], (hparams["entropy_coef"],))
     static = replace(static, entropy_bonus=any(c != 0 for c in entropy_coefs))
     _check_kappa_axes(task, hparams, axes)
-    record = _choice(cfg, "record", RECORD_MODES) if "record" in cfg else "auto"
-    exp = Experiment(static, hparams, tuple(range(seed, seed + seeds)), plots=_bool(cfg, "plots", True),
+    record = choice(cfg, "record", RECORD_MODES) if "record" in cfg else "auto"
+    exp = Experiment(static, hparams, tuple(range(seed, seed + seeds)), plots=flag(cfg, "plots", True),
                      runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
                      checkpoint_seconds=_checkpoint_seconds(cfg),
-                     resume=_bool(cfg, "resume", True), overwrite=_bool(cfg, "overwrite", False),
+                     resume=flag(cfg, "resume", True), overwrite=flag(cfg, "overwrite", False),
                      axes=axes, derived=derived, sft=_sft(cfg) if neural else None,
-                     analysis=_choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic")
+                     analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic")
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     return replace(exp, record=record)
