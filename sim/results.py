@@ -11,10 +11,11 @@ from scipy.special import stdtrit
 
 
 def mean_ci95(x_N: np.ndarray) -> tuple[float, float, float]:
-    """(mean, lo, hi) of a 95% Student-t interval of the mean; lo = hi = nan for fewer than 2 values."""
+    """(mean, lo, hi) of a 95% Student-t interval of the mean; lo = hi = nan for fewer than 2 values
+    or a value that is not finite (a kappa is inf once a gain is out of reach: no interval)."""
     n = len(x_N)
     mean = float(np.mean(x_N))
-    if n < 2:
+    if n < 2 or not np.all(np.isfinite(x_N)):
         return mean, float("nan"), float("nan")
     half = float(stdtrit(n - 1, 0.975) * np.std(x_N, ddof=1) / np.sqrt(n))
     return mean, mean - half, mean + half
@@ -34,9 +35,12 @@ def _band(mean, std, n: int):
 
 
 def band_TxN(x_TxN: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-step mean and 95% band over the N runs of one point (band = mean when N < 2)."""
+    """Per-step mean and 95% band over the N runs of one point (band = mean when N < 2). A step with
+    an inf value (a kappa once a gain is out of reach) has a NaN band: inf - inf, not a warning."""
     n = x_TxN.shape[1]
-    return _band(np.mean(x_TxN, 1), np.std(x_TxN, 1, ddof=1) if n > 1 else None, n)
+    with np.errstate(invalid="ignore"):
+        std = np.std(x_TxN, 1, ddof=1) if n > 1 else None
+    return _band(np.mean(x_TxN, 1), std, n)
 
 
 # name -> (mean, lo, hi) of the 95% band over seeds, each [T, N] for N sweep points

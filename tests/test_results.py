@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 from scipy import stats
 
@@ -10,6 +12,19 @@ def test_mean_ci95_uses_student_t():
     half = stats.t.ppf(0.975, 3) * np.std(x, ddof=1) / 2
     assert mean == 2.5 and np.isclose(hi - mean, half) and np.isclose(mean - lo, half)
     assert np.isnan(results.mean_ci95(np.array([1.0]))[1])
+
+
+def test_values_with_an_inf_have_no_interval_or_band_and_no_warning():
+    """A kappa is inf once a gain is out of reach; its seeds' mean is inf and there is no interval
+    (numpy's std would warn on inf - inf and return nan)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, lo, hi = results.mean_ci95(np.array([1.0, np.inf, 2.0]))
+    assert mean == np.inf and np.isnan(lo) and np.isnan(hi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean_T, lo_T, hi_T = results.band_TxN(np.array([[1.0, 2.0, 3.0], [1.0, np.inf, 3.0]]))
+    assert mean_T[1] == np.inf and np.isnan(lo_T[1]) and np.isnan(hi_T[1]) and lo_T[0] < 2 < hi_T[0]
 
 
 def test_slope_ci95_is_each_runs_least_squares_slope():
