@@ -30,6 +30,13 @@ def _reference_logits(static: Static, hp: dict) -> jax.Array:
                                            hp["competence_spread"])
 
 
+def _tilt_curves(kind: str, values_J: jax.Array, pmf_PxJ: jax.Array, delta_D: jax.Array) -> dict:
+    """{kind_gain, kind_loss}: C(+delta) and C(-delta) over all policies, on the delta grid."""
+    D = delta_D.size
+    cost_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(jnp.concatenate([delta_D, -delta_D]))
+    return {f"{kind}_gain": cost_2D[:D], f"{kind}_loss": cost_2D[D:]}
+
+
 @functools.lru_cache(maxsize=8)
 def _point_arrays(static: Static, family: bool):
     """One jitted program for everything a sweep point's analysis computes:
@@ -50,8 +57,7 @@ def _point_arrays(static: Static, family: bool):
         curves = {}
         for which, (name, (values_J, pmf_PxJ)) in enumerate(zip(REWARDS, geometry.policy_pmfs(static.task,
                                                                                                ref_logits_PxLxV))):
-            tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
-            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:]}
+            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J)} | _tilt_curves("tilt", values_J, pmf_PxJ, delta_D)
             if family:
                 family_2D = family_4D[2 * D * which: 2 * D * (which + 1)]
                 curves[name] |= {"family_gain": family_2D[:D], "family_loss": family_2D[D:]}
@@ -80,20 +86,16 @@ def _network_point_arrays(static: Static):
     n, limit = sft.MEASURE_SAMPLES, sft.MEASURE_ENUMERATE_MAX
 
     def arrays(hp, policy_keys_R, params_R, ref_R, delta_D):
-        D = delta_D.size
-        signed_2D = jnp.concatenate([delta_D, -delta_D])
         ref = jax.tree.map(lambda x: x[0], ref_R)
         policy = build_policy(static, hp, policy_keys_R[0], ref)
         _, good_prob_PxK = estimates.sequence_metrics(static.task, policy, ref, ref, (1.0, 1.0), key, n, limit)
         curves = {}
         for name, spec, g_PxK in zip(REWARDS, static.task.specs, good_prob_PxK):
             values_J, pmf_PxJ = geometry.reward_pmf_PxJ(spec, g_PxK)
-            tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
-            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J), "tilt_gain": tilt_2D[:D], "tilt_loss": tilt_2D[D:]}
+            curves[name] = {"mean": jnp.mean(pmf_PxJ @ values_J)} | _tilt_curves("tilt", values_J, pmf_PxJ, delta_D)
         # the teacher's, for comparison: the kappa a config's target (task.<reward>.kappa) was solved on
         for name, (values_J, pmf_PxJ) in zip(REWARDS, geometry.policy_pmfs(static.task, _reference_logits(static, hp))):
-            tilt_2D = jax.vmap(lambda d: geometry.kl_cost(values_J, pmf_PxJ, d))(signed_2D)
-            curves[name] |= {"teacher_gain": tilt_2D[:D], "teacher_loss": tilt_2D[D:]}
+            curves[name] |= _tilt_curves("teacher", values_J, pmf_PxJ, delta_D)
         joint = lambda params: estimates.joint_count_pmf(static.task, policy, params, key, n, limit)
         values_J, values_K = (task_lib.reward_of_count_J(spec) for spec in static.task.specs)
         return curves, (values_J, values_K, joint(ref), jax.vmap(joint)(params_R))
