@@ -133,7 +133,7 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
     import jax.numpy as jnp
 
     from sim.layout import over_runs, run_block
-    from sim.policies.base import sample_table
+    from sim.policies.base import cdf_table, sample_table
     from sim.train import run_keys, run_shardings
 
     exp = _default_experiment(n)
@@ -145,7 +145,7 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
     logits = jax.random.normal(jax.random.key(0), (padded, P, L, V))
 
     def sample_only(key, logits_PxLxV):
-        cdf = jnp.cumsum(jax.nn.softmax(logits_PxLxV), -1)
+        cdf = cdf_table(logits_PxLxV)
 
         def step(carry, _):  # training's sampler (policies.base.sample_table) on a fixed table
             key, acc = carry

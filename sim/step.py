@@ -111,7 +111,7 @@ def loss_fn(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBat
         entropy_BxL = algos.entropy_BxL(logits_BxLxV) if static.entropy_bonus else None
     else:  # likewise one evaluation of the logits table (the entropy's would be a second backward pass)
         logits_PxLxV = policy.marginals(params)
-        logp_BxL = token_log_probs(jax.nn.log_softmax(logits_PxLxV), b.prompts_B, b.tokens_BxL)
+        logp_BxL = token_log_probs(logits_PxLxV, b.prompts_B, b.tokens_BxL)
         entropy_BxL = algos.entropy_BxL(logits_PxLxV)[b.prompts_B] if static.entropy_bonus else None
     kl_BxL = None
     if static.kl_placement == "loss":

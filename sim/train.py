@@ -77,7 +77,9 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, 
         "phi": jnp.mean(phi_P),
         "phi_prime": jnp.mean(phi_prime_P),
         "reward": jnp.mean(hp["w_phi"] * phi_P + hp["w_phi_prime"] * phi_prime_P),
-        "kl": geometry.factorised_kl(logp_PxLxV, logq_PxLxV),
+        # >= 0 as a KL is: the two log-softmaxes may be laid out differently by XLA (the reference's is
+        # folded to a constant), and a policy at its reference read -9e-7 rather than 0
+        "kl": jnp.maximum(geometry.factorised_kl(logp_PxLxV, logq_PxLxV), 0.0),
         "entropy": jnp.mean(-jnp.sum(p_PxLxV * logp_PxLxV, (-1, -2))),
         "spill": jnp.mean(task_lib.spill_P(static.task, logp_PxLxV)),
     } | geometry.policy_kappas(static.task, logp_PxLxV, hp["kappa_delta"])

@@ -34,48 +34,65 @@ def prompt_major(prompts: int, per_prompt: int) -> jax.Array:
     return jnp.repeat(jnp.arange(prompts), per_prompt)
 
 
-def sample_inverse_cdf(key: jax.Array, cdf_NxV: jax.Array) -> jax.Array:
-    """Exact categorical sampling with one uniform per token: index = #{k : cdf_k < u * cdf_V}.
+def sample_inverse_cdf(key: jax.Array, cdf: jax.Array, axis: int = -1) -> jax.Array:
+    """Exact categorical sampling with one uniform per token: index = #{k : cdf_k < u * cdf_V}, for
+    cdfs along `axis`.
 
     jax.random.categorical draws V Gumbels per token; on CPU the random bits dominate the step,
     and this is ~20x faster for V = 16 (python -m sim.bench). A token of probability 0 is never
     drawn (its cdf step is empty)."""
-    u_N = jax.random.uniform(key, cdf_NxV.shape[:-1])
     # compared and summed along a major axis, which XLA's CPU code vectorises: the sampling
     # roofline ran 1.5x faster than with the sum over the minor V axis (python -m sim.bench roofline)
-    cdf_VxN = jnp.moveaxis(cdf_NxV, -1, 0)
+    cdf_VxN = jnp.moveaxis(cdf, axis, 0)
+    u_N = jax.random.uniform(key, cdf_VxN.shape[1:])
     return jnp.sum(cdf_VxN < u_N * cdf_VxN[-1], 0)
 
 
-def sample_table(key: jax.Array, cdf_PxLxV: jax.Array, per_prompt: int) -> jax.Array:
+def vocab_major(logits_PxLxV: jax.Array) -> jax.Array:
+    """A factorised policy's table as V x P x L, the layout its table work runs in (see factorised)."""
+    return jnp.moveaxis(logits_PxLxV, -1, 0)
+
+
+def cdf_table(logits_PxLxV: jax.Array) -> jax.Array:
+    """cdf_VxPxL: each (prompt, position)'s cumulative next-token probabilities, vocab-major."""
+    return jnp.cumsum(jax.nn.softmax(vocab_major(logits_PxLxV), 0), 0)
+
+
+def sample_table(key: jax.Array, cdf_VxPxL: jax.Array, per_prompt: int) -> jax.Array:
     """per_prompt responses to each prompt from a factorised policy's cdf table, prompt-major. The
     table is broadcast over each prompt's responses rather than gathered per response (a gather
     of rows cost ~9% of a training step, python -m sim.bench)."""
-    return sample_inverse_cdf(key, jnp.repeat(cdf_PxLxV, per_prompt, 0))
+    return sample_inverse_cdf(key, jnp.repeat(cdf_VxPxL, per_prompt, 1), axis=0)
 
 
-def token_log_probs(logp_PxLxV: jax.Array, prompts_B: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
-    """log pi(token) of each sampled token, read from a factorised policy's log-probability table.
-    One flat index per token: XLA builds gather (and, for the gradient, scatter) indices per index
-    column and per vmapped batch, and with a (prompt, position, token) index that cost ~10% of a
-    training step."""
-    _, L, V = logp_PxLxV.shape
-    return logp_PxLxV.reshape(-1)[(prompts_B[:, None] * L + jnp.arange(L)) * V + tokens_BxL]
+def token_log_probs(logits_PxLxV: jax.Array, prompts_B: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """log pi(token) of each sampled token under a factorised policy with this logits table.
+    One flat index per token into the vocab-major log-softmax: XLA builds gather (and, for the
+    gradient, scatter) indices per index column and per vmapped batch, and with a (prompt,
+    position, token) index that cost ~10% of a training step."""
+    logp_VxPxL = jax.nn.log_softmax(vocab_major(logits_PxLxV), 0)
+    _, P, L = logp_VxPxL.shape
+    return logp_VxPxL.reshape(-1)[tokens_BxL * (P * L) + prompts_B[:, None] * L + jnp.arange(L)]
 
 
 def factorised(init: Callable[[], Params], logits_fn: Callable[[Params], jax.Array]) -> Policy:
     """A policy whose positions are independent given the prompt, from its logits table.
 
-    Softmax, cdf and log-softmax are taken once on the P x L x V table, which is then broadcast
-    over each prompt's responses (sampling) or read at the sampled tokens (log-probs)."""
+    Softmax, cdf and log-softmax are taken once on the table, which is then broadcast over each
+    prompt's responses (sampling) or read at the sampled tokens (log-probs). That work runs on the
+    table laid out vocab-major (V x P x L), so that its reductions over V (max, sum, cumsum, the
+    sampler's count) run along the major axis, where XLA's CPU code vectorises them; along the
+    minor axis of 16 it did not, and training ran ~25% slower (python -m sim.bench). A family whose
+    logits come out of a product can compute them vocab-major, so that the transposes cancel
+    (lowrank)."""
 
     def sample(params, key, per_prompt):
-        return sample_table(key, jnp.cumsum(jax.nn.softmax(logits_fn(params)), -1), per_prompt)
+        return sample_table(key, cdf_table(logits_fn(params)), per_prompt)
 
     def token_logits(params, prompts_B, tokens_BxL):
         return logits_fn(params)[prompts_B]  # positions are independent: the tokens do not matter
 
     def log_probs(params, prompts_B, tokens_BxL):
-        return token_log_probs(jax.nn.log_softmax(logits_fn(params)), prompts_B, tokens_BxL)
+        return token_log_probs(logits_fn(params), prompts_B, tokens_BxL)
 
     return Policy(init=init, sample=sample, log_probs=log_probs, marginals=logits_fn, token_logits=token_logits)

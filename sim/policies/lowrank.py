@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sim.policies.base import Policy, factorised
+from sim.policies.base import Policy, factorised, vocab_major
 from sim.task import Task
 
 
@@ -25,7 +25,8 @@ def features_PxLxD(task: Task, width: int, overlap: jax.Array, key: jax.Array) -
 
 def make(ref_logits_PxLxV: jax.Array, features: jax.Array) -> Policy:
     V, D = ref_logits_PxLxV.shape[-1], features.shape[-1]
-    return factorised(
-        init=lambda: jnp.zeros((D, V)),
-        logits_fn=lambda W_DxV: ref_logits_PxLxV + features @ W_DxV,
-    )
+    ref_VxPxL = vocab_major(ref_logits_PxLxV)
+    # computed vocab-major and handed over as P x L x V: factorised's transpose back cancels this one
+    # (with the product laid out P x L x V, XLA transposed it at every step: training ran ~8% slower)
+    logits_fn = lambda W_DxV: jnp.moveaxis(ref_VxPxL + jnp.einsum("dv,pld->vpl", W_DxV, features), 0, -1)  # noqa: E731
+    return factorised(init=lambda: jnp.zeros((D, V)), logits_fn=logits_fn)

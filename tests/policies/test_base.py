@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.policies.base import factorised, prompt_major, sample_inverse_cdf, token_log_probs
+from sim.policies.base import cdf_table, factorised, prompt_major, sample_inverse_cdf, token_log_probs
 
 
 def test_sampling_frequencies_match_teacher_forced_probabilities():
@@ -21,11 +21,22 @@ def test_sampling_frequencies_match_teacher_forced_probabilities():
 
 
 def test_token_log_probs_read_each_tokens_own_prompt_and_position():
-    logp = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (3, 4, 5)))
+    logits = jax.random.normal(jax.random.key(0), (3, 4, 5))
+    logp = np.asarray(jax.nn.log_softmax(logits))
     prompts_B = jnp.array([2, 0, 2, 1])  # any order: log-probs do not need a prompt-major batch
     tokens_BxL = jax.random.randint(jax.random.key(1), (4, 4), 0, 5)
     expect = [[logp[p, t, tokens_BxL[b, t]] for t in range(4)] for b, p in enumerate(prompts_B.tolist())]
-    np.testing.assert_array_equal(token_log_probs(logp, prompts_B, tokens_BxL), np.array(expect))
+    np.testing.assert_allclose(token_log_probs(logits, prompts_B, tokens_BxL), np.array(expect), rtol=1e-6)
+
+
+def test_cdf_table_is_the_cumulative_softmax_vocab_major_and_samples_like_the_minor_axis_layout():
+    logits = jax.random.normal(jax.random.key(0), (3, 4, 5))
+    cdf_PxLxV = jnp.cumsum(jax.nn.softmax(logits), -1)
+    np.testing.assert_allclose(cdf_table(logits), jnp.moveaxis(cdf_PxLxV, -1, 0), rtol=1e-6)
+    # the sampler reads a cdf along any axis with the same uniforms: the same tokens either way
+    key = jax.random.key(2)
+    np.testing.assert_array_equal(sample_inverse_cdf(key, cdf_PxLxV),
+                                  sample_inverse_cdf(key, jnp.moveaxis(cdf_PxLxV, -1, 0), axis=0))
 
 
 def test_inverse_cdf_never_draws_zero_probability_tokens_and_hits_the_edges():

@@ -15,6 +15,14 @@ def test_starts_exactly_at_the_reference():
     np.testing.assert_array_equal(pol.marginals(pol.init()), ref)
 
 
+def test_logits_are_the_reference_plus_features_times_W():
+    ref = jax.random.normal(jax.random.key(0), (64, 4, 6))
+    feats = lowrank.features_PxLxD(TASK, 3, jnp.float32(0.0), jax.random.key(1))
+    W = jax.random.normal(jax.random.key(2), (3, 6))
+    expect = np.asarray(ref) + np.einsum("pld,dv->plv", np.asarray(feats), np.asarray(W))
+    np.testing.assert_allclose(lowrank.make(ref, feats).marginals(W), expect, rtol=1e-5, atol=1e-6)
+
+
 def _phi_phi_prime_cosine(overlap):
     f = np.asarray(lowrank.features_PxLxD(TASK, 8, jnp.float32(overlap), jax.random.key(2)))
     a, b = f[:, [0, 1]].reshape(-1, 8), f[:, [2, 3]].reshape(-1, 8)
