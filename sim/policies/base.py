@@ -82,7 +82,7 @@ def factorised(init: Callable[[], Params], logits_fn: Callable[[Params], jax.Arr
     prompt's responses (sampling) or read at the sampled tokens (log-probs). That work runs on the
     table laid out vocab-major (V x P x L), so that its reductions over V (max, sum, cumsum, the
     sampler's count) run along the major axis, where XLA's CPU code vectorises them; along the
-    minor axis of 16 it did not, and training ran ~25% slower (python -m sim.bench). A family whose
+    minor axis of 16 it did not, and training took ~30% longer (python -m sim.bench). A family whose
     logits come out of a product can compute them vocab-major, so that the transposes cancel
     (lowrank)."""
 
