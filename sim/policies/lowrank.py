@@ -26,7 +26,10 @@ def features_PxLxD(task: Task, width: int, overlap: jax.Array, key: jax.Array) -
 def make(ref_logits_PxLxV: jax.Array, features: jax.Array) -> Policy:
     V, D = ref_logits_PxLxV.shape[-1], features.shape[-1]
     ref_VxPxL = vocab_major(ref_logits_PxLxV)
-    # computed vocab-major and handed over as P x L x V: factorised's transpose back cancels this one
-    # (with the product laid out P x L x V, XLA transposed it at every step: training ran ~8% slower)
-    logits_fn = lambda W_DxV: jnp.moveaxis(ref_VxPxL + jnp.einsum("dv,pld->vpl", W_DxV, features), 0, -1)  # noqa: E731
-    return factorised(init=lambda: jnp.zeros((D, V)), logits_fn=logits_fn)
+
+    def logits_PxLxV(W_DxV):
+        # computed vocab-major and handed over as P x L x V: factorised's transpose back cancels this
+        # one (with the product laid out P x L x V, XLA transposed it every step: training ran ~8% slower)
+        return jnp.moveaxis(ref_VxPxL + jnp.einsum("dv,pld->vpl", W_DxV, features), 0, -1)
+
+    return factorised(init=lambda: jnp.zeros((D, V)), logits_fn=logits_PxLxV)
