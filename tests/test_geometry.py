@@ -97,6 +97,21 @@ def test_mean_of_independent_positions_has_the_bernoulli_kappa():
     np.testing.assert_allclose(float(loss[0, 0]), 3 * bernoulli_kl(0.25, 0.3), rtol=1e-3)
 
 
+@pytest.mark.parametrize("phi_prime_positions", [(4, 5, 6, 7), (4,)])
+def test_policy_kappas_are_each_rewards_own_kappa(phi_prime_positions):
+    """Both rewards' kappas are solved in one vmapped loop when their pmfs have one shape, and one
+    after the other when not: either way each is the kappa of its own reward's pmf (to 1e-4: a
+    solve may take a step more or less in the shared loop, and each C is a difference of terms
+    ~20x larger than itself, so float32 leaves kappa ~1e-5 of precision)."""
+    task = T.Task(16, 8, 16, T.RewardSpec((0, 1, 2, 3), (0, 1, 2, 3)), T.RewardSpec(phi_prime_positions, (4, 5)))
+    logits_PxLxV = T.reference_logits_PxLxV(task, (0.2, 0.9), 1.0)
+    delta = jnp.float32(0.05)
+    got = jax.jit(G.policy_kappas, static_argnums=0)(task, logits_PxLxV, delta)
+    for name, (values_J, pmf_PxJ) in zip(T.REWARDS, G.policy_pmfs(task, logits_PxLxV)):
+        np.testing.assert_allclose(float(got[f"kappa_{name}"]), float(jax.jit(G.kappa)(values_J, pmf_PxJ, delta)),
+                                   rtol=1e-4)
+
+
 @pytest.mark.parametrize("shape", ["mean", "all"])
 def test_the_root_solver_hits_the_target_shift_across_the_reachable_range(shape):
     """Competences 0.01-0.99 with and without prompt spread; deltas from 0.001 to 0.999 of the
