@@ -59,7 +59,7 @@ def unroll_threefry_on_cpu() -> bool:
         primitive, unrolled = threefry.threefry2x32_p, threefry._threefry2x32_lowering_rule
     except (ImportError, AttributeError):
         return False
-    mlir.register_lowering(primitive, unrolled, platform="cpu")
+    mlir.register_lowering(primitive, unrolled, platform="cpu", inline=False)  # as JAX registers it for GPU and TPU
     return True
 
 
