@@ -48,7 +48,7 @@ def unroll_threefry_on_cpu() -> bool:
     On the CPU JAX rolls them into a 5-step loop, which compiles faster; run, that loop is ~35
     small kernels per call (its carried state copied at every step), and the random bits for
     sampling were ~30% of a training step (an XLA profile of python -m sim.bench's default task).
-    Unrolled, training runs ~1.25x faster and compiles ~0.3 s slower. The hash is integer
+    Unrolled, training runs ~1.25x faster and sim.run compiles 0.1-0.2 s longer. The hash is integer
     arithmetic, so the bits are the same (tests/test_runtime.py).
 
     The lowering lives in JAX's private modules: where a JAX version has moved it, nothing
@@ -59,7 +59,8 @@ def unroll_threefry_on_cpu() -> bool:
         primitive, unrolled = threefry.threefry2x32_p, threefry._threefry2x32_lowering_rule
     except (ImportError, AttributeError):
         return False
-    mlir.register_lowering(primitive, unrolled, platform="cpu", inline=False)  # as JAX registers it for GPU and TPU
+    # out of line, as JAX registers it elsewhere: lowered once per program, not at every call site
+    mlir.register_lowering(primitive, unrolled, platform="cpu", inline=False)
     return True
 
 
