@@ -111,6 +111,7 @@ def tilt_lambda(values_J: jax.Array, pmf_PxJ: jax.Array, delta: jax.Array) -> ja
 
     def more(carry):
         i, _, _, lam, previous = carry
+        # not "> tol": a NaN step (the first, from previous = NaN) must read as not converged
         return (i < ROOT_STEPS) & ~(jnp.abs(lam - previous) <= ROOT_RTOL * jnp.abs(lam))
 
     start = (jnp.int32(0), -span, span, jnp.zeros_like(span), jnp.full_like(span, jnp.nan))
