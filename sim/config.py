@@ -16,6 +16,7 @@ from sim import algos, geometry, policies
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
+from sim.policies.pretrained import DTYPES, Settings
 from sim.sft import SFT
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
@@ -87,6 +88,7 @@ _POLICY_KEYS: dict[str, set[str]] = {
     "mlp": _NEURAL_KEYS | {"layers", "window"},
     "gru": _NEURAL_KEYS,
     "transformer": _NEURAL_KEYS | {"layers", "heads", "positions"},
+    "pretrained": {"kind", "checkpoint", "dtype", "remat", "temperature", "top_k", "top_p", "eval"},
 }
 
 
@@ -113,6 +115,7 @@ class Static:
     # whether the loss carries the entropy bonus: parse() clears it when every run's entropy_coef is
     # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
+    lm: Settings | None = None  # policy.kind=pretrained: its settings (the checkpoint's architecture once loaded)
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,29 @@ def _sft(cfg) -> SFT:
                lr=real(cfg, "policy.sft.lr", *POSITIVE), seed=integer(cfg, "policy.sft.seed", 0))
 
 
+def _pretrained(cfg) -> Settings:
+    """policy=pretrained's settings. The checkpoint is only located here (a missing file or an
+    unregistered name is a one-line error before anything runs); it is read at the edge
+    (sim/lm_setup.py)."""
+    from sim.lm import checkpoint  # here, not at the top: only this family needs gguf and safetensors
+
+    source = lookup(cfg, "policy.checkpoint")
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"policy.checkpoint={source!r}: must be a registered name "
+                          f"({', '.join(checkpoint.REGISTRY)}), a Hugging Face directory or a .gguf file")
+    try:
+        checkpoint.resolve(source)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"policy.checkpoint={source}: {e}") from None
+    temperature = real(cfg, "policy.temperature", *POSITIVE)
+    top_p = real(cfg, "policy.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    remat = lookup(cfg, "policy.remat")
+    if not isinstance(remat, bool):
+        raise ConfigError(f"policy.remat={remat!r}: must be true or false")
+    return Settings(checkpoint=source, dtype=choice(cfg, "policy.dtype", DTYPES), remat=remat,
+                    temperature=temperature, top_k=integer(cfg, "policy.top_k", 0), top_p=top_p)
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     if is_list(kind := lookup(cfg, "policy.kind")):  # read before the keys are checked: say so here too
@@ -366,6 +392,12 @@ def parse(cfg: Mapping) -> Experiment:
         enumerate_max=integer(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
     )
     _check_algo(static)
+    if kind == "pretrained":
+        task_section = lookup(cfg, "task")
+        if not (isinstance(task_section, Mapping) and task_section.get("kind") == "text"):
+            raise ConfigError("policy.kind=pretrained: needs a text task (task=text); the toy task's tokens are "
+                              "not a real model's vocabulary")
+        static = replace(static, lm=_pretrained(cfg), eval_samples=integer(cfg, "policy.eval.samples", 2))
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
     hparams, axes, derived = _hparams(cfg)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point

@@ -196,7 +196,7 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     _per_point(axes[1], steps_T, metrics, points_R, point_labels, [(f"quad_adv_{q}", c, t) for q, c, t in quads])
     shares = [(f"adv_share_{n}", c, s) for n, (c, s) in REWARD_STYLE.items()]
     _per_point(axes[2], steps_T, metrics, points_R, point_labels, shares)
-    kappas = [(f"kappa_{n}", c, s) for n, (c, s) in REWARD_STYLE.items()]
+    kappas = [(f"kappa_{n}", c, s) for n, (c, s) in REWARD_STYLE.items() if f"kappa_{n}" in metrics]
     with np.errstate(invalid="ignore"):
         finite = {k: np.where(np.isfinite(v), v, np.nan) for k, v in metrics.items() if k.startswith("kappa_")}
     _per_point(axes[3], steps_T, finite, points_R, point_labels, kappas)

@@ -83,12 +83,16 @@ def reward_of_count_J(spec: RewardSpec) -> jax.Array:
     return _aggregate(good_JxK, spec.shape)
 
 
-def rewards_B(task: Task, tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(phi, phi_prime) of each sampled response."""
+def rewards_B(task: Task, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(phi, phi_prime) of each sampled response. `mask_BxL` (Policy.response_mask): a position
+    after the response's end holds no token, so it is not good (None: every position is a token)."""
     out = []
     for spec in task.specs:
         tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
-        good_BxK = good_mask_V(spec, task.vocab)[tok_BxK].astype(jnp.float32)
+        good_BxK = good_mask_V(spec, task.vocab)[tok_BxK]
+        if mask_BxL is not None:
+            good_BxK = good_BxK & mask_BxL[:, jnp.array(spec.positions)]
+        good_BxK = good_BxK.astype(jnp.float32)
         out.append(_aggregate(good_BxK, spec.shape))
     return out[0], out[1]
 
