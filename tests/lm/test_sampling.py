@@ -98,3 +98,10 @@ def test_top_k_and_top_p_keep_the_most_probable_tokens():
     np.testing.assert_array_equal(kept(top_p=0.5), [False, True, False, False])
     np.testing.assert_array_equal(kept(top_p=0.85), [False, True, True, True])
     np.testing.assert_array_equal(kept(), [True] * 4)
+
+
+def test_smollm2_greedy_continuation_of_the_capital_of_france_is_paris(smollm2):
+    cfg, params, tok = smollm2
+    prompt = np.array([tok.encode("The capital of France is")])
+    tokens = sampling.generate(params, cfg, jax.random.key(0), prompt, np.ones_like(prompt, bool), 2, temperature=0.0)
+    assert tok.decode(tokens[0]).startswith(" Paris"), tok.decode(tokens[0])
