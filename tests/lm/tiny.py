@@ -47,11 +47,12 @@ QUANT = {"attn_q.weight": gguf.GGMLQuantizationType.Q8_0, "attn_k.weight": gguf.
          "ffn_gate.weight": gguf.GGMLQuantizationType.Q4_1, "attn_output.weight": gguf.GGMLQuantizationType.F16}
 
 
-def make_tokenizer() -> Tokenizer:
+def make_tokenizer(pre: str = "smollm") -> Tokenizer:
+    """Byte-level BPE with SmolLM2's pre-tokenizer (pre="smollm") or GPT-2's (pre="gpt-2")."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = {"smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2]),
+                         "gpt-2": gpt2}[pre]
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL, show_progress=False,
@@ -156,8 +157,10 @@ def write_hf(directory: Path, cfg: LMConfig, params: dict, tok: Tokenizer) -> Pa
     return directory
 
 
-def write_gguf(path: Path, cfg: LMConfig, params: dict, tok: Tokenizer, quant: dict | None = None) -> Path:
-    """A GGUF file as llama.cpp's converter writes it; `quant`: tensor name suffix -> GGML type."""
+def write_gguf(path: Path, cfg: LMConfig, params: dict, tok: Tokenizer, quant: dict | None = None,
+               pre: str = "smollm", add_bos: bool = False) -> Path:
+    """A GGUF file as llama.cpp's converter writes it; `quant`: tensor name suffix -> GGML type;
+    `pre`: tokenizer.ggml.pre (name of the pre-tokenizer `tok` was trained with)."""
     quant = quant or {}
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(cfg.layers)
@@ -173,7 +176,7 @@ def write_gguf(path: Path, cfg: LMConfig, params: dict, tok: Tokenizer, quant: d
     w.add_layer_norm_rms_eps(cfg.norm_eps)
     w.add_vocab_size(cfg.vocab)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("smollm")
+    w.add_tokenizer_pre(pre)
     w.add_token_list([tok.id_to_token(i) for i in range(tok.get_vocab_size())])
     special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
     w.add_token_types([gguf.TokenType.CONTROL if tok.id_to_token(i) in special else gguf.TokenType.NORMAL
@@ -183,7 +186,7 @@ def write_gguf(path: Path, cfg: LMConfig, params: dict, tok: Tokenizer, quant: d
     w.add_bos_token_id(BOS)
     w.add_eos_token_id(EOS)
     w.add_pad_token_id(PAD)
-    w.add_add_bos_token(False)
+    w.add_add_bos_token(add_bos)
     w.add_chat_template(CHAT_TEMPLATE)
     for name, t in gguf_state(cfg, params).items():
         qtype = next((q for suffix, q in quant.items() if name.endswith(suffix)), None)
