@@ -206,7 +206,8 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     axes[3].set(title="κ(δ) under the current policy", xlabel="step", ylabel="C(+δ)/C(−δ)")
     axes[3].axhline(1.0, color="k", lw=0.6)
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a pretrained policy logs no kappa: its panel stays empty
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     save(fig, path)
 
