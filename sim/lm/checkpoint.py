@@ -135,6 +135,9 @@ def _assemble(cfg: LMConfig, get: Callable[[str], np.ndarray], has: Callable[[st
             w = tensor(f"model.layers.{i}.{hf}", transposed)
             if buf is None:
                 buf = _aligned((cfg.layers, *w.shape), np_dtype)
+            elif w.shape != buf.shape[1:]:
+                raise CheckpointError(f"parameter model.layers.{i}.{hf} has shape {w.shape}, layer 0's "
+                                      f"has {buf.shape[1:]}")
             buf[i] = w
         blocks[key] = jax.device_put(buf)
     params["blocks"] = blocks
