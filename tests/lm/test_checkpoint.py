@@ -154,6 +154,9 @@ def test_bad_path_and_unsupported_configs(tiny, tmp_path):
     with pytest.raises(ck.CheckpointError) as e:
         ck.load(str(tmp_path / "nope"))
     assert "does not exist" in one_line(e) and "smollm2-135m" in one_line(e)
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load(str(tiny["hf_dir"]), dtype=np.float64)
+    assert "dtype=float64" in one_line(e)
     hf = json.loads((tiny["hf_dir"] / "config.json").read_text())
     for change, words in [({"model_type": "mamba"}, "model_type='mamba'"),
                           ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
@@ -161,3 +164,22 @@ def test_bad_path_and_unsupported_configs(tiny, tmp_path):
         with pytest.raises(ck.CheckpointError) as e:
             ck.config_from_hf(hf | change)
         assert words in one_line(e)
+
+
+def test_loading_prints_nothing(tiny, capfd):
+    ck.load(str(tiny["hf_dir"]))
+    ck.load(str(tiny["gguf_quant"]))
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_smollm2_facts(smollm2):
+    """The shipped model, located through its installed distribution, with the facts measured on it."""
+    cfg, params, _ = smollm2
+    assert (cfg.layers, cfg.d_model, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.ffn) == (30, 576, 9, 3, 64, 1536)
+    assert (cfg.rope_theta, cfg.vocab, cfg.tied_embeddings, cfg.attn_bias) == (1e5, 49152, True, False)
+    assert (cfg.bos_id, cfg.eos_id, cfg.pad_id) == (1, 2, 2)
+    assert "lm_head" not in params
+    shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), params)
+    assert shapes == ck.param_shapes(cfg)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
