@@ -24,7 +24,7 @@ class Decoder(Protocol):
     """What a text reward needs of a tokenizer (sim/lm/tokenizer.py provides it)."""
     eos_id: int | None
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str: ...
 
 
 REGISTRY: dict[str, TextReward] = {}

@@ -32,15 +32,15 @@ SHIPPED_PROMPTS = "instructions.txt"  # sim/data/: our own short English instruc
 
 
 class Tokenizer(text_rewards.Decoder, Protocol):
-    """What the text task needs of a tokenizer (sim/lm/tokenizer.py provides it). `encode` may or
-    may not add BOS itself; `build` adds it once where `add_bos` asks for it."""
+    """What the text task needs of a tokenizer (sim/lm/tokenizer.Tokenizer provides it)."""
     bos_id: int | None
     eos_id: int | None
     pad_id: int | None
+    add_bos: bool  # whether the checkpoint's tokenizer starts a text with BOS
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
-    def token_texts(self) -> list[str]: ...
+    def token_texts(self) -> Sequence[str]: ...
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str: ...
 
@@ -166,10 +166,13 @@ def token_is_good(rule: tuple[str, object], text: str) -> bool:
     return text.strip().lower() in value
 
 
-def good_tokens(rule: tuple[str, object], token_texts: Sequence[str], special: Sequence[int] = ()) -> tuple[int, ...]:
-    """The ids whose decoded text satisfies the rule; special tokens (BOS, EOS, PAD) never do."""
-    skip = set(special)
-    return tuple(i for i, t in enumerate(token_texts) if i not in skip and token_is_good(rule, t))
+def good_tokens(rule: tuple[str, object], tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The ids whose decoded text satisfies the rule. Special tokens never do: BOS, EOS, PAD and
+    any other control token (e.g. <|endoftext|>: one that decoding with skip_special_tokens drops)."""
+    skip = {i for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) if i is not None}
+    texts = tokenizer.token_texts()
+    match = [i for i, t in enumerate(texts) if i not in skip and token_is_good(rule, t)]
+    return tuple(i for i in match if not texts[i] or tokenizer.decode([i], skip_special_tokens=True))
 
 
 # ---- prompts ----
@@ -182,12 +185,15 @@ def read_prompts(path: str | None) -> list[str]:
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str, chat_template: bool) -> list[int]:
+    """A prompt's ids as transformers makes them: a chat is rendered by the template (which writes
+    any BOS it wants as text) and encoded without special tokens; a plain prompt gets BOS first
+    when the tokenizer adds one (`add_bos`)."""
     if chat_template:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-    ids = list(tokenizer.encode(text))
-    bos = tokenizer.bos_id
-    if getattr(tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
-        ids = [bos] + ids
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    ids = list(tokenizer.encode(text, add_special_tokens=True))
+    if tokenizer.add_bos and tokenizer.bos_id is not None and ids[:1] != [tokenizer.bos_id]:
+        ids = [tokenizer.bos_id] + ids  # a tokenizer whose encode does not add it itself
     return ids
 
 
@@ -212,12 +218,10 @@ def build(cfg: TextTaskConfig, tokenizer: Tokenizer, vocab: int | None = None) -
     if cfg.prompts > len(texts):
         raise ConfigError(f"task.prompts={cfg.prompts}: {where} has {len(texts)} prompts; allowed at most that")
     texts = texts[:cfg.prompts]
-    token_texts = tokenizer.token_texts()
-    V = vocab if vocab is not None else len(token_texts)
-    special = [i for i in (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) if i is not None]
+    V = vocab if vocab is not None else len(tokenizer.token_texts())
     specs, names = [], []
     for name, r in zip(REWARDS, (cfg.phi, cfg.phi_prime)):
-        good = good_tokens(r.rule, token_texts, special) if r.rule is not None else ()
+        good = good_tokens(r.rule, tokenizer) if r.rule is not None else ()
         if r.rule is not None and not 0 < len(good) < V:
             raise ConfigError(f"task.{name}.rule={dict([r.rule])!r}: matches {len(good)} of the {V} tokens; "
                               "allowed: at least one token good and one bad")

@@ -2,53 +2,35 @@ import re
 
 import jax
 import jax.numpy as jnp
-import jinja2
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import processors
 
 from sim import task as T, text_rewards as TR, text_task as TT
 from sim.config import parse
 from sim.config_values import ConfigError
+from sim.lm.tokenizer import Tokenizer
 from tests.conftest import compose_plain
+from tests.lm import tiny
 
-BOS, EOS, PAD = 1, 2, 0
-CORPUS = ["The cat sat on the mat. A dog ran 3 miles!", "Explain why the sky is blue, 42 times.",
-          "Describe an old bridge; tell me why. You can, I think: it is 7 feet long?"]
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+BOS, EOS, PAD = tiny.BOS, tiny.EOS, tiny.PAD  # SmolLM2's layout: <|im_start|> 1, <|im_end|> = EOS = PAD 2
 
 
-class TinyTokenizer:
-    """A byte-level BPE of 300 tokens trained here, with SmolLM2's special-token layout (pad 0,
-    BOS = <|im_start|> 1, EOS = <|im_end|> 2) and a ChatML template."""
-    bos_id, eos_id, pad_id = BOS, EOS, PAD
-
-    def __init__(self, add_bos: bool = False):
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        tok.train_from_iterator(CORPUS * 5, trainers.BpeTrainer(
-            vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        self.tok, self.add_bos = tok, add_bos
-
-    def encode(self, text):
-        return self.tok.encode(text).ids
-
-    def decode(self, ids):
-        return self.tok.decode(list(ids))
-
-    def token_texts(self):
-        return [self.tok.decode([i]) for i in range(self.tok.get_vocab_size())]
-
-    def apply_chat_template(self, messages, add_generation_prompt=True):
-        return jinja2.Template(TEMPLATE).render(messages=messages, add_generation_prompt=add_generation_prompt)
+def tiny_tokenizer(add_bos: bool = False) -> Tokenizer:
+    """tests/lm/tiny.py's byte-level BPE (300 tokens, ChatML template) as sim.lm's Tokenizer;
+    add_bos: with a post-processor that starts every plain text with BOS, as Llama's does."""
+    tok = tiny.make_tokenizer()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<|im_start|>:0 $A:0",
+                                                           special_tokens=[("<|im_start|>", BOS)])
+    out = Tokenizer(tok, bos_id=BOS, eos_id=EOS, pad_id=PAD, chat_template=tiny.CHAT_TEMPLATE)
+    assert out.add_bos == add_bos
+    return out
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return TinyTokenizer()
+    return tiny_tokenizer()
 
 
 def text_cfg(phi_rule=None, phi_prime=None, **task):
@@ -65,6 +47,7 @@ def text_cfg(phi_rule=None, phi_prime=None, **task):
 # Each rule's definition on a token's decoded text, written out independently of text_task.
 RULES = [
     ({"regex": r"^ ?[A-Z]"}, lambda t: re.search(r"^ ?[A-Z]", t) is not None),
+    ({"regex": r"[a-z]"}, lambda t: re.search(r"[a-z]", t) is not None),  # the special tokens' text matches
     ({"chars": "0-9"}, lambda t: t.strip() != "" and all(c in "0123456789" for c in t.strip())),
     ({"chars": ".,;:!?"}, lambda t: t.strip() != "" and all(c in ".,;:!?" for c in t.strip())),
     ({"words": ["the", "A", "why"]}, lambda t: t.strip().lower() in {"the", "a", "why"}),
@@ -80,7 +63,9 @@ def test_token_class_reward_equals_its_definition_for_every_vocabulary_entry(tok
     V = len(texts)
     tokens_VxL = jnp.tile(jnp.arange(V, dtype=jnp.int32)[:, None], (1, 8))  # row v: token v everywhere
     phi_V, _ = jax.jit(tt.rewards_B)(tokens_VxL, jnp.ones((V, 8), bool))
-    expected_V = np.array([0.0 if v in (BOS, EOS, PAD) else float(definition(texts[v])) for v in range(V)])
+    special = set(tok.tok.get_added_tokens_decoder())  # <|endoftext|>, <|im_start|>, <|im_end|>
+    assert special == {0, BOS, EOS}
+    expected_V = np.array([0.0 if v in special else float(definition(texts[v])) for v in range(V)])
     np.testing.assert_array_equal(np.asarray(phi_V), expected_V)
     assert 0 < expected_V.sum() < V  # the rule splits the vocabulary: the comparison has teeth
 
@@ -147,21 +132,23 @@ def test_text_reward_receives_the_prompts(tok):
 
 @pytest.mark.parametrize("chat,add_bos", [(True, False), (False, False), (False, True)])
 def test_prompts_are_left_padded_with_the_template_and_bos_as_asked(chat, add_bos):
-    tok = TinyTokenizer(add_bos=add_bos)
+    tok = tiny_tokenizer(add_bos)
     tt = TT.build(TT.parse(text_cfg(prompts=6, chat_template=chat)), tok)
     texts = TT.read_prompts(None)[:6]
     assert tt.prompt_texts == tuple(texts)
     ids, mask = tt.prompt_ids_PxT, tt.prompt_mask_PxT
     assert ids.dtype == np.int32 and mask.dtype == bool and ids.shape == mask.shape == (6, ids.shape[1])
     for p, text in enumerate(texts):
-        full = tok.apply_chat_template([{"role": "user", "content": text}]) if chat else text
-        want = ([BOS] if add_bos and not chat else []) + tok.encode(full)
+        if chat:
+            want = tok.tok.encode(tok.apply_chat_template([{"role": "user", "content": text}]),
+                                  add_special_tokens=False).ids
+        else:
+            want = ([BOS] if add_bos else []) + tok.tok.encode(text, add_special_tokens=False).ids
         n = int(mask[p].sum())
         assert mask[p].tolist() == [False] * (ids.shape[1] - n) + [True] * n  # real tokens at the right end
         assert ids[p, mask[p]].tolist() == want
         assert (ids[p, ~mask[p]] == PAD).all()
-        if chat:
-            assert want[0] == BOS and want.count(BOS) == 2  # <|im_start|> opens the user and assistant turns
+        assert want.count(BOS) == (2 if chat else int(add_bos))  # chat: <|im_start|> opens user and assistant turns
     assert mask[:, -1].all() and not mask[:, 0].all()  # shipped prompts differ in length
 
 

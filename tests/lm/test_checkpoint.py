@@ -154,6 +154,9 @@ def test_bad_path_and_unsupported_configs(tiny, tmp_path):
     with pytest.raises(ck.CheckpointError) as e:
         ck.load(str(tmp_path / "nope"))
     assert "does not exist" in one_line(e) and "smollm2-135m" in one_line(e)
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.load(str(tiny["hf_dir"]), dtype=np.float64)
+    assert "dtype=float64" in one_line(e)
     hf = json.loads((tiny["hf_dir"] / "config.json").read_text())
     for change, words in [({"model_type": "mamba"}, "model_type='mamba'"),
                           ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),

@@ -1,6 +1,7 @@
 """sim/lm/tokenizer.py: the GGUF-built tokenizer against tokenizer.json, chat templates, SmolLM2."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import jinja2
@@ -144,3 +145,15 @@ def test_smollm2_chat_template(smollm2_tokenizer):
                     "<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
     ids = smollm2_tokenizer.encode(text, add_special_tokens=False)
     assert ids[0] == 1 and ids.count(2) == 2
+
+
+def test_hf_dir_options(tiny, tmp_path):
+    """tokenizer_config.json's add_bos_token adds BOS as LlamaTokenizerFast does; a
+    chat_template.jinja file (newer transformers) wins over the config's template."""
+    (tmp_path / "tokenizer.json").write_text((tiny["hf_dir"] / "tokenizer.json").read_text())
+    config = json.loads((tiny["hf_dir"] / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config | {"add_bos_token": True}))
+    (tmp_path / "chat_template.jinja").write_text("{{ bos_token }}{{ messages[0]['content'] }}")
+    tok = T.from_hf_dir(tmp_path)
+    assert tok.add_bos and tok.encode("Paris") == [1] + T.load(str(tiny["hf_dir"])).encode("Paris")
+    assert tok.apply_chat_template([{"role": "user", "content": "Hi"}]) == "<|im_start|>Hi"
