@@ -225,7 +225,7 @@ def build(cfg: TextTaskConfig, tokenizer: Tokenizer, vocab: int | None = None) -
         if r.rule is not None and not 0 < len(good) < V:
             raise ConfigError(f"task.{name}.rule={dict([r.rule])!r}: matches {len(good)} of the {V} tokens; "
                               "allowed: at least one token good and one bad")
-        specs.append(RewardSpec(tuple(range(r.start, r.stop)), good, r.shape))
+        specs.append(RewardSpec(tuple(range(r.start, r.stop)), good, r.shape, text=r.text))
         names.append(r.text)
     pad = next(i for i in (tokenizer.pad_id, tokenizer.eos_id, 0) if i is not None)
     ids_PxT, mask_PxT = left_pad([encode_prompt(tokenizer, t, cfg.chat_template) for t in texts], pad)
