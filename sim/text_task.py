@@ -113,8 +113,11 @@ def _reward(cfg: Mapping, name: str, new_tokens: int) -> TextRewardConfig:
                           "{words: [<word>, ...]}")
     kind, value = next(iter(rule.items()))
     if kind == "words":
-        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(w, str) and w.strip() for w in value):
-            raise ConfigError(f"{key}.rule.words={value!r}: must be a non-empty list of non-empty words")
+        # a Sequence: a DictConfig's list is a ListConfig, not a list
+        if isinstance(value, str) or not isinstance(value, Sequence) or not value \
+                or not all(isinstance(w, str) and w.strip() for w in value):
+            shown = value if isinstance(value, str) or not isinstance(value, Sequence) else list(value)
+            raise ConfigError(f"{key}.rule.words={shown!r}: must be a non-empty list of non-empty words")
         value = tuple(w.strip().lower() for w in value)
     else:
         if not isinstance(value, str) or not value:

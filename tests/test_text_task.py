@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from tokenizers import processors
 
 from sim import task as T, text_rewards as TR, text_task as TT
@@ -203,6 +204,8 @@ def test_config_parse_of_a_text_task():
     with pytest.raises(ConfigError, match=r"^task.vocab: unknown key"):
         parse(compose_plain(["task=text", "+task.vocab=3"]))
     assert parse(compose_plain(["+task.kind=toy"])).static.task == parse(compose_plain()).static.task
+    plain = compose_plain(["task=text"])
+    assert TT.parse(OmegaConf.create(plain)) == TT.parse(plain)  # Hydra's DictConfig / ListConfig read alike
 
 
 def test_a_rule_that_matches_no_token_is_refused(tok):
