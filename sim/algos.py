@@ -173,24 +173,37 @@ def entropy_BxL(logits_BxLxV: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.exp(logp_BxLxV) * logp_BxLxV, -1)
 
 
-# Token aggregation, mask-free: every response has the same length L (the toy world). weight_B is
-# each response's probability weight in the batch (1/B for samples; pi_old(y|p)/P in exact mode).
+# Token aggregation. weight_B is each response's probability weight in the batch (1/B for samples;
+# pi_old(y|p)/P in exact mode). mask_BxL marks the tokens a response really has (a real model's
+# response ends at its first EOS: the tokens after it are out of every sum); None = every token
+# (the toy world: every response has the same length L), and the formulas are then the mask-free ones.
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 
 
-def aggregate(x_BxL: jax.Array, mode: str, weight_B: jax.Array, max_length: int | None = None) -> jax.Array:
+def aggregate(x_BxL: jax.Array, mode: str, weight_B: jax.Array, max_length: int | None = None,
+              mask_BxL: jax.Array | None = None) -> jax.Array:
     """token_mean: sum over all tokens / number of tokens (TRL bnpo/dapo, verl token-mean);
     seq_mean_token_mean: mean over responses of each one's token mean (TRL grpo);
     seq_mean_token_sum: mean over responses of each one's token sum;
     seq_mean_token_sum_norm: token sums over B * max_length, a constant (Dr. GRPO, TRL dr_grpo).
     With fixed L the first, second and fourth coincide and the third is L times larger; with
-    variable lengths (a mask) they would not, which is why they are kept apart."""
+    variable lengths (a mask) they do not: token_mean weights every valid token alike (long
+    responses count more), seq_mean_token_mean every response alike, and the last two are sums.
+    A response with no valid token contributes 0 to seq_mean_token_mean (not 0/0)."""
     L = x_BxL.shape[-1]
-    sum_B = jnp.sum(x_BxL, -1)
-    if mode == "token_mean":
-        return jnp.sum(weight_B * sum_B) / (jnp.sum(weight_B) * L)
-    if mode == "seq_mean_token_mean":
-        return jnp.sum(weight_B * sum_B / L)
+    if mask_BxL is None:
+        sum_B = jnp.sum(x_BxL, -1)
+        if mode == "token_mean":
+            return jnp.sum(weight_B * sum_B) / (jnp.sum(weight_B) * L)
+        if mode == "seq_mean_token_mean":
+            return jnp.sum(weight_B * sum_B / L)
+    else:
+        sum_B = jnp.sum(jnp.where(mask_BxL, x_BxL, 0.0), -1)
+        n_B = jnp.sum(mask_BxL, -1).astype(sum_B.dtype)  # exactly L where every token is valid
+        if mode == "token_mean":
+            return jnp.sum(weight_B * sum_B) / jnp.maximum(jnp.sum(weight_B * n_B), jnp.finfo(sum_B.dtype).tiny)
+        if mode == "seq_mean_token_mean":
+            return jnp.sum(weight_B * sum_B / jnp.maximum(n_B, 1.0))
     if mode == "seq_mean_token_sum":
         return jnp.sum(weight_B * sum_B)
     if mode == "seq_mean_token_sum_norm":
@@ -215,9 +228,11 @@ def token_loss_BxL(kind: str, logp_BxL: jax.Array, logp_old_BxL: jax.Array, adv_
 
 def policy_loss(kind: str, aggregation: str, weight_B: jax.Array, logp_BxL: jax.Array, logp_old_BxL: jax.Array,
                 adv_B: jax.Array, eps_low, eps_high, kl_coef=0.0, kl_BxL: jax.Array | None = None,
-                entropy_coef=0.0, entropy_BxL: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                entropy_coef=0.0, entropy_BxL: jax.Array | None = None,
+                mask_BxL: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """The scalar loss: per-token policy loss + kl_coef * KL - entropy_coef * entropy, aggregated
-    (KL and entropy per token inside the aggregation, as TRL and verl do)."""
+    (KL and entropy per token inside the aggregation, as TRL and verl do) over the valid tokens
+    (`mask_BxL`, None: all)."""
     tok_BxL = token_loss_BxL(kind, logp_BxL, logp_old_BxL, adv_B, eps_low, eps_high)
     if kl_BxL is not None:
         tok_BxL = tok_BxL + kl_coef * kl_BxL
@@ -225,5 +240,6 @@ def policy_loss(kind: str, aggregation: str, weight_B: jax.Array, logp_BxL: jax.
         tok_BxL = tok_BxL - entropy_coef * entropy_BxL
     ratio_BxL = jnp.exp(logp_BxL - logp_old_BxL)
     clipped_BxL = ((ratio_BxL > 1 + eps_high) & (adv_B[:, None] > 0)) | ((ratio_BxL < 1 - eps_low) & (adv_B[:, None] < 0))
-    clip_frac = aggregate(clipped_BxL.astype(logp_BxL.dtype), "token_mean", weight_B) if kind == "clip" else 0.0
-    return aggregate(tok_BxL, aggregation, weight_B), {"clip_frac": jax.lax.stop_gradient(clip_frac)}
+    clip_frac = (aggregate(clipped_BxL.astype(logp_BxL.dtype), "token_mean", weight_B, mask_BxL=mask_BxL)
+                 if kind == "clip" else 0.0)
+    return aggregate(tok_BxL, aggregation, weight_B, mask_BxL=mask_BxL), {"clip_frac": jax.lax.stop_gradient(clip_frac)}

@@ -168,6 +168,40 @@ def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict |
                                 "ud_minus_uu_last": float(np.mean(gap_TxN[-1]))}}
 
 
+def sampled_geometry(ref_rewards: tuple[np.ndarray, np.ndarray], delta: float, key: jax.Array) -> dict:
+    """kappa(+-delta) of a reference known only by samples (a pretrained checkpoint): the tilt over
+    its sampled rewards (r_PxS per reward), with a bootstrap standard error (geometry.bootstrap_kappa);
+    E_ref[R] with its standard error; and the correlation of phi and phi_prime over the samples
+    with their joint support (the orthogonality the blog assumes, measured)."""
+    out = {"delta": float(delta), "samples_per_prompt": int(ref_rewards[0].shape[1])}
+    for which, (name, r_PxS) in enumerate(zip(REWARDS, ref_rewards)):
+        kappa, se = geometry.bootstrap_kappa(jax.random.fold_in(key, which), jnp.asarray(r_PxS, jnp.float32),
+                                             jnp.float32(delta))
+        out[name] = {"mean": float(np.mean(r_PxS)), "mean_se": float(np.std(r_PxS, ddof=1) / np.sqrt(r_PxS.size)),
+                     "tilt": {"kappa": _finite(kappa), "kappa_se": _finite(se)}}
+    phi_N, phi_prime_N = (np.asarray(r, np.float64).ravel() for r in ref_rewards)
+    corr = np.corrcoef(phi_N, phi_prime_N)[0, 1] if np.std(phi_N) > 0 and np.std(phi_prime_N) > 0 else np.nan
+    pairs = {(a, b) for a, b in zip(phi_N.tolist(), phi_prime_N.tolist())}
+    ortho = {"corr": _finite(corr), "samples": int(phi_N.size), "support_pairs": len(pairs),
+             "value_pairs": len(set(phi_N.tolist())) * len(set(phi_prime_N.tolist()))}
+    return {"geometry": out, "orthogonality": {"reference": ortho, "final": None}}
+
+
+def sampled_report(batch: Batch, result: TrainResult, ref_rewards: tuple[np.ndarray, np.ndarray]) -> list[dict]:
+    """`report` for a pretrained checkpoint: per sweep point the reference's sampled kappa and
+    orthogonality (the same checkpoint for every point; only kappa_delta may differ) and the
+    quadrant table over training. The toy's factorised analyses (KL-cost curves over a pmf,
+    orthogonality by enumeration, the family solve) do not apply and are not computed."""
+    points = []
+    for p in range(len(batch.point_values)):
+        run, hp = point_hparams(batch, p)
+        runs = np.flatnonzero(batch.points_R == p)
+        healthy = result.diverged_at_step_R[runs] < 0
+        points.append(sampled_geometry(ref_rewards, float(hp["kappa_delta"]), jax.random.key(0))
+                      | {"quadrants": quadrant_summary(result.metrics, runs[healthy])})
+    return points
+
+
 def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dict], dict]:
     """(one dict per sweep point for summary.json, the arrays the figures of point 0 need), as much
     as exp.analysis asks for (see config.ANALYSIS_MODES); nothing for 'none'."""

@@ -12,10 +12,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from sim import algos, geometry, policies
+from sim import algos, geometry, policies, text_task
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
+from sim.policies.pretrained import DTYPES, Settings
 from sim.sft import SFT
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
@@ -69,7 +70,7 @@ _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
-    "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
+    "task": {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS | {"relative_weight"},
     "policy": set(),  # depends on policy.kind: see _POLICY_KEYS
@@ -80,6 +81,16 @@ _KEYS: dict[str, set[str]] = {
     "algo.kl": {"beta", "estimator", "placement"},
     "optim": {"name", "lr", "max_grad_norm"},
 }
+# task.kind: toy (the default: the synthetic world above) | text (real prompts and tokens: text_task.py)
+TASK_KINDS = ("toy", "text")
+_TEXT_KEYS: dict[str, set[str]] = {
+    "task": text_task.KEYS,
+    "task.phi": text_task.REWARD_KEYS,
+    "task.phi_prime": text_task.REWARD_KEYS | {"relative_weight"},
+}
+# the toy's hparams a text task has no use for (the reference is the checkpoint): NaN, so a use shows
+_TEXT_ABSENT = {"competence_phi": math.nan, "competence_phi_prime": math.nan, "competence_spread": 0.0,
+                "kappa_phi_target": math.nan, "kappa_phi_prime_target": math.nan}
 _NEURAL_KEYS = {"kind", "d_model", "hidden", "sft", "eval"}
 _POLICY_KEYS: dict[str, set[str]] = {
     "tabular": {"kind"},
@@ -87,12 +98,13 @@ _POLICY_KEYS: dict[str, set[str]] = {
     "mlp": _NEURAL_KEYS | {"layers", "window"},
     "gru": _NEURAL_KEYS,
     "transformer": _NEURAL_KEYS | {"layers", "heads", "positions"},
+    "pretrained": {"kind", "checkpoint", "dtype", "remat", "temperature", "top_k", "top_p", "eval"},
 }
 
 
 @dataclass(frozen=True)
 class Static:
-    task: Task
+    task: Task | None  # None for a text task until its tokenizer is loaded (text_task.build gives it)
     policy: str
     width: int
     advantage: str
@@ -113,6 +125,7 @@ class Static:
     # whether the loss carries the entropy bonus: parse() clears it when every run's entropy_coef is
     # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
+    lm: Settings | None = None  # policy.kind=pretrained: its settings (the checkpoint's architecture once loaded)
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,7 @@ class Experiment:
     record: str = "runs"  # 'runs' | 'points' ('auto' is resolved by parse)
     sft: SFT | None = None  # neural policies: how their reference is trained
     analysis: str = "basic"  # ANALYSIS_MODES
+    text: text_task.TextTaskConfig | None = None  # task.kind=text: the task's config (built at the edge)
 
     @property
     def n_runs(self) -> int:
@@ -218,16 +232,16 @@ _HPARAM_RULES = {
 _OPTIONAL = {"overlap": 0.0, "relative_weight": None}  # overlap: families without features ignore it
 
 
-def _hparams(cfg) -> tuple[dict[str, float], dict[str, tuple[float, ...]], dict[str, float]]:
+def _hparams(cfg, optional: dict = _OPTIONAL) -> tuple[dict[str, float], dict[str, tuple[float, ...]], dict[str, float]]:
     """(hparams, axes, derived): scalars per hparam name, sweep axes per config key (in SWEEP_KEYS
     order), and the derived settings that are set to one value."""
     hparams, axes, derived = {}, {}, {}
     for name, key in SWEEP_KEYS.items():
         section, _, leaf = key.rpartition(".")
         absent = leaf not in lookup(cfg, section) or (name in DERIVED_KEYS and lookup(cfg, key) is None)
-        if name in _OPTIONAL and absent:
+        if name in optional and absent:
             if name in HPARAM_KEYS:
-                hparams[name] = _OPTIONAL[name]
+                hparams[name] = optional[name]
             continue
         check, allowed = _HPARAM_RULES[name]
         v = lookup(cfg, key)
@@ -266,9 +280,10 @@ def parse_runtime(cfg: Mapping) -> Runtime:
     return Runtime(cache, devices, sft_cache)
 
 
-def _check_algo(s: Static) -> None:
+def _check_algo(s: Static, text: text_task.TextTaskConfig | None = None) -> None:
     """Combinations that are each valid alone but not together."""
-    if s.advantage in algos.NEEDS_BATCH and s.mode == "sampled" and s.task.prompts * s.group_size < 2:
+    prompts = text.prompts if text else s.task.prompts
+    if s.advantage in algos.NEEDS_BATCH and s.mode == "sampled" and prompts * s.group_size < 2:
         raise ConfigError(f"algo.group_size={s.group_size}: {s.advantage} whitens over the batch of "
                           f"task.prompts * algo.group_size responses, which must be >= 2")
     if s.epochs > 1 and s.loss != "clip":
@@ -280,7 +295,10 @@ def _check_algo(s: Static) -> None:
     if s.kl_estimator == "exact" and s.policy not in policies.FACTORISED:
         raise ConfigError(f"algo.kl.estimator=exact: needs a factorised policy ({', '.join(policies.FACTORISED)}), "
                           f"not policy.kind={s.policy}")
-    n = s.task.vocab ** s.task.length
+    if text and s.mode == "exact":
+        raise ConfigError("algo.mode=exact: not with task.kind=text (a real vocabulary's responses cannot be "
+                          "enumerated); allowed: sampled")
+    n = 0 if text else s.task.vocab ** s.task.length
     if s.mode == "exact" and n > MAX_RESPONSES:
         raise ConfigError(f"algo.mode=exact: enumerates task.vocab**task.length = {s.task.vocab}**{s.task.length} "
                           f"= {n} responses; at most {MAX_RESPONSES} allowed")
@@ -334,14 +352,48 @@ def _sft(cfg) -> SFT:
                lr=real(cfg, "policy.sft.lr", *POSITIVE), seed=integer(cfg, "policy.sft.seed", 0))
 
 
+def _pretrained(cfg) -> Settings:
+    """policy=pretrained's settings. The checkpoint is only located here (a missing file or an
+    unregistered name is a one-line error before anything runs); it is read at the edge
+    (sim/lm_setup.py)."""
+    from sim.lm import checkpoint  # here, not at the top: only this family needs gguf and safetensors
+
+    source = lookup(cfg, "policy.checkpoint")
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"policy.checkpoint={source!r}: must be a registered name "
+                          f"({', '.join(checkpoint.REGISTRY)}), a Hugging Face directory or a .gguf file")
+    try:
+        checkpoint.resolve(source)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"policy.checkpoint={source}: {e}") from None
+    temperature = real(cfg, "policy.temperature", *POSITIVE)
+    top_p = real(cfg, "policy.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    remat = lookup(cfg, "policy.remat")
+    if not isinstance(remat, bool):
+        raise ConfigError(f"policy.remat={remat!r}: must be true or false")
+    return Settings(checkpoint=source, dtype=choice(cfg, "policy.dtype", DTYPES), remat=remat,
+                    temperature=temperature, top_k=integer(cfg, "policy.top_k", 0), top_p=top_p)
+
+
+def task_kind(cfg: Mapping) -> str:
+    """toy unless the task section says kind: text (every toy config predates the key)."""
+    task = lookup(cfg, "task")
+    return choice(cfg, "task.kind", TASK_KINDS) if isinstance(task, Mapping) and "kind" in task else "toy"
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     if is_list(kind := lookup(cfg, "policy.kind")):  # read before the keys are checked: say so here too
         raise ConfigError(f"policy.kind={list(kind)!r}: static keys cannot be swept in-process; "
                           "use -m (Hydra multirun) with comma-separated values")
     kind = choice(cfg, "policy.kind", policies.KINDS)
-    _check_keys(cfg, {**_KEYS, "policy": _POLICY_KEYS[kind]})
-    task = _task(cfg)
+    is_text = task_kind(cfg) == "text"
+    _check_keys(cfg, {**_KEYS, "policy": _POLICY_KEYS[kind], **(_TEXT_KEYS if is_text else {})})
+    if is_text and kind != "pretrained":
+        raise ConfigError(f"task.kind=text: needs policy.kind=pretrained (a checkpoint and its tokenizer), "
+                          f"not policy.kind={kind}")
+    text = text_task.parse(cfg) if is_text else None
+    task = None if is_text else _task(cfg)
     neural = kind in policies.NEURAL
     advantage = choice(cfg, "algo.advantage", tuple(algos.ADVANTAGES))
     mode = choice(cfg, "algo.mode", MODES)
@@ -365,9 +417,14 @@ def parse(cfg: Mapping) -> Experiment:
         eval_samples=integer(cfg, "policy.eval.samples", 2) if neural else 0,
         enumerate_max=integer(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
     )
-    _check_algo(static)
+    _check_algo(static, text)
+    if kind == "pretrained":
+        if not is_text:
+            raise ConfigError("policy.kind=pretrained: needs a text task (task=text); the toy task's tokens are "
+                              "not a real model's vocabulary")
+        static = replace(static, lm=_pretrained(cfg), eval_samples=integer(cfg, "policy.eval.samples", 2))
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
-    hparams, axes, derived = _hparams(cfg)
+    hparams, axes, derived = _hparams(cfg, {**_OPTIONAL, **_TEXT_ABSENT} if is_text else _OPTIONAL)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
     entropy_coefs = axes.get(SWEEP_KEYS["entropy_coef"], (hparams["entropy_coef"],))
     static = replace(static, entropy_bonus=any(c != 0 for c in entropy_coefs))
@@ -378,7 +435,8 @@ def parse(cfg: Mapping) -> Experiment:
                      checkpoint_seconds=_checkpoint_seconds(cfg),
                      resume=flag(cfg, "resume", True), overwrite=flag(cfg, "overwrite", False),
                      axes=axes, derived=derived, sft=_sft(cfg) if neural else None,
-                     analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic")
+                     analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic",
+                     text=text)
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     return replace(exp, record=record)

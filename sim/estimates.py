@@ -24,10 +24,15 @@ def enumerates(task: Task, enumerate_max: int) -> bool:
     return task.vocab ** task.length <= enumerate_max
 
 
-def _step_kl_entropy_B(logits_BxLxV, ref_logits_BxLxV):
+def _step_kl_entropy_B(logits_BxLxV, ref_logits_BxLxV, mask_BxL=None):
     logp, logq = jax.nn.log_softmax(logits_BxLxV), jax.nn.log_softmax(ref_logits_BxLxV)
     p = jnp.exp(logp)
-    return jnp.sum(p * (logp - logq), (-1, -2)), -jnp.sum(p * logp, (-1, -2))
+    if mask_BxL is None:
+        return jnp.sum(p * (logp - logq), (-1, -2)), -jnp.sum(p * logp, (-1, -2))
+    # summed over the response's own steps (up to its EOS): the KL and entropy of the sequence
+    # distribution of responses that stop there
+    kl_BxL, entropy_BxL = jnp.sum(p * (logp - logq), -1), -jnp.sum(p * logp, -1)
+    return jnp.sum(jnp.where(mask_BxL, kl_BxL, 0.0), -1), jnp.sum(jnp.where(mask_BxL, entropy_BxL, 0.0), -1)
 
 
 def good_BxK(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array) -> jax.Array:
@@ -54,17 +59,23 @@ def _enumerated(task, policy, params, ref_params, w):
     return out, tuple(_per_prompt_mean(good_BxK(spec, task.vocab, tokens_BxL), p_B, P) for spec in task.specs)
 
 
-def _monte_carlo(task, policy, params, ref_params, w, key, samples):
+def _masked(good_prob_BxK: jax.Array, spec: RewardSpec, mask_BxL: jax.Array | None) -> jax.Array:
+    return good_prob_BxK if mask_BxL is None else jnp.where(mask_BxL[:, jnp.array(spec.positions)], good_prob_BxK, 0.0)
+
+
+def _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples=False):
     P = task.prompts
     prompts_B = prompt_major(P, samples)
     tokens_BxL = policy.sample(params, key, samples)
+    mask_BxL = None if policy.response_mask is None else policy.response_mask(tokens_BxL)
     logits_BxLxV = policy.token_logits(params, prompts_B, tokens_BxL)
-    kl_B, entropy_B = _step_kl_entropy_B(logits_BxLxV, policy.token_logits(ref_params, prompts_B, tokens_BxL))
-    # per response and position: P(good | its prefix), whose mean over responses is P(good)
-    good_prob_BxK = tuple(task_lib.good_prob_PxK(spec, logits_BxLxV) for spec in task.specs)
+    kl_B, entropy_B = _step_kl_entropy_B(logits_BxLxV, policy.token_logits(ref_params, prompts_B, tokens_BxL), mask_BxL)
+    # per response and position: P(good | its prefix), whose mean over responses is P(good); a
+    # position after the response's end (known from the prefix) holds no token, so it is not good
+    good_prob_BxK = tuple(_masked(task_lib.good_prob_PxK(spec, logits_BxLxV), spec, mask_BxL) for spec in task.specs)
     phi_B, phi_prime_B = (jnp.mean(g_BxK, -1) if spec.shape == "mean" else indicator_B
                           for spec, g_BxK, indicator_B in zip(task.specs, good_prob_BxK,
-                                                              task_lib.rewards_B(task, tokens_BxL)))
+                                                              task_lib.rewards_B(task, tokens_BxL, mask_BxL)))
     values = {"phi": phi_B, "phi_prime": phi_prime_B, "reward": w[0] * phi_B + w[1] * phi_prime_B,
               "kl": kl_B, "entropy": entropy_B}
     out = {}
@@ -72,20 +83,28 @@ def _monte_carlo(task, policy, params, ref_params, w, key, samples):
         v_PxS = v.reshape(P, samples)
         out[k] = jnp.mean(v_PxS)
         out[k + "_se"] = jnp.sqrt(jnp.mean(jnp.var(v_PxS, -1, ddof=1)) / (P * samples))
-    out["spill"] = jnp.mean(task_lib.good_prob_PxK(task_lib.spill_spec(task), logits_BxLxV))  # P(token | prefix)
+    spill = task_lib.spill_spec(task)
+    out["spill"] = jnp.mean(_masked(task_lib.good_prob_PxK(spill, logits_BxLxV), spill, mask_BxL))  # P(token | prefix)
+    if keep_samples:  # the responses themselves, with their rewards (indicators, not Rao-Blackwellised)
+        reward_B = task_lib.rewards_B(task, tokens_BxL, mask_BxL)
+        out |= {"sample_tokens": tokens_BxL, "sample_phi": reward_B[0], "sample_phi_prime": reward_B[1],
+                "sample_mask": jnp.ones(tokens_BxL.shape, bool) if mask_BxL is None else mask_BxL}
     uniform_B = jnp.full(prompts_B.shape, 1.0 / samples)
     return out, tuple(_per_prompt_mean(g_BxK, uniform_B, P) for g_BxK in good_prob_BxK)
 
 
 def sequence_metrics(task: Task, policy: Policy, params, ref_params, w: tuple, key: jax.Array,
-                     samples: int, enumerate_max: int) -> tuple[dict, tuple[jax.Array, jax.Array]]:
+                     samples: int, enumerate_max: int, keep_samples: bool = False
+                     ) -> tuple[dict, tuple[jax.Array, jax.Array]]:
     """E[phi], E[phi_prime], E[w0*phi + w1*phi_prime], KL(pi || ref) and entropy of the response
     distribution, averaged over prompts, plus `<name>_se` when estimated by Monte Carlo, and
     `spill` (task.spill_spec, without a standard error); and for
-    each reward the probability of a good token at each of its positions per prompt (PxK)."""
+    each reward the probability of a good token at each of its positions per prompt (PxK).
+    `keep_samples` (Monte Carlo only): also the drawn responses, `sample_tokens` BxL (prompt-major),
+    `sample_mask` BxL (Policy.response_mask) and their rewards `sample_phi`, `sample_phi_prime` B."""
     if enumerates(task, enumerate_max):
         return _enumerated(task, policy, params, ref_params, w)
-    return _monte_carlo(task, policy, params, ref_params, w, key, samples)
+    return _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples)
 
 
 def joint_count_pmf(task: Task, policy: Policy, params, key: jax.Array, samples: int,

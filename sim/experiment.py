@@ -30,7 +30,7 @@ from sim.train import Snapshot, TrainResult, make_train, metric_names, run_keys,
 
 def train_with_progress(exp: Experiment, batch: Batch, **train_kw) -> TrainResult:
     """Train with a progress bar on stderr; the bar starts after compilation so steps/s is honest.
-    `train_kw` goes to train() (start, on_snapshot)."""
+    `train_kw` goes to train() (start, on_snapshot, shared, on_samples)."""
     train = make_train(exp.static, exp.rows_per_chunk)
     print(f"sim: compiling {batch.size} runs ({batch.n_points} sweep points x {len(exp.seeds)} seeds) x "
           f"{exp.static.steps} steps ...", file=sys.stderr, flush=True)
@@ -90,10 +90,12 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
     }
 
 
-def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints, ref_R) -> Snapshot | None:
+def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints, ref_R,
+                 shared=None) -> Snapshot | None:
     keys_R = run_keys(batch.seeds_R)
     try:
-        start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows, ref_R))
+        start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows, ref_R,
+                                                                  shared))
     except CheckpointError as e:
         raise ConfigError(f"hydra.run.dir={out}: {e}; pass overwrite=true to start again") from None
     step = start.rows_done * exp.static.log_every if start else 0
@@ -180,16 +182,25 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         rundir.write_atomic(out / "config.yaml", yaml.safe_dump(plain_cfg, sort_keys=False))
     else:
         _check_provenance(out, prov)
+    loaded, lm_kw = None, {}
+    if exp.static.lm is not None:  # a pretrained checkpoint: read it, and its tokenizer's text task
+        from sim import lm_setup
+
+        loaded = lm_setup.load(exp)
+        exp = loaded.exp
     batch = expand(exp)
+    if loaded is not None:
+        lm_kw = {"shared": loaded.shared,
+                 "on_samples": lm_setup.SamplesWriter(out / "samples.jsonl", loaded.text, batch, action == "fresh")}
     refs = reference.prepare(exp, batch.hparams_R) if exp.sft is not None else None  # the SFT stage
     ref_R = refs.params_R if refs is not None else None
     checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
     try:
         if exp.record == "points":  # rows are reduced as they come: nothing to stream or resume from
-            result = train_with_progress(exp, batch, points_R=batch.points_R, ref_R=ref_R)
+            result = train_with_progress(exp, batch, points_R=batch.points_R, ref_R=ref_R, **lm_kw)
             write_points_csv(out / "points.csv", result.point_stats, batch)
             return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
-        start = _resume_from(exp, batch, out, checkpoints, ref_R) if action == "resume" else None
+        start = _resume_from(exp, batch, out, checkpoints, ref_R, lm_kw.get("shared")) if action == "resume" else None
         steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
         table = rundir.MetricsCsv(out / "metrics.csv", metric_names(exp.static) + ("diverged_at_step",), steps_T,
                                   run_columns(batch))
@@ -200,7 +211,7 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
             table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
             checkpoints.maybe_save(snap)
 
-        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R)
+        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R, **lm_kw)
     finally:
         checkpoints.close()
     return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
@@ -212,7 +223,13 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
     if refs is not None:
         info["sft"] = {"seconds": refs.seconds, "points": refs.points}
     t0 = time.perf_counter()
-    extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
+    if exp.static.lm is not None and exp.analysis != "none":  # kappa from the reference's sampled rewards
+        from sim import lm_setup
+
+        ref_rewards = lm_setup.reference_rewards(out / "samples.jsonl", exp.static.task.prompts)
+        extras, arrays = analysis.sampled_report(batch, result, ref_rewards), {}
+    else:
+        extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
     for point, extra in zip(info["points"], extras):
         point.update(extra)
     info["analysis_seconds"] = time.perf_counter() - t0

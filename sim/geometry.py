@@ -270,3 +270,32 @@ def family_kl_cost(task: Task, which: int | jax.Array, policy: Policy, delta_D: 
         return jnp.where(reached, kl, jnp.inf), shift
 
     return jax.vmap(solve)(jnp.broadcast_to(which, delta_D.shape), delta_D)
+
+
+# ---- kappa from samples: the tilt over the reference's sampled rewards ----
+
+def sampled_kl_cost(r_PxS: jax.Array, delta: jax.Array) -> jax.Array:
+    """C(delta) of the empirical reference: per prompt, S sampled responses of equal weight 1/S,
+    with reward values r_PxS. The tilt reweights sample i of prompt p ∝ exp(lam r_pi), one lam
+    for all prompts, as `kl_cost` does for a pmf: `_tilt` broadcasts values per prompt, so the
+    same root finder serves (values_PxS in place of values_J)."""
+    pmf_PxS = jnp.full(r_PxS.shape, 1.0 / r_PxS.shape[-1])
+    return kl_cost(r_PxS, pmf_PxS, delta)
+
+
+def sampled_kappa(r_PxS: jax.Array, delta: jax.Array) -> jax.Array:
+    """kappa(delta) = C(+delta) / C(-delta) of the empirical reference (see `kappa`). It is the
+    exact tilt kappa of the reference as S grows: E and KL of a tilt of the reference depend on
+    the reference only through the distribution of R, which the samples estimate."""
+    gain, loss = jax.vmap(lambda d: sampled_kl_cost(r_PxS, d))(jnp.stack([delta, -delta]))
+    return gain / loss
+
+
+def bootstrap_kappa(key: jax.Array, r_PxS: jax.Array, delta: jax.Array, resamples: int = 200
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(kappa, standard error): the sampled kappa and the std of its value over `resamples`
+    bootstrap resamples (each prompt's S samples drawn again with replacement, prompts kept)."""
+    P, S = r_PxS.shape
+    idx_RxPxS = jax.random.randint(key, (resamples, P, S), 0, S)
+    boot_R = jax.lax.map(lambda idx_PxS: sampled_kappa(jnp.take_along_axis(r_PxS, idx_PxS, -1), delta), idx_RxPxS)
+    return sampled_kappa(r_PxS, delta), jnp.std(boot_R)

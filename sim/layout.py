@@ -28,21 +28,39 @@ NEURAL_RUN_BLOCK = 8
 
 def run_block(static: Static) -> int:
     """Runs per block. Exact mode enumerates every response, so one run is already a large batch
-    and padding a single run to a block would multiply its cost: blocks of one there."""
-    if static.mode == "exact":
+    and padding a single run to a block would multiply its cost: blocks of one there. A
+    pretrained checkpoint's runs go one after another too (see run_devices)."""
+    if static.mode == "exact" or static.lm is not None:
         return 1
     return RUN_BLOCK if static.arch is None else NEURAL_RUN_BLOCK
 
 
-def over_runs(fn: Callable, mesh: Mesh, block: int) -> Callable:
+def run_devices(static: Static) -> list:
+    """The devices the run axis is split over: all local ones, except for a pretrained checkpoint,
+    whose runs go one after another on the first device (blocks of one, no padding). A real
+    model's run is a large batch of its own, R copies of its parameters and optimizer state need
+    not fit at once, and padding 1 seed to the device count would double the work; the other
+    devices are for sharding the model itself (sim/lm/sharding.py), not the runs."""
+    devices = jax.local_devices()
+    return devices[:1] if static.lm is not None else devices
+
+
+def over_runs(fn: Callable, mesh: Mesh, block: int, shared: bool = False) -> Callable:
     """fn of one run -> fn of [R, ...] arrays: R sharded over the mesh, each device's share in
-    blocks of `block` runs (its share must be a multiple of `block`: the caller pads)."""
+    blocks of `block` runs (its share must be a multiple of `block`: the caller pads).
+    `shared`: the first argument is the same for every run (replicated, not mapped), e.g. a frozen
+    reference that all runs read: fn(shared, *one_run's_args)."""
     def local(*args):
+        if shared:
+            return jax.lax.map(lambda a: fn(args[0], *a), args[1:], batch_size=block)
         return jax.lax.map(lambda a: fn(*a), args, batch_size=block)
+
+    def specs(n_args: int) -> tuple:
+        return (PartitionSpec(),) * shared + (PartitionSpec("runs"),) * (n_args - shared)
 
     # check_vma=False: the per-run code uses no collectives, and its inner scans start from
     # constants that the varying-axis type check would otherwise reject
-    return lambda *args: jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec("runs"),) * len(args),
+    return lambda *args: jax.shard_map(local, mesh=mesh, in_specs=specs(len(args)),
                                        out_specs=PartitionSpec("runs"), check_vma=False)(*args)
 
 

@@ -196,7 +196,7 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     _per_point(axes[1], steps_T, metrics, points_R, point_labels, [(f"quad_adv_{q}", c, t) for q, c, t in quads])
     shares = [(f"adv_share_{n}", c, s) for n, (c, s) in REWARD_STYLE.items()]
     _per_point(axes[2], steps_T, metrics, points_R, point_labels, shares)
-    kappas = [(f"kappa_{n}", c, s) for n, (c, s) in REWARD_STYLE.items()]
+    kappas = [(f"kappa_{n}", c, s) for n, (c, s) in REWARD_STYLE.items() if f"kappa_{n}" in metrics]
     with np.errstate(invalid="ignore"):
         finite = {k: np.where(np.isfinite(v), v, np.nan) for k, v in metrics.items() if k.startswith("kappa_")}
     _per_point(axes[3], steps_T, finite, points_R, point_labels, kappas)
@@ -206,7 +206,8 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     axes[3].set(title="κ(δ) under the current policy", xlabel="step", ylabel="C(+δ)/C(−δ)")
     axes[3].axhline(1.0, color="k", lw=0.6)
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a pretrained policy logs no kappa: its panel stays empty
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     save(fig, path)
 

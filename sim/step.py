@@ -46,6 +46,7 @@ class StepBatch(NamedTuple):
     # only the kl_sampled metric reads it: batch_statistics computes it then, on logged steps alone
     kl_B: jax.Array | None
     adv_B: jax.Array
+    mask_BxL: jax.Array | None = None  # Policy.response_mask of the tokens; None: every token counts
 
 
 def per_token_BxL(policy: Policy, f: Callable, params_list: tuple, prompts_B, tokens_BxL) -> jax.Array:
@@ -58,17 +59,21 @@ def per_token_BxL(policy: Policy, f: Callable, params_list: tuple, prompts_B, to
     return f(*(policy.token_logits(p, prompts_B, tokens_BxL) for p in params_list))
 
 
-def _kl_tokens_BxL(static: Static, policy: Policy, ref_params, params, prompts_B, tokens_BxL, logp_BxL, logp_ref_BxL):
+def _kl_tokens_BxL(static: Static, policy: Policy, ref_params, params, prompts_B, tokens_BxL, logp_BxL, logp_ref_BxL,
+                   mask_BxL=None):
     if static.kl_estimator == "exact":
         exact_kl = lambda logits, ref_logits: algos.kl_BxL("exact", None, None, logits, ref_logits)
-        return per_token_BxL(policy, exact_kl, (params, ref_params), prompts_B, tokens_BxL)
+        kl_BxL = per_token_BxL(policy, exact_kl, (params, ref_params), prompts_B, tokens_BxL)
+        return kl_BxL if mask_BxL is None else jnp.where(mask_BxL, kl_BxL, 0.0)
+    if mask_BxL is not None:  # log-ratio 0 after the end: every estimator is then 0, and so is its gradient
+        logp_BxL, logp_ref_BxL = (jnp.where(mask_BxL, x, 0.0) for x in (logp_BxL, logp_ref_BxL))
     return algos.kl_BxL(static.kl_estimator, logp_BxL, logp_ref_BxL)
 
 
 def batch_kl_B(static: Static, policy: Policy, ref_params, params_old, batch: StepBatch) -> jax.Array:
     """The configured KL estimator of each response of the batch under pi_old, summed over its tokens."""
     return jnp.sum(_kl_tokens_BxL(static, policy, ref_params, params_old, batch.prompts_B, batch.tokens_BxL,
-                                  batch.logp_old_BxL, batch.logp_ref_BxL), -1)
+                                  batch.logp_old_BxL, batch.logp_ref_BxL, batch.mask_BxL), -1)
 
 
 def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params, key) -> StepBatch:
@@ -82,6 +87,7 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
     else:
         prompts_B = prompt_major(P, static.group_size)
         tokens_BxL = policy.sample(params, key, static.group_size)
+    mask_BxL = None if policy.response_mask is None else policy.response_mask(tokens_BxL)
     logp_old_BxL = jax.lax.stop_gradient(policy.log_probs(params, prompts_B, tokens_BxL))
     logp_ref_BxL = policy.log_probs(ref_params, prompts_B, tokens_BxL)
     u_PxG = None  # sample statistics
@@ -89,8 +95,9 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
     if static.mode == "exact":  # population statistics: each response weighted by pi_old(y|p)
         u_PxG = jax.nn.softmax(jnp.sum(logp_old_BxL, -1).reshape(P, -1), -1)
         weight_B = u_PxG.reshape(-1) / P
-    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL)
-    batch = StepBatch(prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B, None, None)
+    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL, mask_BxL)
+    batch = StepBatch(prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B, None, None,
+                      mask_BxL)
     components, weights = [phi_B, phi_prime_B], [hp["w_phi"], hp["w_phi_prime"]]
     if static.kl_placement == "reward":
         batch = batch._replace(kl_B=batch_kl_B(static, policy, ref_params, params, batch))
@@ -115,9 +122,11 @@ def loss_fn(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBat
         entropy_BxL = algos.entropy_BxL(logits_PxLxV)[b.prompts_B] if static.entropy_bonus else None
     kl_BxL = None
     if static.kl_placement == "loss":
-        kl_BxL = _kl_tokens_BxL(static, policy, ref_params, params, b.prompts_B, b.tokens_BxL, logp_BxL, b.logp_ref_BxL)
+        kl_BxL = _kl_tokens_BxL(static, policy, ref_params, params, b.prompts_B, b.tokens_BxL, logp_BxL, b.logp_ref_BxL,
+                                b.mask_BxL)
     return algos.policy_loss(static.loss, static.aggregation, b.weight_B, logp_BxL, b.logp_old_BxL, b.adv_B,
-                             hp["eps_low"], hp["eps_high"], hp["beta"], kl_BxL, hp["entropy_coef"], entropy_BxL)
+                             hp["eps_low"], hp["eps_high"], hp["beta"], kl_BxL, hp["entropy_coef"], entropy_BxL,
+                             b.mask_BxL)
 
 
 def inner_epoch(static: Static, policy: Policy, ref_params, hp: dict, batch: StepBatch, carry):

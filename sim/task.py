@@ -83,14 +83,21 @@ def reward_of_count_J(spec: RewardSpec) -> jax.Array:
     return _aggregate(good_JxK, spec.shape)
 
 
-def rewards_B(task: Task, tokens_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(phi, phi_prime) of each sampled response."""
-    out = []
-    for spec in task.specs:
-        tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
-        good_BxK = good_mask_V(spec, task.vocab)[tok_BxK].astype(jnp.float32)
-        out.append(_aggregate(good_BxK, spec.shape))
-    return out[0], out[1]
+def rewards_B(task: Task, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(phi, phi_prime) of each sampled response. A position where `mask_BxL` is False (a real
+    model's tokens after its end-of-sequence token) is never good: it still counts in a `mean`'s
+    denominator and fails an `all`. None: every position counts (the toy's case, unchanged)."""
+    phi_B, phi_prime_B = (reward_B(spec, task.vocab, tokens_BxL, mask_BxL) for spec in task.specs)
+    return phi_B, phi_prime_B
+
+
+def reward_B(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
+    """One reward of each response (see rewards_B)."""
+    tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
+    good_BxK = good_mask_V(spec, vocab)[tok_BxK]
+    if mask_BxL is not None:
+        good_BxK = good_BxK & mask_BxL[:, jnp.array(spec.positions)]
+    return _aggregate(good_BxK.astype(jnp.float32), spec.shape)
 
 
 def good_prob_PxK(spec: RewardSpec, logits_PxLxV: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sim import estimates, geometry, policies, task as task_lib
 from sim.config import Static
-from sim.layout import PointStats, over_runs, point_moments, run_block
+from sim.layout import PointStats, over_runs, point_moments, run_block, run_devices
 from sim.policies.base import Policy
 from sim.step import BATCH_METRICS, batch_statistics, make_optimizer, no_batch_statistics, train_step
 
@@ -38,6 +38,8 @@ METRICS = EXACT_METRICS + KAPPA_METRICS + BATCH_METRICS
 
 def metric_names(static: Static) -> tuple[str, ...]:
     """What a run of `static` logs: METRICS, plus `<name>_se` when its expectations are Monte Carlo."""
+    if static.lm is not None:  # a real model: Monte Carlo expectations, and no factorised kappa (analysis.py)
+        return EXACT_METRICS + BATCH_METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
     if static.arch is None or estimates.enumerates(static.task, static.enumerate_max):
         return METRICS
     return METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
@@ -51,14 +53,19 @@ class RunState(NamedTuple):
     step: jax.Array  # int32: updates attempted so far
     diverged_at: jax.Array  # int32: the step whose update went non-finite (run frozen since); -1: healthy
     ref: Any = None  # neural policies: the SFT-trained reference params (constant; None otherwise)
+    # A pretrained checkpoint's reference is not here: it is one frozen copy that every run reads
+    # (make_train's `shared` argument, replicated, never vmapped), not one per run.
 
 
 def build_policy(static: Static, hp: dict, policy_key: jax.Array, ref=None) -> Policy:
-    """The run's policy; `ref`: a neural policy's SFT-trained reference params (RunState.ref)."""
-    ref_logits = task_lib.reference_logits_PxLxV(
-        static.task, (hp["competence_phi"], hp["competence_phi_prime"]), hp["competence_spread"])
+    """The run's policy; `ref`: a neural policy's SFT-trained reference params (RunState.ref), or
+    a pretrained checkpoint's `pretrained.Frozen` (shared by every run)."""
+    ref_logits = None
+    if static.policy in policies.FACTORISED:
+        ref_logits = task_lib.reference_logits_PxLxV(
+            static.task, (hp["competence_phi"], hp["competence_phi_prime"]), hp["competence_spread"])
     return policies.build(static.policy, static.task, ref_logits, hp, policy_key, width=static.width,
-                          arch=static.arch, ref_params=ref)
+                          arch=static.arch, ref_params=ref, lm=static.lm)
 
 
 def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, key: jax.Array) -> dict:
@@ -67,7 +74,9 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, 
     if policy.marginals is None:
         out, good_prob_PxK = estimates.sequence_metrics(
             static.task, policy, params, ref_params, (hp["w_phi"], hp["w_phi_prime"]), key, static.eval_samples,
-            static.enumerate_max)
+            static.enumerate_max, keep_samples=static.lm is not None)
+        if static.lm is not None:  # kappa of a real model: from its sampled rewards, after training
+            return out
         return out | geometry.marginal_kappas(static.task, good_prob_PxK, hp["kappa_delta"])
     logp_PxLxV = jax.nn.log_softmax(policy.marginals(params))
     logq_PxLxV = jax.nn.log_softmax(policy.marginals(ref_params))
@@ -90,9 +99,10 @@ def eval_key(state: RunState) -> jax.Array:
     return jax.random.fold_in(state.policy_key, 1)
 
 
-def init_run(static: Static, hp: dict, key: jax.Array, ref=None) -> tuple[RunState, dict]:
+def init_run(static: Static, hp: dict, key: jax.Array, ref=None, shared=None) -> tuple[RunState, dict]:
+    """`shared`: the reference every run reads (pretrained.Frozen), passed un-vmapped."""
     key, policy_key = jax.random.split(key)
-    policy = build_policy(static, hp, policy_key, ref)
+    policy = build_policy(static, hp, policy_key, ref if shared is None else shared)
     params = policy.init()
     state = RunState(params, make_optimizer(static, hp).init(params), key, policy_key,
                      step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref)
@@ -130,9 +140,9 @@ def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: Ru
     return state._replace(params=params, opt_state=opt_state, key=key, step=step, diverged_at=diverged_at), m
 
 
-def run_chunk(static: Static, rows: int, state: RunState, hp: dict) -> tuple[RunState, dict]:
+def run_chunk(static: Static, rows: int, state: RunState, hp: dict, shared=None) -> tuple[RunState, dict]:
     """`rows` logged intervals of `log_every` steps each; returns the rows (exact + last batch)."""
-    policy = build_policy(static, hp, state.policy_key, state.ref)
+    policy = build_policy(static, hp, state.policy_key, state.ref if shared is None else shared)
     ref_params = policy.init()
 
     def one_step(carry, i):
@@ -162,9 +172,10 @@ def run_keys(seeds) -> jax.Array:
     return jnp.stack([jax.random.key(int(s)) for s in seeds])
 
 
-def run_shardings() -> tuple[NamedSharding, NamedSharding]:
-    """Shardings of per-run arrays [R, ...] and of logged rows [C, R]: runs split over all devices."""
-    mesh = Mesh(np.array(jax.local_devices()), ("runs",))
+def run_shardings(devices=None) -> tuple[NamedSharding, NamedSharding]:
+    """Shardings of per-run arrays [R, ...] and of logged rows [C, R]: runs split over the devices
+    (all local ones by default; layout.run_devices)."""
+    mesh = Mesh(np.array(jax.local_devices() if devices is None else devices), ("runs",))
     return NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec(None, "runs"))
 
 
@@ -202,6 +213,16 @@ class Snapshot(NamedTuple):
 
 
 ChunkCallback = Callable[[int, int, dict], None]  # (rows done, rows total, rows of this chunk)
+# (steps_C, name -> [C, R, ...]): the responses a pretrained policy's logged rows drew (estimates'
+# `sample_*`), handed to the host as each chunk ends and kept out of the metrics and snapshots
+SamplesCallback = Callable[[np.ndarray, dict], None]
+SAMPLE_PREFIX = "sample_"
+
+
+def split_samples(rows: dict) -> tuple[dict, dict]:
+    """(metric rows, sample arrays) of a chunk's rows."""
+    return ({k: v for k, v in rows.items() if not k.startswith(SAMPLE_PREFIX)},
+            {k: v for k, v in rows.items() if k.startswith(SAMPLE_PREFIX)})
 
 
 def _is_key(x) -> bool:
@@ -213,12 +234,13 @@ def host_state(state: RunState) -> RunState:
     return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x) if _is_key(x) else x), state)
 
 
-def snapshot_template(static: Static, hp_R: dict, keys_R: jax.Array, rows_done: int, ref_R=None) -> Snapshot:
+def snapshot_template(static: Static, hp_R: dict, keys_R: jax.Array, rows_done: int, ref_R=None,
+                      shared=None) -> Snapshot:
     """Shapes and dtypes of a Snapshot of this batch (host form), to restore a checkpoint into."""
     hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
-    state, row = jax.eval_shape(jax.vmap(partial(init_run, static)), hp_R, keys_R, ref_R)
+    state, row = jax.eval_shape(jax.vmap(partial(init_run, static, shared=shared)), hp_R, keys_R, ref_R)
     state = jax.tree.map(lambda x: jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x, state)
-    rows = {k: jax.ShapeDtypeStruct((rows_done + 1,) + v.shape, v.dtype) for k, v in row.items()}
+    rows = {k: jax.ShapeDtypeStruct((rows_done + 1,) + v.shape, v.dtype) for k, v in split_samples(row)[0].items()}
     return Snapshot(rows_done, state, rows)
 
 
@@ -247,24 +269,38 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         raise ValueError(f"rows_per_chunk={chunk_rows} must divide steps/log_every={total_rows}")
     steps_T = np.arange(total_rows + 1) * static.log_every
     key_rows = sorted({0, 1, total_rows})  # what each run keeps when point stats are recorded
-    runs, rows = run_shardings()
+    runs, rows = run_shardings(run_devices(static))
     block = run_block(static)
-    init_R = jax.jit(over_runs(partial(init_run, static), runs.mesh, block), in_shardings=runs, out_shardings=runs)
-    chunk_runs = over_runs(partial(run_chunk, static, chunk_rows), runs.mesh, block)
+    # A pretrained checkpoint's frozen reference is one argument shared by every run, replicated
+    # (`pre`: () or (shared,)), rather than a per-run RunState.ref with a leading [R] axis.
+    shares_ref = static.lm is not None
+    replicated = NamedSharding(runs.mesh, PartitionSpec())
+    pre_sh = (replicated,) * shares_ref
+    if shares_ref:
+        init_one = lambda s, hp, key, ref: init_run(static, hp, key, ref, shared=s)  # noqa: E731
+        chunk_one = lambda s, state, hp: run_chunk(static, chunk_rows, state, hp, shared=s)  # noqa: E731
+    else:
+        init_one, chunk_one = partial(init_run, static), partial(run_chunk, static, chunk_rows)
+    init_R = jax.jit(over_runs(init_one, runs.mesh, block, shares_ref), in_shardings=pre_sh + (runs,) * 3,
+                     out_shardings=runs)
+    chunk_runs = over_runs(chunk_one, runs.mesh, block, shares_ref)
 
-    def chunk_RxC(state, hp):  # rows come back per run, [R, C]; the host wants [C, R]
-        state, rows_RxC = chunk_runs(state, hp)
-        return state, jax.tree.map(lambda x: x.T, rows_RxC)
+    def chunk_RxC(*args):  # rows come back per run, [R, C]; the host wants [C, R]
+        state, rows_RxC = chunk_runs(*args)
+        return state, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rows_RxC)
 
-    chunk_R = jax.jit(chunk_RxC, in_shardings=runs, out_shardings=(runs, rows))
+    chunk_R = jax.jit(chunk_RxC, in_shardings=pre_sh + (runs, runs), out_shardings=(runs, rows))
 
     compiled = {}  # padded batch size -> (init, chunk) executables
 
     def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *, ref_R=None,
               start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None,
-              points_R: np.ndarray | None = None) -> TrainResult:
+              points_R: np.ndarray | None = None, shared=None, on_samples: SamplesCallback | None = None
+              ) -> TrainResult:
         """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R].
         `ref_R`: a neural policy's reference params with a leading [R] axis (reference.prepare).
+        `shared`: a pretrained checkpoint's pretrained.Frozen (required for that family, else None).
+        `on_samples` receives the responses drawn at logged rows (a pretrained policy's), per chunk.
 
         `start` continues a batch from a Snapshot of the same hp_R and keys_R (the numbers are
         those of an uninterrupted call); `on_snapshot` receives one after every chunk.
@@ -277,6 +313,9 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         names = metric_names(static)
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
         hp_R, keys_R, ref_R = _shard_runs((hp_R, keys_R, ref_R), n_runs, runs, block)
+        if shares_ref != (shared is not None):
+            raise ValueError("a pretrained policy's train() needs `shared` (pretrained.Frozen); others take none")
+        pre = (jax.device_put(shared, replicated),) if shares_ref else ()
         reduce = None
         if points_R is not None:
             n_points = int(np.max(points_R)) + 1
@@ -286,14 +325,16 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         t0 = time.perf_counter()
         size = keys_R.shape[0]
         if size not in compiled:
-            compiled[size] = [init_R.lower(hp_R, keys_R, ref_R).compile(), None]
-        state, row0 = compiled[size][0](hp_R, keys_R, ref_R)
+            compiled[size] = [init_R.lower(*pre, hp_R, keys_R, ref_R).compile(), None]
+        state, row0 = compiled[size][0](*pre, hp_R, keys_R, ref_R)
         if compiled[size][1] is None:  # lowered on the real state, so its shardings match
-            compiled[size][1] = chunk_R.lower(state, hp_R).compile()
+            compiled[size][1] = chunk_R.lower(*pre, state, hp_R).compile()
         chunk_c = compiled[size][1]
         # to the host whole, then cut: a device-side slice would be one more dispatch per metric
         unpad = partial(jax.tree.map, lambda x: np.asarray(x)[:, :n_runs])
-        row0 = jax.tree.map(lambda x: x[None], row0)
+        row0, samples0 = split_samples(jax.tree.map(lambda x: x[None], row0))
+        if on_samples is not None and samples0 and start is None:
+            on_samples(steps_T[:1], unpad(samples0))
         chunks, moments = [unpad(row0)], [reduce(row0)] if reduce else []
         rows_done = 0
         if start is not None:
@@ -303,11 +344,14 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             chunks, rows_done = [dict(start.rows)], start.rows_done
         t1 = time.perf_counter()
         ends = range(rows_done + chunk_rows, total_rows + 1, chunk_rows)
-        launched = chunk_c(state, hp_R) if len(ends) else None
+        launched = chunk_c(*pre, state, hp_R) if len(ends) else None
         for i, done in enumerate(ends):
             state, rows = launched
+            rows, samples = split_samples(rows)
+            if on_samples is not None and samples:
+                on_samples(steps_T[done - chunk_rows + 1:done + 1], unpad(samples))
             if i + 1 < len(ends):  # dispatch the next chunk first: the devices run it while the host reads this one
-                launched = chunk_c(state, hp_R)
+                launched = chunk_c(*pre, state, hp_R)
             if reduce is None:
                 chunks.append(unpad(rows))
                 shown = chunks[-1]

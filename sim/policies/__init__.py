@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import jax
 
-from sim.policies import autoregressive, gru, lowrank, mlp, tabular, transformer
+from sim.policies import autoregressive, gru, lowrank, mlp, pretrained, tabular, transformer
 from sim.policies.autoregressive import Arch
 from sim.policies.base import Params, Policy
 from sim.task import Task
 
 FACTORISED = ("tabular", "lowrank")
 NEURAL = ("mlp", "gru", "transformer")  # autoregressive networks; their reference comes from SFT
-KINDS = FACTORISED + NEURAL
+PRETRAINED = ("pretrained",)  # a real checkpoint; its frozen reference is shared by every run (train.py)
+KINDS = FACTORISED + NEURAL + PRETRAINED
 
 
 def net(arch: Arch, task: Task) -> autoregressive.Net:
@@ -19,10 +20,12 @@ def net(arch: Arch, task: Task) -> autoregressive.Net:
 
 
 def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax.Array, width: int = 0,
-          arch: Arch | None = None, ref_params: Params | None = None) -> Policy:
+          arch: Arch | None = None, ref_params: Params | None = None,
+          lm: pretrained.Settings | None = None) -> Policy:
     """The policy of family `kind`, started exactly at the reference. `key` draws fixed parts.
 
-    Factorised families take the reference as logits; neural ones as their SFT-trained params."""
+    Factorised families take the reference as logits; neural ones as their SFT-trained params;
+    a pretrained checkpoint as `pretrained.Frozen` (its params and the task's prompt tokens)."""
     if kind == "tabular":
         return tabular.make(ref_logits_PxLxV)
     if kind == "lowrank":
@@ -31,4 +34,9 @@ def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax
         if arch is None or ref_params is None:
             raise ValueError(f"policy.kind={kind!r} needs its architecture and SFT-trained reference params")
         return autoregressive.make(net(arch, task), ref_params, task)
+    if kind == "pretrained":
+        if lm is None or ref_params is None:
+            raise ValueError("policy.kind='pretrained' needs its settings and the loaded checkpoint")
+        return pretrained.make(lm, ref_params.params, ref_params.prompt_ids_PxT, ref_params.prompt_mask_PxT,
+                               task.length)
     raise ValueError(f"policy.kind={kind!r}; allowed: {', '.join(KINDS)}")

@@ -26,6 +26,10 @@ class Policy(NamedTuple):
     # (params, prompts_B, tokens_BxL) -> logits_BxLxV of each token's next-token distribution
     # (teacher-forced); the entropy bonus and the exact per-token KL read the full distribution
     token_logits: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = None
+    # tokens_BxL -> mask_BxL, True where a token belongs to its response: a real model's response
+    # ends at its first EOS (included) and the tokens drawn after it are out of log-probs, KL,
+    # entropy, rewards and the loss. None: every token counts (fixed-length responses, the toys)
+    response_mask: Callable[[jax.Array], jax.Array] | None = None
 
 
 def prompt_major(prompts: int, per_prompt: int) -> jax.Array:

@@ -1,0 +1,90 @@
+"""The edge of a pretrained policy's run (file I/O, like experiment.py): read the checkpoint and
+its tokenizer, build the text task on that tokenizer, and write samples.jsonl.
+
+config.parse only locates the checkpoint; here it is read, once per run: the frozen reference
+(one copy, in policy.dtype, shared by every run: train.py's `shared`) and the architecture that
+completes `Static.lm`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sim import text_task
+from sim.config import Experiment
+from sim.lm import checkpoint, tokenizer as tokenizer_lib
+from sim.policies.base import prompt_major
+from sim.policies.pretrained import Frozen
+from sim.sweep import Batch
+
+
+class Loaded(NamedTuple):
+    exp: Experiment  # static.task (the text task's) and static.lm (model, eos_id) filled in
+    shared: Frozen
+    text: text_task.TextTask
+
+
+def load(exp: Experiment) -> Loaded:
+    """Read the checkpoint of exp.static.lm and build exp.text on its tokenizer."""
+    settings = exp.static.lm
+    cfg, params = checkpoint.load(settings.checkpoint, dtype=jnp.dtype(settings.dtype))
+    tok = tokenizer_lib.load(settings.checkpoint)
+    text = text_task.build(exp.text, tok, vocab=cfg.vocab)
+    eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
+    static = replace(exp.static, task=text.task, lm=replace(settings, model=cfg, eos_id=eos))
+    shared = Frozen(jax.tree.map(jnp.asarray, params), jnp.asarray(text.prompt_ids_PxT, jnp.int32),
+                    jnp.asarray(text.prompt_mask_PxT, bool))
+    return Loaded(replace(exp, static=static), shared, text)
+
+
+class SamplesWriter:
+    """samples.jsonl: one line per response drawn at a logged step (the Monte Carlo responses of
+    the logged metrics, `policy.eval.samples` per prompt; step 0's are the reference's): step, run,
+    seed, point, prompt (index and text), response text (up to and without its EOS), whether it
+    ended at EOS, phi and phi_prime. Appended as each chunk ends, decoded here on the host."""
+
+    def __init__(self, path: Path, text: text_task.TextTask, batch: Batch, fresh: bool):
+        self.path, self.text, self.batch = path, text, batch
+        if fresh:
+            path.write_text("")
+
+    def __call__(self, steps_C: np.ndarray, samples: dict) -> None:
+        tokens_CxRxBxL, mask_CxRxBxL = samples["sample_tokens"], samples["sample_mask"]
+        C, R, B, L = tokens_CxRxBxL.shape
+        prompts_B = np.asarray(prompt_major(self.text.task.prompts, B // self.text.task.prompts))
+        eos = self.text.tokenizer.eos_id
+        lines = []
+        for c in range(C):
+            for r in range(R):
+                for b in range(B):
+                    ids = tokens_CxRxBxL[c, r, b][mask_CxRxBxL[c, r, b]].tolist()
+                    finished = bool(ids) and eos is not None and ids[-1] == eos
+                    lines.append(json.dumps({
+                        "step": int(steps_C[c]), "run": r, "seed": int(self.batch.seeds_R[r]),
+                        "point": int(self.batch.points_R[r]), "prompt_index": int(prompts_B[b]),
+                        "prompt": self.text.prompt_texts[prompts_B[b]],
+                        "response": self.text.tokenizer.decode(ids[:-1] if finished else ids),
+                        "finished": finished, "phi": float(samples["sample_phi"][c, r, b]),
+                        "phi_prime": float(samples["sample_phi_prime"][c, r, b])}, ensure_ascii=False))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def reference_rewards(path: Path, prompts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(phi_PxS, phi_prime_PxS) of the reference, read back from samples.jsonl: step 0's responses
+    of every run pooled per prompt (each run draws its own, so S = runs x policy.eval.samples
+    independent responses). Read from the file so that a resumed run finds them too."""
+    per_prompt = [[] for _ in range(prompts)]
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            s = json.loads(line)
+            if s["step"] == 0:
+                per_prompt[s["prompt_index"]].append((s["phi"], s["phi_prime"]))
+    r_PxSx2 = np.array(per_prompt, np.float64)
+    return r_PxSx2[..., 0], r_PxSx2[..., 1]
