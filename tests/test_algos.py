@@ -202,3 +202,69 @@ def test_clip_and_pg_have_the_same_gradient_on_policy_and_kl_entropy_enter_with_
     np.testing.assert_allclose(*grads(logp), rtol=1e-6)
     extra = jax.jit(lambda lp: loss("pg", lp, 0.5, 0.1) - loss("pg", lp))(logp)
     assert float(extra) == pytest.approx(float(jnp.mean(0.5 * kl - 0.1 * ent)), rel=1e-5)
+
+
+# ---- response masks (a real model's responses end at EOS): sim/algos.aggregate and policy_loss ----
+
+def _masked_batch():
+    """B=4 responses of L=5 tokens, ending after 5, 2, 1 and 3 tokens; values after the end are
+    huge, inf or NaN, so that any leak shows."""
+    x_BxL = jax.random.normal(jax.random.key(7), (4, 5))
+    mask_BxL = jnp.arange(5)[None, :] < jnp.array([5, 2, 1, 3])[:, None]
+    junk_BxL = jnp.where(jnp.arange(20).reshape(4, 5) % 3 == 0, jnp.inf, jnp.nan)
+    return jnp.where(mask_BxL, x_BxL, junk_BxL), mask_BxL
+
+
+def test_masked_aggregations_equal_their_definitions_over_the_valid_tokens():
+    x_BxL, mask_BxL = _masked_batch()
+    x, m = np.asarray(jnp.where(mask_BxL, x_BxL, 0.0), np.float64), np.asarray(mask_BxL, np.float64)
+    B, L = x.shape
+    w_B = jnp.full(B, 1.0 / B)
+    expected = {  # written from the definitions (TRL's bnpo / grpo losses, Dr. GRPO's constant)
+        "token_mean": x.sum() / m.sum(),
+        "seq_mean_token_mean": np.mean(x.sum(1) / m.sum(1)),
+        "seq_mean_token_sum": np.mean(x.sum(1)),
+        "seq_mean_token_sum_norm": x.sum() / (B * L),
+    }
+    for mode, want in expected.items():
+        got = float(algos.aggregate(x_BxL, mode, w_B, mask_BxL=mask_BxL))
+        assert got == pytest.approx(want, rel=1e-6), mode
+
+
+def test_an_all_true_mask_gives_the_mask_free_numbers():
+    """The toy families pass no mask (their code path is the old one, bit for bit); an all-True
+    mask gives the same numbers: bit-identical for the sums, within float32 rounding (1e-6) for the means
+    (XLA turns a division by the constant L into a multiplication, a division by the count not)."""
+    x_BxL = jax.random.normal(jax.random.key(3), (8, 6))
+    w_B = jnp.full(8, 1.0 / 8)
+    ones = jnp.ones(x_BxL.shape, bool)
+    for mode in algos.AGGREGATIONS:
+        a, b = float(algos.aggregate(x_BxL, mode, w_B)), float(algos.aggregate(x_BxL, mode, w_B, mask_BxL=ones))
+        assert a == b if "sum" in mode else a == pytest.approx(b, rel=1e-6, abs=0), mode
+    logp, old = -jnp.abs(x_BxL), -jnp.abs(x_BxL) + 0.1
+    adv_B = jnp.linspace(-1, 1, 8)
+    for kind in algos.LOSSES:
+        for mode in algos.AGGREGATIONS:
+            loss = lambda m: algos.policy_loss(kind, mode, w_B, logp, old, adv_B, 0.2, 0.2, 0.1, x_BxL ** 2, 0.01,  # noqa: E731
+                                               x_BxL, m)
+            (a, aux_a), (b, aux_b) = loss(None), loss(ones)
+            assert float(a) == pytest.approx(float(b), rel=1e-6, abs=1e-9), (kind, mode)
+            assert float(aux_a["clip_frac"]) == float(aux_b["clip_frac"]), (kind, mode)
+
+
+def test_tokens_after_the_end_reach_neither_the_loss_nor_its_gradient():
+    x_BxL, mask_BxL = _masked_batch()
+    B, L = x_BxL.shape
+    w_B, adv_B = jnp.full(B, 1.0 / B), jnp.array([1.0, -0.5, 2.0, -1.0])
+    logp_old = jnp.full((B, L), -1.0)
+
+    def loss(logp_BxL, junk):  # junk: what the positions after the end hold
+        logp_BxL = jnp.where(mask_BxL, logp_BxL, junk)
+        return algos.policy_loss("pg", "token_mean", w_B, logp_BxL, logp_old, adv_B, 0.2, 0.2, mask_BxL=mask_BxL)[0]
+
+    logp = -jnp.abs(jax.random.normal(jax.random.key(1), (B, L)))
+    for junk in (0.0, -50.0, 3.0):
+        assert float(loss(logp, junk)) == float(loss(logp, 0.0))
+    grad_BxL = jax.grad(loss)(logp, -50.0)
+    assert np.all(np.asarray(grad_BxL)[~np.asarray(mask_BxL)] == 0) and np.all(np.isfinite(grad_BxL))
+    assert np.all(np.asarray(grad_BxL)[np.asarray(mask_BxL)] != 0)

@@ -97,6 +97,13 @@ BAD = [
     (["runtime.sft_cache=''"], "runtime.sft_cache='': must be a directory path"),
     (["policy=gru", "+policy.sft.epochs=3"], "policy.sft.epochs: unknown key"),
     (["analysis=slow"], "analysis='slow': allowed values are none, basic, full"),
+    (["policy=pretrained"], "policy.kind=pretrained: needs a text task (task=text)"),
+    (["task=text", "policy=pretrained", "policy.checkpoint=/no/such.gguf"],
+     "policy.checkpoint=/no/such.gguf: checkpoint '/no/such.gguf' does not exist"),
+    (["task=text", "policy=pretrained", "policy.dtype=float16"], "policy.dtype='float16': allowed values are"),
+    (["task=text", "policy=pretrained", "policy.temperature=0"], "policy.temperature=0: must be a finite number > 0"),
+    (["task=text", "policy=pretrained", "policy.top_p=1.5"], "policy.top_p=1.5: must be a number in (0, 1]"),
+    (["task=text", "policy=pretrained", "policy.remat=1"], "policy.remat=1: must be true or false"),
 ]
 
 

@@ -41,12 +41,46 @@ def test_end_to_end_writes_all_outputs(tmp_path):
     assert "phi" in proc.stdout and "step" in proc.stderr  # result line and progress bar
 
 
+def test_pretrained_end_to_end_on_a_tiny_checkpoint(tmp_path):
+    """task=text policy=pretrained on a tiny random HF checkpoint (tests/lm/tiny.py): the usual
+    outputs plus samples.jsonl, with phi, phi_prime, KL, the reference's sampled kappa and the
+    quadrant table in summary.json."""
+    from tests.lm.tiny import write_tiny
+
+    ckpt = write_tiny(tmp_path / "ckpt")["hf_dir"]
+    out = tmp_path / "run"
+    P, G, N, seeds, steps, samples = 3, 4, 6, 2, 2, 2
+    proc = sim_run("task=text", "policy=pretrained", f"policy.checkpoint={ckpt}", f"task.prompts={P}",
+                   f"task.new_tokens={N}", "task.phi.positions={start:0,stop:3}", "task.phi_prime.positions={start:3,stop:6}",
+                   f"algo.group_size={G}", f"seeds={seeds}", f"steps={steps}", "log_every=1", "optim.lr=0.01",
+                   f"policy.eval.samples={samples}", "plots=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("config.yaml", "provenance.json", "metrics.csv", "summary.json", "rewards.png", "samples.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    point = json.loads((out / "summary.json").read_text())["points"][0]
+    m = point["metrics"]
+    assert m["kl"]["start"] == 0 and m["kl"]["end"] > 0 and m["phi"]["n_seeds"] == seeds
+    assert {"phi", "phi_prime", "entropy", "phi_se", "kl_sampled", "quad_frac_ud", "adv_share_phi"} <= set(m)
+    assert not any(k.startswith("kappa") for k in m)  # the toy's factorised kappa is not logged for a real model
+    assert set(point["geometry"]["phi"]["tilt"]) == {"kappa", "kappa_se"}
+    assert point["geometry"]["samples_per_prompt"] == seeds * samples
+    assert set(point["quadrants"]["cells"]) == {"uu", "ud", "du", "dd"}
+    lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == (steps + 1) * seeds * P * samples
+    assert [x["step"] for x in lines[::seeds * P * samples]] == [0, 1, 2]
+    assert {x["prompt_index"] for x in lines} == set(range(P)) and all(isinstance(x["response"], str) for x in lines)
+    assert all(x["phi"] * 3 == round(x["phi"] * 3) and 0 <= x["phi_prime"] <= 1 for x in lines)
+    ref = [x for x in lines if x["step"] == 0]  # the reference's responses: E[phi] as the summary says
+    assert np.mean([x["phi"] for x in ref]) == pytest.approx(point["geometry"]["phi"]["mean"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["policy=cnn"], "policy=cnn: unknown option; allowed values are"),
     (["algo=ppo"], "algo=ppo: unknown option; allowed values are"),
     (["foo=1"], "foo"),
     (["optim.lr=-1"], "optim.lr=-1: must be a finite number > 0"),
     (["algo.group_size=1"], "algo.group_size=1: must be an integer >= 2"),
+    (["policy=pretrained"], "policy.kind=pretrained: needs a text task (task=text)"),
     (["task.prompts=[4,8]"], "task.prompts=[4, 8]: static keys cannot be swept in-process; use -m"),
     (["optim.lr=${oops}"], "oops"),
     (["steps=[1,"], "steps=[1,"),

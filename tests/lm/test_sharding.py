@@ -1,0 +1,133 @@
+"""A GRPO step on the tiny checkpoint gives the same parameters sharded as on one device: on a mesh
+of 8 CPU devices (data 2 x fsdp 2 x tp 2), and across 2 processes joined by JAX's distributed
+runtime on localhost (gloo collectives, fsdp 2). Each layout runs in a fresh subprocess (the device
+count and the distributed runtime are fixed when JAX starts); the subprocess runs this file as a
+script, computes the same step unsharded on one device and sharded, and writes the comparison."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.config_values import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(devices: int) -> dict:
+    return os.environ | {"JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu",
+                         "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _worker(tiny_dir: str, out: str, mesh: tuple[int, int, int], process_id: int = -1, port: int = 0) -> None:
+    from sim import runtime
+    runtime.set_xla_flags()
+    import jax
+    import optax
+
+    from sim.lm import checkpoint, grpo, sharding
+    if process_id >= 0:
+        sharding.initialize_distributed(f"localhost:{port}", 2, process_id)
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    cfg, params = checkpoint.load(tiny_dir)
+    prompts = np.array([[5, 9, 11, 20, 7], [2, 2, 30, 7, 8], [2, 40, 41, 42, 43], [2, 2, 2, 60, 61]], np.int32)
+    pmask = prompts != 2  # tiny's pad id is 2 (= EOS); no real prompt token here is 2
+    # Adam's first step is lr * g / (|g| + eps): eps = 1e-4 bounds its sensitivity to float noise in
+    # g (at most lr / eps = 10x; with the default 1e-8, gradients near zero turn rounding
+    # differences into steps of ~lr), while every parameter with a real gradient moves by ~lr = 1e-3
+    opt = optax.adam(1e-3, eps=1e-4)
+    grpo_step = grpo.make_grpo_step(cfg, opt, group=2, new_tokens=4, tokens_out=True)
+
+    def step(params, opt_state, ref_params, key_data, prompts, pmask):  # raw key bits cross processes
+        return grpo_step(params, opt_state, ref_params, jax.random.wrap_key_data(key_data), prompts, pmask)
+
+    key = jax.random.key_data(jax.random.key(3))
+    args = (params, opt.init(params), params, key, prompts, pmask)
+
+    local = jax.local_devices()[0]
+    one_params, _, one_metrics = jax.jit(step)(*jax.device_put(args, local))
+
+    mesh = sharding.make_mesh(*mesh)
+    ps = sharding.param_shardings(cfg, params, mesh)
+    os_ = sharding.like_params(jax.eval_shape(opt.init, params), params, ps, mesh)
+    rep, batch = NamedSharding(mesh, PartitionSpec()), sharding.batch_sharding(mesh, len(prompts))
+    placed = sharding.put((params, opt.init(params), params, key, prompts, pmask), (ps, os_, ps, rep, batch, batch))
+    sharded = jax.jit(step, in_shardings=(ps, os_, ps, rep, batch, batch), out_shardings=(ps, os_, rep))
+    new_params, new_state, metrics = sharded(*placed)
+
+    gather = (lambda x: np.asarray(x)) if jax.process_count() == 1 else (
+        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)))
+    diffs = jax.tree.map(lambda a, b: float(np.abs(gather(a) - np.asarray(b)).max()), new_params, one_params)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(b) - np.asarray(a)).max()), params, one_params)
+    result = {"max_diff": max(jax.tree.leaves(diffs)), "diffs": diffs, "min_moved": min(jax.tree.leaves(moved)),
+              "tokens_equal": bool((gather(metrics["tokens"]) == np.asarray(one_metrics["tokens"])).all()),
+              "loss": [float(gather(metrics["loss"])), float(one_metrics["loss"])],
+              "fraction": {k: sharding.sharded_fraction(v) for k, v in new_params["blocks"].items()}
+              | {"embed": sharding.sharded_fraction(new_params["embed"]),
+                 "adam_mu_wq": sharding.sharded_fraction(new_state[0].mu["blocks"]["wq"])},
+              "devices": len(jax.devices()), "processes": jax.process_count()}
+    if jax.process_index() == 0:
+        Path(out).write_text(json.dumps(result))
+
+
+def _check(result: dict, devices: int) -> None:
+    assert result["devices"] == devices
+    assert result["max_diff"] <= 1e-5, result
+    assert result["min_moved"] > 1e-4, result  # every parameter moved: the comparison has teeth
+    assert result["tokens_equal"], result
+
+
+def test_grpo_step_on_8_cpu_devices_equals_one_device(tiny, tmp_path):
+    out = tmp_path / "r.json"
+    subprocess.run([sys.executable, __file__, str(tiny["hf_dir"]), str(out), "2,2,2"], env=_env(8), check=True,
+                   cwd=ROOT, timeout=300)
+    r = json.loads(out.read_text())
+    print({k: r[k] for k in ("max_diff", "min_moved", "loss", "fraction")})
+    _check(r, 8)
+    # data 2 x fsdp 2 x tp 2: a matrix split over fsdp and tp holds 1/4 per device; norms are replicated
+    assert r["fraction"]["wq"] == r["fraction"]["w_down"] == r["fraction"]["adam_mu_wq"] == 0.25
+    assert r["fraction"]["embed"] == 0.25 and r["fraction"]["attn_norm"] == 1.0
+
+
+def test_grpo_step_on_two_processes_equals_one_process(tiny, tmp_path):
+    out = tmp_path / "r.json"
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, __file__, str(tiny["hf_dir"]), str(out), "1,2,1", str(i), str(port)],
+                              env=_env(1), cwd=ROOT, stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-3000:]
+    r = json.loads(out.read_text())
+    print({k: r[k] for k in ("max_diff", "min_moved", "loss", "fraction")})
+    _check(r, 2)
+    assert r["processes"] == 2 and r["fraction"]["wq"] == 0.5
+
+
+def test_a_degree_that_does_not_divide_is_refused_in_one_line():
+    import jax
+
+    from sim.lm import sharding
+    from sim.lm.config import LMConfig
+    cfg = LMConfig(family="llama", vocab=37, d_model=24, layers=1, heads=3, kv_heads=3, head_dim=8, ffn=40)
+    mesh = sharding.make_mesh(1, 1, 1)
+    sharding.check_divides(cfg, mesh)
+    fake = type("M", (), {"shape": {"data": 1, "fsdp": 1, "tp": 2}})()
+    with pytest.raises(ConfigError, match=r"^runtime.mesh.tp=2: must divide the model's heads=3$"):
+        sharding.check_divides(cfg, fake)
+    with pytest.raises(ConfigError, match=r"runtime.mesh data=1 x fsdp=1 x tp=2 = 2: must equal the number of devices, 1"):
+        sharding.make_mesh(1, 1, 2, devices=jax.devices()[:1])
+
+
+if __name__ == "__main__":
+    tiny_dir, out, mesh, *proc = sys.argv[1:]
+    _worker(tiny_dir, out, tuple(int(x) for x in mesh.split(",")), *(int(x) for x in proc))

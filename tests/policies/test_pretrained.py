@@ -1,0 +1,172 @@
+"""policy=pretrained (sim/policies/pretrained.py): a checkpoint as a Policy, and what the loop
+does with it (EOS masks, one shared frozen reference). A tiny random Llama (sim/lm/model.py's
+init_params), 3 prompts of unequal length left-padded, responses of 6 tokens over a vocabulary
+of 32 with EOS = 2."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sim import step, task as task_lib
+from sim.config import Static
+from sim.lm import model
+from sim.lm.config import LMConfig
+from sim.policies import pretrained
+from sim.policies.base import prompt_major
+from sim.task import RewardSpec, Task
+from sim.train import build_policy, make_train, run_keys
+
+CFG = LMConfig(family="llama", vocab=32, d_model=16, layers=2, heads=2, kv_heads=1, head_dim=8, ffn=32,
+               tied_embeddings=True, bos_id=1, eos_id=2, pad_id=2)
+EOS = 2
+PROMPTS = [[1, 5, 6], [1, 8, 9, 10, 11], [1, 12]]  # real tokens; the batch left-pads them with PAD = EOS
+L = 6
+TASK = Task(prompts=3, length=L, vocab=32, phi=RewardSpec((0, 1, 2), tuple(range(3, 12))),
+            phi_prime=RewardSpec((3, 4, 5), tuple(range(12, 24))))
+HP = dict(w_phi=4.0, w_phi_prime=1.0, competence_phi=0.2, competence_phi_prime=0.9, competence_spread=0.0,
+          overlap=0.0, beta=0.1, eps_low=0.2, eps_high=0.2, entropy_coef=0.0, lr=1e-2, max_grad_norm=1.0,
+          kappa_phi_target=float("nan"), kappa_phi_prime_target=float("nan"), kappa_delta=0.05)
+
+
+def _frozen(params) -> pretrained.Frozen:
+    T = max(map(len, PROMPTS))
+    ids = np.full((len(PROMPTS), T), EOS, np.int32)
+    mask = np.zeros((len(PROMPTS), T), bool)
+    for p, row in enumerate(PROMPTS):
+        ids[p, T - len(row):], mask[p, T - len(row):] = row, True
+    return pretrained.Frozen(params, jnp.asarray(ids), jnp.asarray(mask))
+
+
+@pytest.fixture(scope="module")
+def frozen():
+    return _frozen(model.init_params(CFG, jax.random.key(0)))
+
+
+def _static(**kw) -> Static:
+    settings = pretrained.Settings("tiny", model=CFG, eos_id=EOS, temperature=kw.pop("temperature", 1.0))
+    base = dict(task=TASK, policy="pretrained", width=0, advantage="grpo", group_size=4, std_eps=1e-4,
+                kl_estimator="k3", kl_placement="loss", optimizer="adam", steps=2, log_every=1, eval_samples=2,
+                entropy_bonus=False, lm=settings)
+    return Static(**(base | kw))
+
+
+def _policy(static: Static, frozen):
+    return build_policy(static, {k: jnp.float32(v) for k, v in HP.items()}, jax.random.key(0), frozen)
+
+
+def _unpadded_log_probs(params, prompt: list[int], response: np.ndarray, temperature: float) -> np.ndarray:
+    """The referee: one sequence, no padding, positions 0.., through model.forward alone."""
+    ids = jnp.asarray([prompt + response.tolist()], jnp.int32)
+    T = len(prompt)
+    logits = model.forward(params, CFG, ids, jnp.arange(ids.shape[1])[None], jnp.ones(ids.shape, bool))[0]
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float64)[T - 1:T - 1 + len(response)] / temperature)
+    return logp[np.arange(len(response)), response]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_log_probs_are_the_models_teacher_forced_log_probs_whatever_the_padding(frozen, temperature):
+    policy = _policy(_static(temperature=temperature), frozen)
+    prompts_B = prompt_major(3, 2)
+    tokens_BxL = jax.random.randint(jax.random.key(5), (6, L), 0, CFG.vocab)
+    got = np.asarray(policy.log_probs(policy.init(), prompts_B, tokens_BxL))
+    for b in range(6):
+        want = _unpadded_log_probs(frozen.params, PROMPTS[int(prompts_B[b])], np.asarray(tokens_BxL[b]), temperature)
+        np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-5)
+
+
+def test_samples_are_prompt_major(frozen):
+    """At a temperature near 0 every response is its prompt's greedy continuation (computed here
+    by argmax over model.forward, without the cache), so row b must answer prompt b // G."""
+    policy = _policy(_static(temperature=1e-4), frozen)
+    G = 3
+    tokens_BxL = np.asarray(policy.sample(policy.init(), jax.random.key(1), G))
+    assert tokens_BxL.shape == (3 * G, L)
+    # causal: the slots after t do not change the logits at t, so one buffer shape per prompt
+    logits_1xSxV = jax.jit(lambda ids: model.forward(frozen.params, CFG, ids, jnp.arange(ids.shape[1])[None],
+                                                     jnp.ones(ids.shape, bool)))
+    greedy = []
+    for prompt in PROMPTS:
+        ids = np.array([prompt + [0] * L], np.int32)
+        for t in range(len(prompt), len(prompt) + L):
+            ids[0, t] = int(np.argmax(logits_1xSxV(jnp.asarray(ids))[0, t - 1]))
+        greedy.append(ids[0, len(prompt):].tolist())
+    assert len({tuple(g) for g in greedy}) > 1  # the prompts lead to different responses: the test can fail
+    for b in range(3 * G):
+        assert tokens_BxL[b].tolist() == greedy[b // G]
+
+
+def test_init_is_the_reference_in_float32_and_a_bfloat16_reference_computes_in_bfloat16(frozen):
+    policy = _policy(_static(), frozen)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(policy.init()))
+    settings = dataclasses.replace(_static().lm, dtype="bfloat16")
+    bf16 = pretrained.make(settings, pretrained.cast(frozen.params, "bfloat16"), frozen.prompt_ids_PxT,
+                           frozen.prompt_mask_PxT, L)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(bf16.init()))
+    prompts_B, tokens_BxL = prompt_major(3, 1), jnp.full((3, L), 7, jnp.int32)
+    # the policy at init and its reference give the same numbers: KL exactly 0 at the start
+    a = bf16.log_probs(bf16.init(), prompts_B, tokens_BxL)
+    b = bf16.log_probs(pretrained.cast(frozen.params, "bfloat16"), prompts_B, tokens_BxL)
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.max(jnp.abs(a - policy.log_probs(policy.init(), prompts_B, tokens_BxL)))) > 1e-4  # bf16 differs
+
+
+def _batch(static, policy, ref, params, tokens_BxL, hp):
+    fixed = policy._replace(sample=lambda params, key, per_prompt: tokens_BxL)
+    return fixed, step.make_step_batch(static, fixed, ref, hp, params, jax.random.key(0))
+
+
+@pytest.mark.parametrize("placement", ["loss", "reward"])
+def test_tokens_after_eos_reach_no_reward_kl_loss_or_gradient(frozen, placement):
+    """Two batches that differ only after each response's first EOS: the same rewards, KL,
+    advantages, loss and gradient. Without the mask they differ (the test can fail)."""
+    static = _static(kl_placement=placement, entropy_bonus=True)
+    hp = {k: jnp.float32(v) for k, v in (HP | {"entropy_coef": 0.01}).items()}
+    policy = _policy(static, frozen)
+    ref = policy.init()
+    params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(9), x.shape), ref)
+    G = static.group_size
+    a_BxL = jax.random.randint(jax.random.key(3), (3 * G, L), 3, CFG.vocab)
+    a_BxL = a_BxL.at[:, 2].set(jnp.where(jnp.arange(3 * G) % 2 == 0, EOS, a_BxL[:, 2]))  # half end at token 2
+    ends_early = (jnp.arange(3 * G) % 2 == 0)[:, None] & (jnp.arange(L) > 2)[None, :]
+    b_BxL = jnp.where(ends_early, 12, a_BxL)  # after the EOS: phi_prime's good token 12 everywhere
+
+    def outputs(pol):  # one compiled program per policy, run on both batches
+        @jax.jit
+        def run(tokens):
+            fixed, batch = _batch(static, pol, ref, params, tokens, hp)
+            loss, grads = jax.value_and_grad(lambda p: step.loss_fn(static, fixed, ref, hp, batch, p)[0])(params)
+            kl_B = step.batch_kl_B(static, fixed, ref, params, batch)
+            return [batch.phi_B, batch.phi_prime_B, kl_B, batch.adv_B, loss, *jax.tree.leaves(grads)]
+        return run
+
+    masked = outputs(policy)
+    for x, y in zip(masked(a_BxL), masked(b_BxL)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    unmasked = outputs(policy._replace(response_mask=None))
+    differs = [not np.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(unmasked(a_BxL), unmasked(b_BxL))]
+    assert differs[1] and differs[2] and differs[4]  # phi_prime, KL and loss see the tokens after EOS
+
+
+def test_runs_share_one_frozen_reference_and_only_their_copies_train(frozen):
+    """Two seeds trained by the one loop: the run state holds no reference (RunState.ref is None)
+    but each run's own float32 params and optimizer state ([R] leading axis); the shared
+    reference's arrays are unchanged after training while the runs' params moved (KL > 0)."""
+    static = _static(steps=2, log_every=1)
+    before = jax.tree.map(np.array, frozen.params)
+    hp_R = {k: np.full(2, v, np.float32) for k, v in HP.items()}
+    result = make_train(static)(hp_R, run_keys([0, 1]), shared=frozen)
+    assert result.state.ref is None
+    for x, ref in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(frozen.params)):
+        assert x.shape == (2,) + ref.shape and x.dtype == jnp.float32
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, frozen.params), before)
+    moved = max(float(np.max(np.abs(x - r[None]))) for x, r in zip(jax.tree.leaves(result.state.params),
+                                                                   jax.tree.leaves(before)))
+    assert moved > 1e-4
+    assert np.all(result.metrics["kl"][0] == 0) and np.all(result.metrics["kl"][-1] > 0)
+    assert "kappa_phi" not in result.metrics and "kl_se" in result.metrics
+    with pytest.raises(ValueError, match="shared"):
+        make_train(static)(hp_R, run_keys([0, 1]))
