@@ -58,17 +58,19 @@ def run_one(spec: dict, name: str, runs_dir: Path, extra: list[str], python: str
     """Train one configuration into runs_dir/name through `python -m sim.run`; returns its exit status."""
     out = runs_dir / name
     out.mkdir(parents=True, exist_ok=True)
-    args = overrides(spec, name) + list(extra) + [f"hydra.run.dir={out}"]
-    print(f"{name}: {command(spec, name)}", file=sys.stderr, flush=True)
+    args = overrides(spec, name) + list(extra)
+    cmd = "python -m sim.run " + " ".join(shlex.quote(o) for o in args)
+    args.append(f"hydra.run.dir={out}")
+    print(f"{name}: {cmd}", file=sys.stderr, flush=True)
     load_start, t0 = os.getloadavg(), time.perf_counter()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
     status = subprocess.run([python, "-m", "sim.run", *args], cwd=HERE.parent, env=env).returncode
     wall = time.perf_counter() - t0
     if status in (0, 3) and (out / "summary.json").exists():
         previous = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
-        if previous is None or previous.get("overrides") != args:  # "done" runs keep their first record
+        if previous is None or previous.get("overrides") != args[:-1]:  # "done" runs keep their first record
             (out / "run.json").write_text(json.dumps({
-                "name": name, "command": command(spec, name), "overrides": args, "wall_seconds": wall,
+                "name": name, "command": cmd, "overrides": args[:-1], "wall_seconds": wall,
                 "load_average": {"start": load_start[0], "end": os.getloadavg()[0]},
                 "cpu_count": os.cpu_count(), "exit_status": status}, indent=2) + "\n")
         prune(out)

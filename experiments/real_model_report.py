@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import figures
-from experiments.real_model import command
+from experiments.real_model import command, overrides
 from experiments.report import fmt, mean_ci95, sign, table
 from sim.diagnostics import QUADRANTS
 
@@ -132,7 +132,7 @@ def verdict(f: dict) -> str:
     m = f[MAIN]
     k_side = kappa_side(*m["kappa"])
     lines = [f"- **The blog's premise** (κ′ > 1 at the reference): the reference's sampled κ′ is "
-             f"{_k(*m['kappa'])}, {k_side}" + (" (the premise holds).\n" if k_side == "> 1" else
+             f"{_k(*m['kappa'])}, {k_side}" + (" (the premise holds).\n" if k_side.startswith("> 1") else
                                               " (the premise does not hold for this φ′).\n")]
     phi_rises, pp = sign(m["d_phi"]) == "rises", sign(m["d_pp"])
     if not phi_rises:
@@ -178,7 +178,7 @@ def verdict(f: dict) -> str:
                      + ("With κ′ below 1 the blog predicts no fall; a fall here means κ′ > 1 is not needed, as with "
                         "the toy's shared features.\n" if what == "falls" else
                         "As the blog's κ account predicts for κ′ < 1, it does not fall"
-                        + (" (the control's κ′ is not below 1, so it does not test that)" if r_side != "< 1" else "")
+                        + (" (the control's κ′ is not below 1, so it does not test that)" if not r_side.startswith("< 1") else "")
                         + ".\n"))
     if NO_FLOOR in f:
         d = f[NO_FLOOR]
@@ -230,7 +230,9 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
         s = runs.get(n)
         info = s.info if s else {}
         summ = s.summary if s else {}
-        cmd_rows.append([label(n), f"`python -m experiments.real_model run --only {n}`", f"`{command(spec, n)}`",
+        stale = "overrides" in info and info["overrides"] != overrides(spec, n)  # stored with --extra, or an older yaml
+        as_run = info.get("command", command(spec, n)) + (" (NOT real_model.yaml's configuration)" if stale else "")
+        cmd_rows.append([label(n), f"`python -m experiments.real_model run --only {n}`", f"`{as_run}`",
                          "not run" if s is None else f"{len(s.seeds_N)}" + (f" ({s.n_diverged} diverged)" if s.n_diverged else ""),
                          "not run" if s is None else f"{int(s.steps_T[-1])}",
                          "n/a" if s is None else _minutes(info.get("wall_seconds")),

@@ -81,6 +81,10 @@ def test_section_and_figure_from_stored_results_and_the_verdict_follows_the_sign
     flipped = rmr.render(spec, stored(tmp_path / "flip", [0.2, 0.25, 0.22]), tmp_path / "flip")
     assert "does not reproduce" in flipped and "picture reproduces" not in flipped
     assert "rises too: the real model behaves like the toy's networks" in flipped
+    assert "NOT real_model.yaml's configuration" not in text
+    (runs / "main" / "run.json").write_text(json.dumps({"wall_seconds": 1.0, "command": "python -m sim.run steps=2",
+                                                        "overrides": ["steps=2"], "load_average": {"start": 1, "end": 1}}))
+    assert "`python -m sim.run steps=2 (NOT real_model.yaml's configuration)`" in rmr.render(spec, runs, tmp_path)
 
 
 def test_verdict_reads_each_interval():
@@ -94,6 +98,10 @@ def test_verdict_reads_each_interval():
     assert "not distinguishable from 0" in unclear and "acts as a floor" in unclear
     assert "premise does not hold" in rmr.verdict({rmr.MAIN: base | {"kappa": (1.02, 0.05)}})
     assert rmr.kappa_side(0.9, 0.01) == "< 1" and rmr.kappa_side(1.05, 0.03) == "indistinguishable from 1"
+    assert "premise holds" in rmr.verdict({rmr.MAIN: base | {"kappa": (1.04, None)}})  # no error bar: by value
+    rare = base | {"kappa": (0.5, None), "d_pp": ci(0.0)}
+    assert "not below 1" not in rmr.verdict({rmr.MAIN: base, rmr.RARE: rare})
+    assert "not below 1" in rmr.verdict({rmr.MAIN: base, rmr.RARE: rare | {"kappa": (1.01, 0.05)}})
 
 
 def test_no_stored_results_says_how_to_get_them(tmp_path, spec):
@@ -121,7 +129,8 @@ def test_run_keeps_only_the_small_files_and_records_the_command(tmp_path, spec):
     kept = sorted(os.listdir(tmp_path / "runs" / "main"))
     assert kept == sorted(real_model.STORED)
     info = json.loads((tmp_path / "runs" / "main" / "run.json").read_text())
-    assert info["command"] == real_model.command(spec, "main") and "steps=2" in info["overrides"]
+    assert info["command"] == real_model.command(spec, "main") + " steps=2"
+    assert info["overrides"] == real_model.overrides(spec, "main") + ["steps=2"]
     assert info["wall_seconds"] > 0
 
 
