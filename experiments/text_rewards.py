@@ -14,8 +14,8 @@ Two steps, both regenerable:
         related), the joint support (counts of the four (phi > 0, phi_prime > 0) cells), the
         sampled kappa(+-delta) of each with its bootstrap error, and a few decoded examples.
 
-`measure --rule-file rules.yaml` scores candidate pairs instead (a YAML list of {phi: ...,
-phi_prime: ...} task-section overrides), to choose a pair without sampling again.
+`measure` also scores the pairs of experiments/text_rewards_candidates.yaml on the same samples
+(stored under "alternatives"), so that a pair is chosen without sampling again.
 `cost` times one text-reward callback per batch of 64 stored responses of 32 tokens.
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ HERE = Path(__file__).parent
 TOKENS = HERE / "text_rewards_tokens.npz"
 RESULT = HERE / "text_rewards.json"
 CONF = HERE.parent / "conf" / "task" / "text.yaml"
+CANDIDATES = HERE / "text_rewards_candidates.yaml"  # other pairs, scored on the same samples
 MODEL = "smollm2-135m"
 
 
@@ -117,20 +118,16 @@ def score(section: dict, tok, vocab: int, tokens_SxPxN: np.ndarray, key: jax.Arr
     }
 
 
-def measure(rule_file: str | None) -> None:
-    cfg_m = checkpoint.load(MODEL)[0]
+def measure(candidates: Path = CANDIDATES) -> None:
+    cfg_m = checkpoint.config_from_gguf(checkpoint.gguf_reader(checkpoint.resolve(MODEL)))  # the sizes only
     tok = tokenizer_lib.load(MODEL)
-    data = np.load(TOKENS)
-    tokens_SxPxN = data["tokens_SxPxN"]
+    tokens_SxPxN = np.load(TOKENS)["tokens_SxPxN"]
     key = jax.random.key(0)
-    if rule_file:
-        for cand in yaml.safe_load(Path(rule_file).read_text()):
-            r = score(task_section(cand), tok, cfg_m.vocab, tokens_SxPxN, key)
-            print(json.dumps({k: r[k] for k in ("phi", "phi_prime", "mean_phi", "mean_phi_prime", "corr",
-                                                 "joint_support")}))
-        return
-    section = task_section()
-    result = score(section, tok, cfg_m.vocab, tokens_SxPxN, key)
+    result = score(task_section(), tok, cfg_m.vocab, tokens_SxPxN, key)
+    result["alternatives"] = []
+    for cand in yaml.safe_load(candidates.read_text()):
+        name = cand.pop("name")
+        result["alternatives"].append({"name": name} | score(task_section(cand), tok, cfg_m.vocab, tokens_SxPxN, key))
     mask = np.asarray(sampling.response_mask(jnp.asarray(tokens_SxPxN[0]), tok.eos_id))
     result["examples"] = [{"prompt": p, "response": tok.decode([t for t, m in zip(ids, mk) if m and t != tok.eos_id])}
                           for p, ids, mk in list(zip(text_task.read_prompts(None), tokens_SxPxN[0], mask))[:4]]
@@ -166,12 +163,12 @@ def main() -> None:
     ap.add_argument("step", choices=("sample", "measure", "cost"))
     ap.add_argument("--samples", type=int, default=32, help="responses per prompt")
     ap.add_argument("--batch", type=int, default=128, help="responses per generate call (a multiple of the prompts)")
-    ap.add_argument("--rule-file", default=None, help="measure: a YAML list of candidate {phi, phi_prime} sections")
+    ap.add_argument("--candidates", type=Path, default=CANDIDATES, help="measure: other {name, phi, phi_prime} pairs")
     a = ap.parse_args()
     if a.step == "sample":
         sample(a.samples, a.batch)
     elif a.step == "measure":
-        measure(a.rule_file)
+        measure(a.candidates)
     else:
         cost()
 

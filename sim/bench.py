@@ -264,7 +264,9 @@ def _median_time(fn, *args, repeats: int) -> tuple[float, float]:
     return first, float(np.median(times))
 
 
-def bench_lm(repeats: int, dtype: str = "float32", remat: bool = False, group: int = 4, new_tokens: int = 32) -> dict:
+def bench_lm(repeats: int, dtype: str = "float32", remat: bool = False, group: int = 4, new_tokens: int = 32,
+             lm: tuple | None = None) -> dict:
+    """lm: (description, cfg, params, prompt ids, prompt mask) to time instead of SmolLM2 (tests)."""
     import resource
 
     import jax
@@ -276,7 +278,7 @@ def bench_lm(repeats: int, dtype: str = "float32", remat: bool = False, group: i
     # the machine's matmul speed now (it is shared): the MLP-shaped product of DESIGN.md section 4
     a, b = jnp.ones((3072, 576)), jnp.ones((576, 1536))
     _, mm = _median_time(jax.jit(jnp.matmul), a, b, repeats=5)
-    source, cfg, params, ids_PxT, mask_PxT = _lm_model(jnp.dtype(dtype))
+    source, cfg, params, ids_PxT, mask_PxT = lm or _lm_model(jnp.dtype(dtype))
     P, T = ids_PxT.shape
     B, N = P * group, new_tokens
     ids_BxT, mask_BxT = np.repeat(ids_PxT, group, 0), np.repeat(mask_PxT, group, 0)

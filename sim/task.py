@@ -21,6 +21,7 @@ class RewardSpec:
     positions: tuple[int, ...]
     good_tokens: tuple[int, ...]
     shape: str = "mean"  # 'mean': fraction of good tokens (dense); 'all': 1 iff every one is good
+    text: str | None = None  # a text task's reward of the decoded text (sim/text_rewards.py): no good tokens
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def rewards_B(task: Task, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = No
 
 def reward_B(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
     """One reward of each response (see rewards_B)."""
+    if spec.text is not None:  # a host function of the decoded text: only the text task can compute it
+        raise ValueError(f"reward {spec.text!r} is a text reward: compute it with TextTask.rewards_B")
     tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
     good_BxK = good_mask_V(spec, vocab)[tok_BxK]
     if mask_BxL is not None:

@@ -113,8 +113,11 @@ def _reward(cfg: Mapping, name: str, new_tokens: int) -> TextRewardConfig:
                           "{words: [<word>, ...]}")
     kind, value = next(iter(rule.items()))
     if kind == "words":
-        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(w, str) and w.strip() for w in value):
-            raise ConfigError(f"{key}.rule.words={value!r}: must be a non-empty list of non-empty words")
+        # a Sequence: a DictConfig's list is a ListConfig, not a list
+        if isinstance(value, str) or not isinstance(value, Sequence) or not value \
+                or not all(isinstance(w, str) and w.strip() for w in value):
+            shown = value if isinstance(value, str) or not isinstance(value, Sequence) else list(value)
+            raise ConfigError(f"{key}.rule.words={shown!r}: must be a non-empty list of non-empty words")
         value = tuple(w.strip().lower() for w in value)
     else:
         if not isinstance(value, str) or not value:
@@ -225,7 +228,7 @@ def build(cfg: TextTaskConfig, tokenizer: Tokenizer, vocab: int | None = None) -
         if r.rule is not None and not 0 < len(good) < V:
             raise ConfigError(f"task.{name}.rule={dict([r.rule])!r}: matches {len(good)} of the {V} tokens; "
                               "allowed: at least one token good and one bad")
-        specs.append(RewardSpec(tuple(range(r.start, r.stop)), good, r.shape))
+        specs.append(RewardSpec(tuple(range(r.start, r.stop)), good, r.shape, text=r.text))
         names.append(r.text)
     pad = next(i for i in (tokenizer.pad_id, tokenizer.eos_id, 0) if i is not None)
     ids_PxT, mask_PxT = left_pad([encode_prompt(tokenizer, t, cfg.chat_template) for t in texts], pad)

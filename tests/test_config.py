@@ -104,6 +104,8 @@ BAD = [
     (["task=text", "policy=pretrained", "policy.temperature=0"], "policy.temperature=0: must be a finite number > 0"),
     (["task=text", "policy=pretrained", "policy.top_p=1.5"], "policy.top_p=1.5: must be a number in (0, 1]"),
     (["task=text", "policy=pretrained", "policy.remat=1"], "policy.remat=1: must be true or false"),
+    (["task=text", "policy=pretrained", "~task.phi.rule", "+task.phi.text=ends_with_period"],
+     "task.phi.text=ends_with_period: text rewards are not trained by policy=pretrained yet"),
 ]
 
 

@@ -25,9 +25,9 @@ from sim.train import EXACT_METRICS, KAPPA_METRICS, make_train, run_keys
 from tests.conftest import SMALL, compose_plain
 
 
-def sim_run(*args, cwd):
+def sim_run(*args, cwd, timeout=300):
     return subprocess.run([sys.executable, "-m", "sim.run", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout)
 
 
 def test_end_to_end_writes_all_outputs(tmp_path):
@@ -53,7 +53,8 @@ def test_pretrained_end_to_end_on_a_tiny_checkpoint(tmp_path):
     proc = sim_run("task=text", "policy=pretrained", f"policy.checkpoint={ckpt}", f"task.prompts={P}",
                    f"task.new_tokens={N}", "task.phi.positions={start:0,stop:3}", "task.phi_prime.positions={start:3,stop:6}",
                    f"algo.group_size={G}", f"seeds={seeds}", f"steps={steps}", "log_every=1", "optim.lr=0.01",
-                   f"policy.eval.samples={samples}", "plots=true", f"hydra.run.dir={out}", cwd=tmp_path)
+                   f"policy.eval.samples={samples}", "plots=true", f"hydra.run.dir={out}", cwd=tmp_path,
+                   timeout=900)  # ~35 s of CPU (compiling a real model's step); a loaded machine stretches it
     assert proc.returncode == 0, proc.stderr
     for name in ("config.yaml", "provenance.json", "metrics.csv", "summary.json", "rewards.png", "samples.jsonl"):
         assert (out / name).stat().st_size > 0, name
@@ -69,7 +70,7 @@ def test_pretrained_end_to_end_on_a_tiny_checkpoint(tmp_path):
     assert len(lines) == (steps + 1) * seeds * P * samples
     assert [x["step"] for x in lines[::seeds * P * samples]] == [0, 1, 2]
     assert {x["prompt_index"] for x in lines} == set(range(P)) and all(isinstance(x["response"], str) for x in lines)
-    assert all(x["phi"] * 3 == round(x["phi"] * 3) and 0 <= x["phi_prime"] <= 1 for x in lines)
+    assert all(abs(x["phi"] * 3 - round(x["phi"] * 3)) < 1e-6 and 0 <= x["phi_prime"] <= 1 for x in lines)  # k/3
     ref = [x for x in lines if x["step"] == 0]  # the reference's responses: E[phi] as the summary says
     assert np.mean([x["phi"] for x in ref]) == pytest.approx(point["geometry"]["phi"]["mean"])
 

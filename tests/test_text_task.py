@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from tokenizers import processors
 
 from sim import task as T, text_rewards as TR, text_task as TT
@@ -107,6 +108,8 @@ def test_text_reward_through_the_callback_equals_the_function_on_the_decoded_res
     np.testing.assert_array_equal(np.asarray(phi), TR.ends_with_period(decoded))
     np.testing.assert_array_equal(np.asarray(phi_prime), TR.mentions_you(decoded))
     assert list(np.asarray(phi)) == [1, 0, 1, 0] and list(np.asarray(phi_prime)) == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="'ends_with_period' is a text reward: compute it with TextTask.rewards_B"):
+        T.rewards_B(tt.task, jnp.asarray(tokens_BxN))  # the toy's path cannot decode: it says so
     # under vmap (runs batched): one host call sees every run, the values per run are the same
     both = jax.jit(jax.vmap(lambda t: tt.rewards_B(t, jnp.asarray(mask_BxN))[0]))(jnp.stack([tokens_BxN] * 3))
     np.testing.assert_array_equal(np.asarray(both), np.tile(np.asarray(phi), (3, 1)))
@@ -201,6 +204,8 @@ def test_config_parse_of_a_text_task():
     with pytest.raises(ConfigError, match=r"^task.vocab: unknown key"):
         parse(compose_plain(["task=text", "+task.vocab=3"]))
     assert parse(compose_plain(["+task.kind=toy"])).static.task == parse(compose_plain()).static.task
+    plain = compose_plain(["task=text"])
+    assert TT.parse(OmegaConf.create(plain)) == TT.parse(plain)  # Hydra's DictConfig / ListConfig read alike
 
 
 def test_a_rule_that_matches_no_token_is_refused(tok):

@@ -1,8 +1,8 @@
 """A GRPO step on the tiny checkpoint gives the same parameters sharded as on one device: on a mesh
 of 8 CPU devices (data 2 x fsdp 2 x tp 2), and across 2 processes joined by JAX's distributed
-runtime on localhost (gloo collectives, fsdp 2). Each layout runs in a fresh subprocess (the device
-count and the distributed runtime are fixed when JAX starts); the subprocess runs this file as a
-script, computes the same step unsharded on one device and sharded, and writes the comparison."""
+runtime on localhost (gloo collectives, fsdp 2). The one-device step runs here, once; each layout
+runs in a fresh subprocess (the device count and the distributed runtime are fixed when JAX
+starts) that runs this file as a script and writes its comparison with the one-device result."""
 from __future__ import annotations
 
 import json
@@ -25,18 +25,13 @@ def _env(devices: int) -> dict:
                          "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def _worker(tiny_dir: str, out: str, mesh: tuple[int, int, int], process_id: int = -1, port: int = 0) -> None:
-    from sim import runtime
-    runtime.set_xla_flags()
+def _problem(tiny_dir: str):
+    """The tiny checkpoint, 4 prompts (2 left-padded) x group 2 x 4 new tokens, adam: (cfg, params,
+    optimizer, step, args); `step` takes the key as raw bits so that processes can share it."""
     import jax
     import optax
 
-    from sim.lm import checkpoint, grpo, sharding
-    if process_id >= 0:
-        sharding.initialize_distributed(f"localhost:{port}", 2, process_id)
-    from jax.experimental import multihost_utils
-    from jax.sharding import NamedSharding, PartitionSpec
-
+    from sim.lm import checkpoint, grpo
     cfg, params = checkpoint.load(tiny_dir)
     prompts = np.array([[5, 9, 11, 20, 7], [2, 2, 30, 7, 8], [2, 40, 41, 42, 43], [2, 2, 2, 60, 61]], np.int32)
     pmask = prompts != 2  # tiny's pad id is 2 (= EOS); no real prompt token here is 2
@@ -46,30 +41,60 @@ def _worker(tiny_dir: str, out: str, mesh: tuple[int, int, int], process_id: int
     opt = optax.adam(1e-3, eps=1e-4)
     grpo_step = grpo.make_grpo_step(cfg, opt, group=2, new_tokens=4, tokens_out=True)
 
-    def step(params, opt_state, ref_params, key_data, prompts, pmask):  # raw key bits cross processes
+    def step(params, opt_state, ref_params, key_data, prompts, pmask):
         return grpo_step(params, opt_state, ref_params, jax.random.wrap_key_data(key_data), prompts, pmask)
 
     key = jax.random.key_data(jax.random.key(3))
-    args = (params, opt.init(params), params, key, prompts, pmask)
+    return cfg, params, opt, step, (params, opt.init(params), params, key, prompts, pmask)
 
-    local = jax.local_devices()[0]
-    one_params, _, one_metrics = jax.jit(step)(*jax.device_put(args, local))
 
+def _flat(tree) -> dict:
+    import jax
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.fixture(scope="module")
+def one_device(tiny, tmp_path_factory) -> str:
+    """The step on one device, computed once here: parameters before and after, tokens, loss (npz)."""
+    import jax
+    _, params, _, step, args = _problem(str(tiny["hf_dir"]))
+    new_params, _, metrics = jax.jit(step)(*args)
+    path = tmp_path_factory.mktemp("one-device") / "step.npz"
+    np.savez(path, **{"new" + k: v for k, v in _flat(new_params).items()},
+             **{"old" + k: v for k, v in _flat(params).items()},
+             tokens=np.asarray(metrics["tokens"]), loss=np.asarray(metrics["loss"]))
+    return str(path)
+
+
+def _worker(tiny_dir: str, reference: str, out: str, mesh: tuple[int, int, int], process_id: int = -1,
+            port: int = 0) -> None:
+    from sim import runtime
+    runtime.set_xla_flags()
+    import jax
+
+    from sim.lm import sharding
+    if process_id >= 0:
+        sharding.initialize_distributed(f"localhost:{port}", 2, process_id)
+    from jax.experimental import multihost_utils
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    cfg, params, opt, step, args = _problem(tiny_dir)
     mesh = sharding.make_mesh(*mesh)
     ps = sharding.param_shardings(cfg, params, mesh)
     os_ = sharding.like_params(jax.eval_shape(opt.init, params), params, ps, mesh)
-    rep, batch = NamedSharding(mesh, PartitionSpec()), sharding.batch_sharding(mesh, len(prompts))
-    placed = sharding.put((params, opt.init(params), params, key, prompts, pmask), (ps, os_, ps, rep, batch, batch))
+    rep, batch = NamedSharding(mesh, PartitionSpec()), sharding.batch_sharding(mesh, len(args[4]))
+    placed = sharding.put(args, (ps, os_, ps, rep, batch, batch))
     sharded = jax.jit(step, in_shardings=(ps, os_, ps, rep, batch, batch), out_shardings=(ps, os_, rep))
     new_params, new_state, metrics = sharded(*placed)
 
     gather = (lambda x: np.asarray(x)) if jax.process_count() == 1 else (
         lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)))
-    diffs = jax.tree.map(lambda a, b: float(np.abs(gather(a) - np.asarray(b)).max()), new_params, one_params)
-    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(b) - np.asarray(a)).max()), params, one_params)
-    result = {"max_diff": max(jax.tree.leaves(diffs)), "diffs": diffs, "min_moved": min(jax.tree.leaves(moved)),
-              "tokens_equal": bool((gather(metrics["tokens"]) == np.asarray(one_metrics["tokens"])).all()),
-              "loss": [float(gather(metrics["loss"])), float(one_metrics["loss"])],
+    ref = np.load(reference)
+    new = {jax.tree_util.keystr(path): gather(x) for path, x in jax.tree_util.tree_flatten_with_path(new_params)[0]}
+    result = {"max_diff": max(float(np.abs(v - ref["new" + k]).max()) for k, v in new.items()),
+              "min_moved": min(float(np.abs(ref["new" + k] - ref["old" + k]).max()) for k in new),
+              "tokens_equal": bool((gather(metrics["tokens"]) == ref["tokens"]).all()),
+              "loss": [float(gather(metrics["loss"])), float(ref["loss"])],
               "fraction": {k: sharding.sharded_fraction(v) for k, v in new_params["blocks"].items()}
               | {"embed": sharding.sharded_fraction(new_params["embed"]),
                  "adam_mu_wq": sharding.sharded_fraction(new_state[0].mu["blocks"]["wq"])},
@@ -85,9 +110,9 @@ def _check(result: dict, devices: int) -> None:
     assert result["tokens_equal"], result
 
 
-def test_grpo_step_on_8_cpu_devices_equals_one_device(tiny, tmp_path):
+def test_grpo_step_on_8_cpu_devices_equals_one_device(tiny, one_device, tmp_path):
     out = tmp_path / "r.json"
-    subprocess.run([sys.executable, __file__, str(tiny["hf_dir"]), str(out), "2,2,2"], env=_env(8), check=True,
+    subprocess.run([sys.executable, __file__, str(tiny["hf_dir"]), one_device, str(out), "2,2,2"], env=_env(8), check=True,
                    cwd=ROOT, timeout=300)
     r = json.loads(out.read_text())
     print({k: r[k] for k in ("max_diff", "min_moved", "loss", "fraction")})
@@ -97,12 +122,12 @@ def test_grpo_step_on_8_cpu_devices_equals_one_device(tiny, tmp_path):
     assert r["fraction"]["embed"] == 0.25 and r["fraction"]["attn_norm"] == 1.0
 
 
-def test_grpo_step_on_two_processes_equals_one_process(tiny, tmp_path):
+def test_grpo_step_on_two_processes_equals_one_process(tiny, one_device, tmp_path):
     out = tmp_path / "r.json"
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, __file__, str(tiny["hf_dir"]), str(out), "1,2,1", str(i), str(port)],
+    procs = [subprocess.Popen([sys.executable, __file__, str(tiny["hf_dir"]), one_device, str(out), "1,2,1", str(i), str(port)],
                               env=_env(1), cwd=ROOT, stderr=subprocess.PIPE) for i in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
@@ -129,5 +154,5 @@ def test_a_degree_that_does_not_divide_is_refused_in_one_line():
 
 
 if __name__ == "__main__":
-    tiny_dir, out, mesh, *proc = sys.argv[1:]
-    _worker(tiny_dir, out, tuple(int(x) for x in mesh.split(",")), *(int(x) for x in proc))
+    tiny_dir, reference, out, mesh, *proc = sys.argv[1:]
+    _worker(tiny_dir, reference, out, tuple(int(x) for x in mesh.split(",")), *(int(x) for x in proc))
