@@ -156,7 +156,8 @@ def verdict(f: dict) -> str:
                      + ("consistent with it" if spill == "rises" else
                         "so the fall is NOT carried by spill-over: against the toy's mechanism")
                      + ". The real model behaves like the toy's lowrank policy, not like its networks (which raised "
-                     "both rewards).\n")
+                     "both rewards). (Spill lowers φ′ only where φ's tokens are bad for φ′: not so for the default "
+                     "pair, docs/real-experiment.md.)\n")
     elif phi_rises:
         lines.append("- **The toy's prediction**: every toy network (shared features, but not built to make φ's "
                      "positions indistinguishable from φ′'s) raised both rewards; here φ′ "
