@@ -105,7 +105,9 @@ def kappa_side(k: float | None, se: float | None) -> str:
 def _inequality(s: Stored) -> tuple[float, float, float] | None:
     """p(ud) - p(uu) over training with its 95% CI, as summary.json reports it (None: not there)."""
     ineq = (s.summary["points"][0].get("quadrants") or {}).get("blog_inequality")
-    return None if not ineq else (ineq["ud_minus_uu_mean"], *ineq["ud_minus_uu_ci95"])
+    if not ineq:
+        return None
+    return tuple(math.nan if v is None else float(v) for v in (ineq["ud_minus_uu_mean"], *ineq["ud_minus_uu_ci95"]))
 
 
 def facts_of(runs: dict[str, Stored]) -> dict:
@@ -133,6 +135,7 @@ def verdict(f: dict) -> str:
     k_side = kappa_side(*m["kappa"])
     lines = [f"- **The blog's premise** (κ′ > 1 at the reference): the reference's sampled κ′ is "
              f"{_k(*m['kappa'])}, {k_side}" + (" (the premise holds).\n" if k_side.startswith("> 1") else
+                                              " (the premise cannot be checked).\n" if m["kappa"][0] is None else
                                               " (the premise does not hold for this φ′).\n")]
     phi_rises, pp = sign(m["d_phi"]) == "rises", sign(m["d_pp"])
     if not phi_rises:
@@ -201,6 +204,10 @@ def verdict(f: dict) -> str:
 
 # --- the section -----------------------------------------------------------------------------
 
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"  # None: summary.json's NaN (e.g. one seed: no interval)
+
+
 def _minutes(seconds) -> str:
     return "n/a" if seconds is None else f"{seconds / 60:.1f}"
 
@@ -245,7 +252,7 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
         p0 = s.summary["points"][0]
         geo, ortho = p0.get("geometry", {}), (p0.get("orthogonality") or {}).get("reference") or {}
         ref_rows.append([label(n)] + [
-            "n/a" if r not in geo else f"{geo[r]['mean']:.3f} ± {geo[r]['mean_se']:.3f}" for r in ("phi", "phi_prime")]
+            "n/a" if r not in geo else f"{geo[r]['mean']:.3f} ± {_num(geo[r]['mean_se'])}" for r in ("phi", "phi_prime")]
             + [_k(*kappa(s, "phi")), _k(*kappa(s)), kappa_side(*kappa(s)),
                "n/a" if ortho.get("corr") is None else f"{ortho['corr']:+.3f} ({ortho['samples']} samples)"])
         fn = f[n]

@@ -55,6 +55,10 @@ def stored(tmp_path, main_d_pp):
     write_run(runs / "main", [0.3, 0.35, 0.4], main_d_pp)
     write_run(runs / "no_phi_prime", [0.3, 0.35, 0.4], [-0.3, -0.35, -0.32])
     write_run(runs / "rare_phi_prime", [0.3, 0.35, 0.4], [0.01, -0.01, 0.0], kappa=(0.7, 0.05))
+    summary = json.loads((runs / "rare_phi_prime" / "summary.json").read_text())  # NaN is null in summary.json
+    summary["points"][0]["quadrants"]["blog_inequality"]["ud_minus_uu_ci95"] = [None, None]
+    summary["points"][0]["geometry"]["phi"]["mean_se"] = None
+    (runs / "rare_phi_prime" / "summary.json").write_text(json.dumps(summary))
     return runs  # beta_x10 left unrun on purpose
 
 
@@ -97,6 +101,7 @@ def test_verdict_reads_each_interval():
     unclear = rmr.verdict({rmr.MAIN: base | {"d_pp": ci(0.0)}, rmr.NO_FLOOR: base | {"paired_d_pp": ci(-0.1)}})
     assert "not distinguishable from 0" in unclear and "acts as a floor" in unclear
     assert "premise does not hold" in rmr.verdict({rmr.MAIN: base | {"kappa": (1.02, 0.05)}})
+    assert "premise cannot be checked" in rmr.verdict({rmr.MAIN: base | {"kappa": (None, None)}})
     assert rmr.kappa_side(0.9, 0.01) == "< 1" and rmr.kappa_side(1.05, 0.03) == "indistinguishable from 1"
     assert "premise holds" in rmr.verdict({rmr.MAIN: base | {"kappa": (1.04, None)}})  # no error bar: by value
     rare = base | {"kappa": (0.5, None), "d_pp": ci(0.0)}
