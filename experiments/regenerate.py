@@ -21,6 +21,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ORDER = ("blog", "controls", "floor", "phase_diagram", "sharing", "mechanism")
+# experiments too slow to rerun here: their sections are re-rendered from stored results (their own command)
+STORED_ONLY = ("real_model",)
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.perf_counter() - t1
     args.out.mkdir(parents=True, exist_ok=True)
     body = report.write(args.out, runs)
+    from experiments import real_model, real_model_report
+
+    body += real_model.replace_section("", real_model_report.render(real_model.load_spec(), real_model.RUNS, args.out))
     wall = time.perf_counter() - t0
     commit, dirty = git_state()
     header = report.header(
