@@ -1,0 +1,198 @@
+"""The Llama architecture in plain JAX: a pure function of a parameter pytree (layout: config.py).
+
+    x = embed[ids]
+    for each block (one `lax.scan` over the stacked layer axis N):
+        x = x + attention(rms_norm(x)) @ wo          grouped-query, rotary positions, causal + padding mask
+        x = x + (silu(h @ w_gate) * (h @ w_up)) @ w_down     h = rms_norm(x)
+    logits = rms_norm(x) @ lm_head                    (or embed.T when the embeddings are tied)
+
+Shapes: B batch, T query tokens, S key slots, D model width, H query heads, K key/value heads,
+G = H/K queries per key/value head, Dh head width, F feed-forward width, V vocabulary, N layers.
+
+Precision: the compute dtype is the parameters' dtype (float32 or bfloat16); norms, rotary angles,
+attention scores and the softmax are computed in float32, and logits are returned in float32.
+
+Masks: `mask_BxT` is True on real tokens. A query attends to keys at earlier or equal slots that
+are real, so left padding changes nothing for real tokens (their positions are counted from the
+first real token by the caller). A padded query sees no key; its scores are all a large negative
+number (not -inf), so its output is finite garbage that callers mask out.
+
+Key/value cache (sampling): `init_cache` preallocates N x B x S x K x Dh for S = prompt + new
+tokens; `hidden_cached` writes the T new keys/values at slot `index` and attends over all S slots
+with `kv_mask_BxS` (True on real slots; slots not yet written are excluded by causality).
+
+Other families: Qwen2 is Llama with biases on q/k/v (`cfg.attn_bias`, handled in `_attention`).
+GPT-2 would add learned positions in `_embed`, a LayerNorm in `_norm` and a GELU branch in `_mlp`
+(with the extra parameters in the layout): each is one function below, not a copy of the model.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from sim.lm.config import LMConfig
+
+_MASKED = -1e30  # finite, so a fully masked (padded) query gives a uniform softmax, not NaN
+
+
+# ---------------------------------------------------------------- parameters
+@partial(jax.jit, static_argnums=(0, 2))
+def init_params(cfg: LMConfig, key: jax.Array, dtype=jnp.float32) -> dict:
+    """Random parameters in the shared layout (tests and benchmarks): matrices ~ N(0, 1/fan_in) so
+    activations stay O(1) at any depth; norm scales near 1 and biases near 0, but not exactly, so
+    tests exercise them. All leaves are cut from one normal draw: each random call costs about a
+    second of compilation on the CPU, one per leaf would cost ten."""
+    N, D, F, V = cfg.layers, cfg.d_model, cfg.ffn, cfg.vocab
+    HD, KD = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    spec = {"wq": ((N, D, HD), D ** -0.5), "wk": ((N, D, KD), D ** -0.5), "wv": ((N, D, KD), D ** -0.5),
+            "wo": ((N, HD, D), HD ** -0.5), "w_gate": ((N, D, F), D ** -0.5), "w_up": ((N, D, F), D ** -0.5),
+            "w_down": ((N, F, D), F ** -0.5), "attn_norm": ((N, D), 0.1), "mlp_norm": ((N, D), 0.1)}
+    if cfg.attn_bias:
+        spec |= {"bq": ((N, HD), 0.1), "bk": ((N, KD), 0.1), "bv": ((N, KD), 0.1)}
+    top = {"embed": ((V, D), 1.0), "final_norm": ((D,), 0.1)}
+    if not cfg.tied_embeddings:
+        top["lm_head"] = ((D, V), D ** -0.5)
+    sizes = [math.prod(shape) for shape, _ in [*spec.values(), *top.values()]]
+    flat = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    pieces = iter(jnp.split(flat, list(itertools.accumulate(sizes))[:-1]))
+    draw = lambda shape, scale: scale * next(pieces).reshape(shape)  # noqa: E731
+    params = {"blocks": {name: draw(*s) for name, s in spec.items()}} | {name: draw(*s) for name, s in top.items()}
+    for norm in ("attn_norm", "mlp_norm"):
+        params["blocks"][norm] += 1.0
+    params["final_norm"] += 1.0
+    return jax.tree.map(lambda a: a.astype(dtype), params)
+
+
+# ---------------------------------------------------------------- pieces
+def _norm(cfg: LMConfig, x_BxTxD: jax.Array, scale_D: jax.Array) -> jax.Array:
+    """RMSNorm in float32, cast back before the scale (HF Llama's order)."""
+    x32 = x_BxTxD.astype(jnp.float32)
+    x32 = x32 * lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + cfg.norm_eps)
+    return x32.astype(x_BxTxD.dtype) * scale_D
+
+
+def _rotary(cfg: LMConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of the rotary angles, B x T x Dh/2, float32: frequency i is theta^(-2i/Dh)."""
+    inv_freq = cfg.rope_theta ** (-jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim)
+    angle_BxTxR = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.cos(angle_BxTxR), jnp.sin(angle_BxTxR)
+
+
+def _rotate(x_BxTxHxDh: jax.Array, cos_sin) -> jax.Array:
+    """HF's rotate-half layout: element i of a head pairs with element i + Dh/2."""
+    cos, sin = (c[:, :, None, :] for c in cos_sin)
+    x32 = x_BxTxHxDh.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BxTxHxDh.dtype)
+
+
+def _mlp(cfg: LMConfig, p: dict, h_BxTxD: jax.Array) -> jax.Array:
+    return (jax.nn.silu(h_BxTxD @ p["w_gate"]) * (h_BxTxD @ p["w_up"])) @ p["w_down"]
+
+
+def _attend(cfg: LMConfig, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, allowed_BxTxS) -> jax.Array:
+    """Softmax attention; query head h uses key/value head h // G (HF's repeat_kv), done by a
+    grouped einsum instead of materialising the repeated keys."""
+    B, T, H, Dh = q_BxTxHxDh.shape
+    K = cfg.kv_heads
+    q_BxTxKxGxDh = q_BxTxHxDh.reshape(B, T, K, H // K, Dh)
+    s_BxKxGxTxS = jnp.einsum("btkgd,bskd->bkgts", q_BxTxKxGxDh, k_BxSxKxDh,
+                             preferred_element_type=jnp.float32) * Dh ** -0.5
+    s_BxKxGxTxS = jnp.where(allowed_BxTxS[:, None, None], s_BxKxGxTxS, _MASKED)
+    w_BxKxGxTxS = jax.nn.softmax(s_BxKxGxTxS, -1).astype(v_BxSxKxDh.dtype)
+    o_BxTxKxGxDh = jnp.einsum("bkgts,bskd->btkgd", w_BxKxGxTxS, v_BxSxKxDh)
+    return o_BxTxKxGxDh.reshape(B, T, H * Dh)
+
+
+def _qkv(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, cos_sin):
+    B, T, _ = h_BxTxD.shape
+    q, k, v = h_BxTxD @ p["wq"], h_BxTxD @ p["wk"], h_BxTxD @ p["wv"]
+    if cfg.attn_bias:  # Qwen2
+        q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
+    q_BxTxHxDh = _rotate(q.reshape(B, T, cfg.heads, cfg.head_dim), cos_sin)
+    k_BxTxKxDh = _rotate(k.reshape(B, T, cfg.kv_heads, cfg.head_dim), cos_sin)
+    return q_BxTxHxDh, k_BxTxKxDh, v.reshape(B, T, cfg.kv_heads, cfg.head_dim)
+
+
+def _embed(cfg: LMConfig, params: dict, ids_BxT: jax.Array) -> jax.Array:
+    return jnp.take(params["embed"], ids_BxT, axis=0)
+
+
+def head(params: dict, cfg: LMConfig, h_BxTxD: jax.Array) -> jax.Array:
+    """Logits (float32) from final hidden states."""
+    w_DxV = params["embed"].T if cfg.tied_embeddings else params["lm_head"]
+    return jnp.matmul(h_BxTxD, w_DxV, preferred_element_type=jnp.float32)
+
+
+# ---------------------------------------------------------------- the model
+def _allowed_BxTxS(q_slot_T: jax.Array, kv_mask_BxS: jax.Array) -> jax.Array:
+    """Causal (a key at a slot after the query's is hidden) and real keys only."""
+    S = kv_mask_BxS.shape[1]
+    return (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_mask_BxS[:, None, :]
+
+
+def hidden(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
+           mask_BxT: jax.Array, remat: bool = False) -> jax.Array:
+    """Final-normed hidden states B x T x D of a whole sequence (training, teacher forcing)."""
+    T = ids_BxT.shape[1]
+    cos_sin = _rotary(cfg, positions_BxT)
+    allowed = _allowed_BxTxS(jnp.arange(T), mask_BxT.astype(bool))
+
+    def block(x_BxTxD, p):
+        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin)
+        x_BxTxD = x_BxTxD + _attend(cfg, q, k, v, allowed) @ p["wo"]
+        return x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"])), None
+
+    if remat:  # keep only each block's input for the backward pass; recompute the rest
+        block = jax.checkpoint(block)
+    x_BxTxD, _ = lax.scan(block, _embed(cfg, params, ids_BxT), params["blocks"])
+    return _norm(cfg, x_BxTxD, params["final_norm"])
+
+
+def forward(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
+            mask_BxT: jax.Array, remat: bool = False) -> jax.Array:
+    """Next-token logits B x T x V (float32) at every position."""
+    return head(params, cfg, hidden(params, cfg, ids_BxT, positions_BxT, mask_BxT, remat))
+
+
+def init_cache(cfg: LMConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
+    """Zeroed keys and values, N x B x S x K x Dh each, for S = `length` slots."""
+    shape = (cfg.layers, batch, length, cfg.kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def hidden_cached(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
+                  kv_mask_BxS: jax.Array, cache: dict, index) -> tuple[jax.Array, dict]:
+    """Hidden states of T new tokens placed at slots index .. index+T-1 of the cache, and the cache
+    with their keys/values written. Prefill: index 0 and the whole prompt; decode: T = 1.
+
+    The cache is carried through the layer scan and updated in place (dynamic_update_slice on a
+    loop carry), so a decode step copies nothing but the new keys and values."""
+    T = ids_BxT.shape[1]
+    cos_sin = _rotary(cfg, positions_BxT)
+    allowed = _allowed_BxTxS(index + jnp.arange(T), kv_mask_BxS.astype(bool))
+
+    def block(carry, p_and_layer):
+        x_BxTxD, k_NxBxSxKxDh, v_NxBxSxKxDh = carry
+        p, layer = p_and_layer
+        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin)
+        k_NxBxSxKxDh = lax.dynamic_update_slice(k_NxBxSxKxDh, k[None].astype(k_NxBxSxKxDh.dtype), (layer, 0, index, 0, 0))
+        v_NxBxSxKxDh = lax.dynamic_update_slice(v_NxBxSxKxDh, v[None].astype(v_NxBxSxKxDh.dtype), (layer, 0, index, 0, 0))
+        o = _attend(cfg, q, k_NxBxSxKxDh[layer], v_NxBxSxKxDh[layer], allowed)
+        x_BxTxD = x_BxTxD + o @ p["wo"]
+        x_BxTxD = x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]))
+        return (x_BxTxD, k_NxBxSxKxDh, v_NxBxSxKxDh), None
+
+    carry = (_embed(cfg, params, ids_BxT), cache["k"], cache["v"])
+    (x_BxTxD, k, v), _ = lax.scan(block, carry, (params["blocks"], jnp.arange(cfg.layers)))
+    return _norm(cfg, x_BxTxD, params["final_norm"]), {"k": k, "v": v}
+
+
+def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
+    """Positions counted from each row's first real token (0 on left padding)."""
+    return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), -1) - 1, 0)

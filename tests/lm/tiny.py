@@ -1,0 +1,214 @@
+"""Tiny random checkpoints that the tests write themselves, from ONE set of float32 weights:
+
+    write_tiny(directory, *, seed=0, tied=False, attn_bias=False) -> dict with
+      hf_dir      Path: config.json + model.safetensors + tokenizer.json + tokenizer_config.json
+      gguf        Path: the same weights, all F32, Q/K rows permuted as llama.cpp's converter does
+      gguf_quant  Path: the same, with some tensors quantised (QUANT below) to exercise dequantising
+      cfg         LMConfig (2 layers, d=64, 4 heads / 2 KV heads of 16, FFN 128, vocab ~300)
+      params      the original weights, numpy float32, in sim/lm/config.py's layout
+
+The tokenizer is a byte-level BPE trained here on a few sentences (SmolLM2's pre-tokenizer:
+single digits, then GPT-2's split; special tokens <|endoftext|> <|im_start|> <|im_end|> =
+ids 0, 1, 2; BOS 1, EOS = PAD 2 as in SmolLM2) with a ChatML chat template.
+
+Everything here is written independently of sim/lm/checkpoint.py (its own HF names, its own
+llama.cpp permutation, gguf's own writer), so a test comparing the two formats can fail.
+`tests/lm/conftest.py` writes it once per session: the `tiny` fixture.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from sim.lm.config import LMConfig
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+BOS, EOS, PAD = 1, 2, 2
+TEXTS = [
+    "The capital of France is Paris, and the capital of Italy is Rome.",
+    "A language model assigns a probability to every sequence of tokens.",
+    "In 2024 there were 365 days; in 2025, 12 months and 52 weeks.",
+    "The quick brown fox jumps over the lazy dog. The dog sleeps.",
+    "Rewards, penalties and the KL term: what the policy learns is what it is paid for.",
+    "She said: \"it's fine\", they'll see, we're done, I'm here, you've won, he'd go.",
+]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SIZES = dict(layers=2, d_model=64, heads=4, kv_heads=2, head_dim=16, ffn=128)
+# GGUF tensor (inside blk.N.) -> the type gguf_quant stores it as (everything else: F32)
+QUANT = {"attn_q.weight": gguf.GGMLQuantizationType.Q8_0, "attn_k.weight": gguf.GGMLQuantizationType.Q8_0,
+         "ffn_gate.weight": gguf.GGMLQuantizationType.Q4_1, "attn_output.weight": gguf.GGMLQuantizationType.F16}
+
+
+def make_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TEXTS, trainer)
+    return tok
+
+
+def random_params(cfg: LMConfig, seed: int = 0) -> dict:
+    """Weights at the scales of a trained model (unit-ish activations), float32, config.py's layout."""
+    rng = np.random.default_rng(seed)
+    N, D, F, V = cfg.layers, cfg.d_model, cfg.ffn, cfg.vocab
+    Q, KV = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+
+    def mat(*shape):  # x @ W with W: in x out
+        return (rng.standard_normal(shape) / np.sqrt(shape[-2])).astype(np.float32)
+
+    def norm(*shape):
+        return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+    blocks = {"attn_norm": norm(N, D), "wq": mat(N, D, Q), "wk": mat(N, D, KV), "wv": mat(N, D, KV),
+              "wo": mat(N, Q, D), "mlp_norm": norm(N, D), "w_gate": mat(N, D, F), "w_up": mat(N, D, F),
+              "w_down": mat(N, F, D)}
+    if cfg.attn_bias:
+        blocks.update(bq=0.1 * mat(N, 1, Q)[:, 0], bk=0.1 * mat(N, 1, KV)[:, 0], bv=0.1 * mat(N, 1, KV)[:, 0])
+    params = {"embed": rng.standard_normal((V, D)).astype(np.float32), "blocks": blocks,
+              "final_norm": norm(D)}
+    if not cfg.tied_embeddings:
+        params["lm_head"] = mat(D, V)
+    return params
+
+
+def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute, on HF-layout rows (out x in, or a bias)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+def hf_state(cfg: LMConfig, params: dict) -> dict[str, np.ndarray]:
+    """HF parameter name -> tensor in HF's layout (nn.Linear weights are out x in)."""
+    b = params["blocks"]
+    out = {"model.embed_tokens.weight": params["embed"], "model.norm.weight": params["final_norm"]}
+    if "lm_head" in params:
+        out["lm_head.weight"] = params["lm_head"].T
+    for i in range(cfg.layers):
+        p = f"model.layers.{i}."
+        out |= {p + "input_layernorm.weight": b["attn_norm"][i],
+                p + "post_attention_layernorm.weight": b["mlp_norm"][i],
+                p + "self_attn.q_proj.weight": b["wq"][i].T, p + "self_attn.k_proj.weight": b["wk"][i].T,
+                p + "self_attn.v_proj.weight": b["wv"][i].T, p + "self_attn.o_proj.weight": b["wo"][i].T,
+                p + "mlp.gate_proj.weight": b["w_gate"][i].T, p + "mlp.up_proj.weight": b["w_up"][i].T,
+                p + "mlp.down_proj.weight": b["w_down"][i].T}
+        if cfg.attn_bias:
+            out |= {p + "self_attn.q_proj.bias": b["bq"][i], p + "self_attn.k_proj.bias": b["bk"][i],
+                    p + "self_attn.v_proj.bias": b["bv"][i]}
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def gguf_state(cfg: LMConfig, params: dict) -> dict[str, np.ndarray]:
+    """GGUF tensor name -> float32 tensor as llama.cpp's converter writes it (Q/K rows permuted)."""
+    hf = hf_state(cfg, params)
+    out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"]}
+    if "lm_head.weight" in hf:
+        out["output.weight"] = hf["lm_head.weight"]
+    names = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+             "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+             "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+             "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+             "self_attn.v_proj.bias": "attn_v.bias", "mlp.gate_proj.weight": "ffn_gate.weight",
+             "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+    for i in range(cfg.layers):
+        for h, g in names.items():
+            if (w := hf.get(f"model.layers.{i}.{h}")) is None:
+                continue
+            if g.startswith("attn_q."):
+                w = llamacpp_permute(w, cfg.heads)
+            elif g.startswith("attn_k."):
+                w = llamacpp_permute(w, cfg.kv_heads)
+            out[f"blk.{i}.{g}"] = np.ascontiguousarray(w)
+    return out
+
+
+def write_hf(directory: Path, cfg: LMConfig, params: dict, tok: Tokenizer) -> Path:
+    from safetensors.numpy import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab,
+              "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn, "num_hidden_layers": cfg.layers,
+              "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads,
+              "head_dim": cfg.head_dim, "hidden_act": "silu", "rope_theta": cfg.rope_theta,
+              "rope_scaling": None, "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tied_embeddings,
+              "attention_bias": cfg.attn_bias, "max_position_embeddings": cfg.max_positions,
+              "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD, "torch_dtype": "float32"}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(hf_state(cfg, params), str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "bos_token": SPECIAL[BOS], "eos_token": SPECIAL[EOS],
+        "pad_token": SPECIAL[PAD], "unk_token": SPECIAL[0], "add_prefix_space": False,
+        "clean_up_tokenization_spaces": False, "model_max_length": cfg.max_positions,
+        "chat_template": CHAT_TEMPLATE}, indent=2))
+    return directory
+
+
+def write_gguf(path: Path, cfg: LMConfig, params: dict, tok: Tokenizer, quant: dict | None = None) -> Path:
+    """A GGUF file as llama.cpp's converter writes it; `quant`: tensor name suffix -> GGML type."""
+    quant = quant or {}
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.layers)
+    w.add_context_length(cfg.max_positions)
+    w.add_embedding_length(cfg.d_model)
+    w.add_feed_forward_length(cfg.ffn)
+    w.add_head_count(cfg.heads)
+    w.add_head_count_kv(cfg.kv_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_layer_norm_rms_eps(cfg.norm_eps)
+    w.add_vocab_size(cfg.vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list([tok.id_to_token(i) for i in range(tok.get_vocab_size())])
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    w.add_token_types([gguf.TokenType.CONTROL if tok.id_to_token(i) in special else gguf.TokenType.NORMAL
+                       for i in range(tok.get_vocab_size())])
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(BOS)
+    w.add_eos_token_id(EOS)
+    w.add_pad_token_id(PAD)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+    for name, t in gguf_state(cfg, params).items():
+        qtype = next((q for suffix, q in quant.items() if name.endswith(suffix)), None)
+        if qtype is None or qtype == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, t)
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, t.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(t, qtype), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def write_tiny(directory, *, seed: int = 0, tied: bool = False, attn_bias: bool = False) -> dict:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer()
+    cfg = LMConfig(family="llama", vocab=tok.get_vocab_size(), rope_theta=10_000.0, norm_eps=1e-5,
+                   tied_embeddings=tied, attn_bias=attn_bias, max_positions=256,
+                   bos_id=BOS, eos_id=EOS, pad_id=PAD, **SIZES)
+    params = random_params(cfg, seed)
+    return dict(hf_dir=write_hf(directory / "hf", cfg, params, tok),
+                gguf=write_gguf(directory / "tiny-f32.gguf", cfg, params, tok),
+                gguf_quant=write_gguf(directory / "tiny-quant.gguf", cfg, params, tok, QUANT),
+                cfg=cfg, params=params)
