@@ -25,10 +25,14 @@ rewards of each step's samples (step 1's are the reference's) to --out as JSON.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; no telemetry either
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 import argparse
 import importlib.metadata
 import json
-import os
 import platform
 import re
 import statistics
@@ -123,13 +127,17 @@ class StepTimer(TrainerCallback):
 
     def __init__(self):
         self.times: list[float] = []
-        self._t = None
+        self.cpu_times: list[float] = []  # this process's CPU seconds (all threads): less sensitive to a
+        self._t = self._c = None          # shared machine than wall time, though not immune (spinning)
 
     def on_step_begin(self, args, state, control, **kw):
-        self._t = time.perf_counter()
+        self._t, self._c = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args, state, control, **kw):
         self.times.append(time.perf_counter() - self._t)
+        self.cpu_times.append(time.process_time() - self._c)
+        print(f"step {len(self.times)}: {self.times[-1]:.1f} s wall, {self.cpu_times[-1]:.1f} s CPU, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def main() -> None:
@@ -192,8 +200,8 @@ def main() -> None:
                           processing_class=tok, callbacks=[timer])
     trainer.train()
 
-    steady = timer.times[1:] or timer.times
-    sec = statistics.median(steady)
+    sec = statistics.median(timer.times[1:] or timer.times)
+    cpu = statistics.median(timer.cpu_times[1:] or timer.cpu_times)
     per_step = a.prompts_per_step * a.group_size
     result = {
         "command": "experiments/trl/grpo_trl.py " + " ".join(f"{k}={v}" for k, v in vars(a).items()),
@@ -202,10 +210,13 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
         "precision": a.precision, "completions_per_step": per_step, "new_tokens": new_tokens,
         "step_seconds": timer.times, "median_step_seconds_after_first": sec, "samples_per_second": per_step / sec,
+        "step_cpu_seconds": timer.cpu_times, "median_step_cpu_seconds_after_first": cpu,
         "mean_reward_per_step": log, "weights": weights,
     }
     print(json.dumps({k: result[k] for k in ("precision", "step_seconds", "median_step_seconds_after_first",
-                                              "samples_per_second", "mean_reward_per_step", "loadavg")}, indent=1))
+                                              "samples_per_second", "step_cpu_seconds",
+                                              "median_step_cpu_seconds_after_first", "mean_reward_per_step",
+                                              "loadavg")}, indent=1))
     if a.out:
         a.out.write_text(json.dumps(result, indent=1) + "\n")
 

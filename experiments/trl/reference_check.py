@@ -20,6 +20,11 @@ float32 on the CPU. Nothing is downloaded: the file comes from the installed `ll
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; no telemetry either
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 import argparse
 import hashlib
 import importlib.metadata
