@@ -224,13 +224,31 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
                                   [_sft_label(p) for p in refs.points], f"SFT of the {exp.static.policy} reference")
     rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2, allow_nan=False))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
-    point = info["points"][0]["metrics"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (None: every run of the point diverged)
-    print(f"phi {fmt(point['phi']['start'])} -> {fmt(point['phi']['end'])}, "
-          f"phi_prime {fmt(point['phi_prime']['start'])} -> {fmt(point['phi_prime']['end'])} "
-          f"(compile {result.compile_seconds:.1f}s, run {result.run_seconds:.1f}s); outputs in {out}")
+    print(closing_line(info, out, "points.csv" if exp.record == "points" else "metrics.csv"))
     print(one_line_diagnostics(info["points"][0]))
     return info
+
+
+def closing_line(info: dict, out: Path, table: str) -> str:
+    """phi and phi_prime from start to end: of the one point, or their range over every sweep point;
+    and where the outputs are (a sweep's per-point numbers: summary.json's "points" and the table)."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (None: every run of the point diverged)
+
+    def span(name: str, field: str) -> str:
+        values = [p["metrics"][name][field] for p in info["points"]]
+        known = [v for v in values if v is not None]
+        if len(values) == 1 or not known:
+            return fmt(values[0])
+        lo, hi = fmt(min(known)), fmt(max(known))
+        text = lo if lo == hi else f"{lo}..{hi}"
+        return text + (f" ({len(values) - len(known)} n/a)" if len(known) < len(values) else "")
+
+    times = f"(compile {info['compile_seconds']:.1f}s, run {info['run_seconds']:.1f}s)"
+    moves = ", ".join(f"{m} {span(m, 'start')} -> {span(m, 'end')}" for m in ("phi", "phi_prime"))
+    if len(info["points"]) == 1:
+        return f"{moves} {times}; outputs in {out}"
+    return (f"{len(info['points'])} sweep points, range over points: {moves} {times}; each point in "
+            f"{out / 'summary.json'} (\"points\") and {out / table}")
 
 
 def title(exp: Experiment, batch: Batch) -> str:

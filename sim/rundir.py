@@ -142,7 +142,7 @@ class MetricsCsv:
         """Rewrite the file atomically with exactly `rows` (name -> [T, R]), e.g. a checkpoint's."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(self._lines(rows, 0, header=True))
+            csv.writer(f, lineterminator="\n").writerows(self._lines(rows, 0, header=True))
         os.replace(tmp, self.path)
         self.written = len(rows[self.names[0]])
 
@@ -151,7 +151,7 @@ class MetricsCsv:
         if self.written == 0:
             return self.reset(rows)
         with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerows(self._lines(rows, self.written, header=False))
+            csv.writer(f, lineterminator="\n").writerows(self._lines(rows, self.written, header=False))
             f.flush()
             os.fsync(f.fileno())
         self.written = len(rows[self.names[0]])

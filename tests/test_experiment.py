@@ -167,3 +167,16 @@ def test_a_neural_policy_starts_at_its_sft_reference_and_reports_it(tmp_path):
     assert m["kappa_phi"]["start"] == pytest.approx(geo["phi"]["tilt"]["kappa"], rel=1e-4)
     assert abs(info["points"][0]["orthogonality"]["reference"]["corr"]) < 0.05
     assert (tmp_path / "out" / "kl_cost.png").exists() and (tmp_path / "out" / "orthogonality.png").exists()
+
+
+def test_the_closing_line_of_a_sweep_reports_every_point_and_where_the_table_is(tmp_path):
+    def point(phi_end, prime_end):
+        return {"metrics": {"phi": {"start": 0.2, "end": phi_end}, "phi_prime": {"start": 0.9, "end": prime_end}}}
+
+    info = {"compile_seconds": 1.0, "run_seconds": 2.0, "points": [point(0.5, 0.8), point(0.3, None), point(0.7, 0.85)]}
+    line = experiment.closing_line(info, tmp_path, "metrics.csv")
+    assert "3 sweep points" in line and "phi 0.200 -> 0.300..0.700" in line, line
+    assert "phi_prime 0.900 -> 0.800..0.850 (1 n/a)" in line and str(tmp_path / "metrics.csv") in line, line
+    assert str(tmp_path / "summary.json") in line and "\n" not in line
+    one = experiment.closing_line(dict(info, points=info["points"][:1]), tmp_path, "metrics.csv")
+    assert one == f"phi 0.200 -> 0.500, phi_prime 0.900 -> 0.800 (compile 1.0s, run 2.0s); outputs in {tmp_path}"

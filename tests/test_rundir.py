@@ -87,3 +87,13 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
     path.write_text("old")
     rundir.write_atomic(path, "new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_metrics_csv_lines_end_in_lf_not_crlf(tmp_path):
+    """Every tool expects LF; the csv module writes CRLF unless told otherwise."""
+    rows = {"phi": np.zeros((3, 2), np.float32), "diverged_at_step": np.full((3, 2), -1, np.int32)}
+    table = rundir.MetricsCsv(tmp_path / "m.csv", ("phi", "diverged_at_step"), np.arange(3) * 5, {"run": np.arange(2)})
+    table.extend({k: v[:2] for k, v in rows.items()})  # the first write (reset), then an append
+    table.extend(rows)
+    data = (tmp_path / "m.csv").read_bytes()
+    assert b"\r" not in data and data.count(b"\n") == 1 + 3 * 2 and data.endswith(b"\n")
