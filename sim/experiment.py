@@ -67,7 +67,8 @@ def diverged_runs(batch: Batch, result: TrainResult) -> list[dict]:
 def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, provenance: dict,
             overrides=()) -> dict:
     diverged = diverged_runs(batch, result)
-    points = results.point_summaries(result.metrics, batch.points_R, batch.point_values, result.diverged_at_step_R)
+    points = results.point_summaries(result.metrics, batch.points_R, batch.point_values, result.diverged_at_step_R,
+                                     result.steps_T)
     for point, hp in zip(points, batch.point_hparams):
         point["hparams"] = hp  # what the point trained with (derived settings resolved)
     return {

@@ -23,7 +23,9 @@ def test_run_experiment_writes_every_output(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(info))
     phi = saved["points"][0]["metrics"]["phi"]
-    assert set(phi) == {"start", "end", "delta_mean", "delta_ci95", "n_seeds"} and phi["n_seeds"] == 4
+    assert set(phi) == {"start", "start_step", "end", "end_step", "end_is_last", "delta_mean", "delta_ci95",
+                        "n_seeds"} and phi["n_seeds"] == 4
+    assert (phi["start_step"], phi["end_step"], phi["end_is_last"]) == (0, 20, True)
     assert saved["config_hash"] == config_hash(plain) and saved["versions"]["jax"] == versions()["jax"]
     assert saved["compile_seconds"] > 0 and saved["run_seconds"] > 0
     assert saved["n_diverged"] == 0 and saved["diverged"] == [] and "git" in saved
@@ -180,3 +182,16 @@ def test_the_closing_line_of_a_sweep_reports_every_point_and_where_the_table_is(
     assert str(tmp_path / "summary.json") in line and "\n" not in line
     one = experiment.closing_line(dict(info, points=info["points"][:1]), tmp_path, "metrics.csv")
     assert one == f"phi 0.200 -> 0.500, phi_prime 0.900 -> 0.800 (compile 1.0s, run 2.0s); outputs in {tmp_path}"
+
+
+def test_an_absurd_learning_rate_summary_shows_no_value_the_table_lacks(tmp_path):
+    """optim.lr=1e6 makes every policy deterministic at the first update: the kappas are NaN from
+    step 5 on in every run (as metrics.csv shows). The summary's end is then step 0's, says so,
+    and claims no change."""
+    plain = compose_plain(SMALL + ["optim.lr=1e6"])
+    info = run_experiment(parse(plain), plain, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert all(r["kappa_phi"] == "nan" for r in rows if r["step"] != "0")
+    kappa = info["points"][0]["metrics"]["kappa_phi"]
+    assert kappa["end_step"] == 0 and kappa["end_is_last"] is False and kappa["delta_mean"] is None
+    assert kappa["end"] == pytest.approx(float(rows[0]["kappa_phi"]))
