@@ -82,6 +82,9 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
         # left out of every statistic below (n_seeds counts the healthy runs of a point)
         "n_diverged": len(diverged),
         "diverged": diverged,
+        # healthy runs whose policy ended (near-)deterministic; per point in points[*]
+        "n_deterministic": sum(p["n_deterministic"] or 0 for p in points),
+        "deterministic_entropy": results.DETERMINISTIC_ENTROPY,
         "points": points,
         "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds,
@@ -225,6 +228,9 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
                                   [_sft_label(p) for p in refs.points], f"SFT of the {exp.static.policy} reference")
     rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2, allow_nan=False))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
+    if info["n_deterministic"]:
+        print(f"sim: note: {info['n_deterministic']} of {info['n_runs']} runs ended deterministic (entropy < "
+              f"{results.DETERMINISTIC_ENTROPY:g} nats; per point: n_deterministic in summary.json)", file=sys.stderr)
     print(closing_line(info, out, "points.csv" if exp.record == "points" else "metrics.csv"))
     print(one_line_diagnostics(info["points"][0]))
     return info

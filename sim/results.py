@@ -103,6 +103,13 @@ def _none_if_nan(v: float):
     return None if np.isnan(v) else v
 
 
+# A run "ended deterministic" when its last logged entropy (mean over prompts of the response
+# entropy, nats) is below this: a prompt with entropy h < 0.01 has a response of probability
+# above 0.998 (h is at least the binary entropy of the most likely response's probability).
+# Not a fault in itself (a policy may converge), but it is what an absurd learning rate leaves.
+DETERMINISTIC_ENTROPY = 0.01
+
+
 def point_summaries(metrics: dict[str, np.ndarray], points_R: np.ndarray, point_values: list[dict],
                     diverged_R: np.ndarray | None = None, steps_T: np.ndarray | None = None) -> list[dict]:
     """One entry per sweep point: its swept values and a metric_summary per metric over its
@@ -114,6 +121,9 @@ def point_summaries(metrics: dict[str, np.ndarray], points_R: np.ndarray, point_
         runs = np.flatnonzero((points_R == p) & healthy_R)
         out.append({"values": values,
                     "n_diverged": int(np.sum((points_R == p) & ~healthy_R)),
+                    # of its healthy runs, those whose last entropy is below DETERMINISTIC_ENTROPY
+                    "n_deterministic": (int(np.sum(metrics["entropy"][-1, runs] < DETERMINISTIC_ENTROPY))
+                                        if "entropy" in metrics else None),
                     "metrics": {k: metric_summary(v[:, runs], steps_T) for k, v in metrics.items()}})
     return out
 

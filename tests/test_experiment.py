@@ -195,3 +195,6 @@ def test_an_absurd_learning_rate_summary_shows_no_value_the_table_lacks(tmp_path
     kappa = info["points"][0]["metrics"]["kappa_phi"]
     assert kappa["end_step"] == 0 and kappa["end_is_last"] is False and kappa["delta_mean"] is None
     assert kappa["end"] == pytest.approx(float(rows[0]["kappa_phi"]))
+    # and every run ended deterministic (entropy 0 in the table), which the summary counts
+    assert all(float(r["entropy"]) == 0 for r in rows if r["step"] == "20")
+    assert info["points"][0]["n_deterministic"] == info["n_deterministic"] == 4
