@@ -100,6 +100,8 @@ def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoi
         start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows, ref_R))
     except CheckpointError as e:
         raise ConfigError(f"hydra.run.dir={out}: {e}; pass overwrite=true to start again") from None
+    for bad, why in checkpoints.damaged:
+        print(f"sim: warning: the checkpoint at step {bad} is damaged ({why}); deleted", file=sys.stderr)
     step = start.rows_done * exp.static.log_every if start else 0
     print(f"sim: resuming the interrupted run in {out} from step {step}", file=sys.stderr, flush=True)
     return start

@@ -1,4 +1,5 @@
 import csv
+import os
 import json
 
 import numpy as np
@@ -198,3 +199,42 @@ def test_an_absurd_learning_rate_summary_shows_no_value_the_table_lacks(tmp_path
     # and every run ended deterministic (entropy 0 in the table), which the summary counts
     assert all(float(r["entropy"]) == 0 for r in rows if r["step"] == "20")
     assert info["points"][0]["n_deterministic"] == info["n_deterministic"] == 4
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_rewrites_later_rows(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A run that crashed after 3 of its 4 chunks (checkpoints at steps 10 and 15 kept, metrics.csv
+    up to step 15); the step-15 checkpoint is then truncated. Re-running resumes from step 10,
+    rewrites the rows after it, and ends with the uninterrupted run's metrics.csv; with no readable
+    checkpoint left it is one ConfigError naming overwrite=true."""
+    plain = compose_plain(SMALL + ["checkpoint_seconds=0"])
+    out = tmp_path / "run"
+    extend, calls = rundir.MetricsCsv.extend, []
+
+    def crash_at_chunk_4(self, rows):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("crash")
+        return extend(self, rows)
+
+    monkeypatch.setattr(rundir.MetricsCsv, "extend", crash_at_chunk_4)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_experiment(parse(plain), plain, out)
+    monkeypatch.setattr(rundir.MetricsCsv, "extend", extend)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["10", "15"]
+    assert (out / "metrics.csv").read_text().count("\n") == 1 + 4 * 4  # header, steps 0-15
+    data = max((p for p in (out / "checkpoints" / "15" / "state" / "d").iterdir()), key=lambda p: p.stat().st_size)
+    os.truncate(data, data.stat().st_size // 2)
+    capsys.readouterr()
+    run_experiment(parse(plain), plain, out)
+    err = capsys.readouterr().err
+    assert "the checkpoint at step 15 is damaged" in err and "from step 10" in err, err
+    run_experiment(parse(plain), plain, tmp_path / "reference")
+    assert (out / "metrics.csv").read_bytes() == (tmp_path / "reference" / "metrics.csv").read_bytes()
+
+    # no readable checkpoint: one line, how to start over
+    (out / "summary.json").unlink()
+    (out / "checkpoints" / "10" / "meta").mkdir(parents=True)
+    (out / "checkpoints" / "10" / "meta" / "metadata").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"no checkpoint can be read .*; pass overwrite=true to start again"):
+        run_experiment(parse(plain), plain, out)
