@@ -97,9 +97,15 @@ def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
     return parse(plain), plain, run_dir
 
 
-def preflight(argv: list[str]) -> Experiment | None:
+# The run directory's lock file, open for this process's life (preflight with claim=True).
+_claimed: list[int] = []
+
+
+def preflight(argv: list[str], claim: bool = False) -> Experiment | None:
     """Validate before Hydra starts (and writes into the run directory): a bad config or a run
-    directory that must not be touched stops here with one line; a completed run is reported."""
+    directory that must not be touched stops here with one line; a completed run is reported.
+    claim=True (the command line) then also creates the directory and opens its lock file
+    (rundir.claim), so that an unwritable one is refused here too, not by Hydra's traceback."""
     if any(a.startswith("-") for a in argv):  # --multirun, --cfg, --help ...: Hydra's own business
         return None
     try:
@@ -107,6 +113,8 @@ def preflight(argv: list[str]) -> Experiment | None:
         from sim import rundir
 
         action = rundir.plan(run_dir, rundir.config_hash(plain), exp.resume, exp.overwrite)
+        if claim and action != "done":
+            _claimed.append(rundir.claim(run_dir))
     except ConfigError as e:
         fail(str(e))
     if action == "done":
@@ -120,7 +128,7 @@ def preflight(argv: list[str]) -> Experiment | None:
 
 def main() -> None:
     """The command line: exits the process."""
-    preflight(sys.argv[1:])
+    preflight(sys.argv[1:], claim=True)
     hydra_main()
     # Every output is written and closed by now: skip the interpreter's teardown, which spent
     # ~0.25 s of a warm default run destroying JAX's and XLA's objects (interleaved runs, README).

@@ -115,6 +115,22 @@ def plan(out: Path, cfg_hash: str, resume: bool, overwrite: bool) -> Action:
     return "resume"
 
 
+# In the run directory, never removed (not a run output): the command line opens it before Hydra
+# writes anything there, which is also where an unwritable directory is found.
+LOCK_FILE = ".sim.lock"
+
+
+def claim(out: Path) -> int:
+    """Create `out` and open its lock file (a file descriptor the caller keeps for the run's life);
+    raises ConfigError (one line) where that cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"hydra.run.dir={out}: cannot write there ({e.strerror or e}); choose a directory "
+                          "this user can write to") from None
+
+
 def clear(out: Path) -> None:
     """Remove what an earlier run wrote (RUN_OUTPUTS only, never other files)."""
     for name in RUN_OUTPUTS:

@@ -3,6 +3,7 @@ path (`preflight`) in-process for the generated hostile configurations."""
 import contextlib
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -321,3 +322,27 @@ def test_valid_small_configs_run_and_every_run_is_finite_or_flagged(tmp_path):
 
     check()
     assert len(ran) >= 8
+
+
+def _unwritable(tmp_path):
+    """A run directory that this user cannot create: under a read-only folder, or for root (whom
+    permissions do not stop) under /sys, which is read-only to everyone."""
+    if os.geteuid() == 0:
+        out = Path("/sys/sim-unwritable/run")
+    else:
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        out = tmp_path / "ro" / "run"
+    try:
+        out.mkdir(parents=True)
+    except OSError:
+        return out
+    pytest.skip(f"{out} is writable here")
+
+
+def test_an_unwritable_run_directory_is_one_line_and_exit_2_not_hydras_traceback(tmp_path):
+    out = _unwritable(tmp_path)
+    proc = sim_run(*SMALL, f"hydra.run.dir={out}", cwd=tmp_path)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"sim: error: hydra.run.dir={out}: cannot write there (") and not out.exists(), err
