@@ -97,24 +97,28 @@ def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
     return parse(plain), plain, run_dir
 
 
-# The run directory's lock file, open for this process's life (preflight with claim=True).
+# The run directory's locked lock file, open for this process's life (preflight with claim=True).
 _claimed: list[int] = []
 
 
 def preflight(argv: list[str], claim: bool = False) -> Experiment | None:
     """Validate before Hydra starts (and writes into the run directory): a bad config or a run
     directory that must not be touched stops here with one line; a completed run is reported.
-    claim=True (the command line) then also creates the directory and opens its lock file
-    (rundir.claim), so that an unwritable one is refused here too, not by Hydra's traceback."""
+    claim=True (the command line) then also creates the directory and takes its lock for the
+    process's life (rundir.claim): an unwritable directory, or one another run holds, is refused
+    here, before Hydra writes its .hydra/ there."""
     if any(a.startswith("-") for a in argv):  # --multirun, --cfg, --help ...: Hydra's own business
         return None
     try:
         exp, plain, run_dir = validate(argv)
         from sim import rundir
 
+        holder = rundir.running(run_dir)  # first: a run in progress is named, whatever its config
+        if holder:
+            raise rundir.in_use(run_dir, holder)
         action = rundir.plan(run_dir, rundir.config_hash(plain), exp.resume, exp.overwrite)
         if claim and action != "done":
-            _claimed.append(rundir.claim(run_dir))
+            _claimed.append(rundir.claim(run_dir, rundir.config_hash(plain)))
     except ConfigError as e:
         fail(str(e))
     if action == "done":

@@ -346,3 +346,37 @@ def test_an_unwritable_run_directory_is_one_line_and_exit_2_not_hydras_traceback
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"sim: error: hydra.run.dir={out}: cannot write there (") and not out.exists(), err
+
+
+def _tree(root):
+    """Every file under `root` with its bytes and mtime: to show that nothing was touched."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+# Holds a run directory's lock as a running `sim.run` does (rundir.claim), until killed.
+HOLD_LOCK = ("import sys; from pathlib import Path; from sim import rundir; "
+             "rundir.claim(Path(sys.argv[1]), 'feedc0de00000000'); print('held', flush=True); sys.stdin.read()")
+
+
+def test_a_second_run_in_a_directory_in_use_is_refused_and_touches_nothing_and_a_crash_frees_it(tmp_path):
+    from sim import rundir
+
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)  # what the running one (another config) has written so far
+    (out / ".hydra" / "config.yaml").write_text("seeds: 99\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=Path(__file__).parent.parent,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = _tree(out)
+        proc = sim_run(*SMALL, f"hydra.run.dir={out}", cwd=tmp_path)
+        err = proc.stderr.strip()
+        assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert re.search(rf"in use by a running sim \(pid {holder.pid} on .*, started .* UTC, config_hash "
+                         r"feedc0de00000000\); wait for it to end", err), err
+        assert _tree(out) == before  # not a byte of the other run (nor of its lock file) changed
+    finally:
+        holder.kill()  # SIGKILL: a crash, which the OS releases the lock of
+        holder.wait()
+    assert rundir.running(out) is None
+    os.close(rundir.claim(out, "0123"))

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import re
 
 import numpy as np
@@ -97,3 +98,20 @@ def test_metrics_csv_lines_end_in_lf_not_crlf(tmp_path):
     table.extend(rows)
     data = (tmp_path / "m.csv").read_bytes()
     assert b"\r" not in data and data.count(b"\n") == 1 + 3 * 2 and data.endswith(b"\n")
+
+
+def test_claim_locks_the_directory_names_its_holder_and_a_closed_lock_is_free(tmp_path):
+    out = tmp_path / "a" / "run"
+    assert rundir.running(out) is None and not out.exists()  # probing creates nothing
+    fd = rundir.claim(out, "abc")  # flock: a second open file, even in this process, is refused
+    try:
+        assert re.fullmatch(r"pid \d+ on .*, started .* UTC, config_hash abc", rundir.running(out))
+        with pytest.raises(ConfigError, match=r"run: in use by a running sim \(pid \d+ .*config_hash abc\)"):
+            rundir.claim(out, "def")
+    finally:
+        os.close(fd)
+    assert rundir.running(out) is None
+    os.close(rundir.claim(out, "def"))
+    rundir.clear(out)  # the lock file is not a run output: it stays, and does not make a run
+    assert [p.name for p in out.iterdir()] == [rundir.LOCK_FILE]
+    assert rundir.plan(out, "h", resume=True, overwrite=False) == "fresh"
