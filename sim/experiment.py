@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, plots, reference, results, rundir
+from sim import analysis, diagnostics, interrupt, plots, reference, results, rundir
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -202,11 +202,26 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         if start is not None:
             table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
 
-        def on_snapshot(snap: Snapshot) -> None:
-            table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
-            checkpoints.maybe_save(snap)
+        # the newest snapshot in metrics.csv, and the rows done of the newest one checkpointed
+        last = {"snap": None, "saved": start.rows_done if start is not None else 0}
 
-        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R)
+        def on_snapshot(snap: Snapshot) -> None:
+            with interrupt.deferred():  # a Ctrl-C waits for these writes: rows whole, checkpoint started
+                table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
+                last["snap"] = snap
+                if checkpoints.maybe_save(snap):
+                    last["saved"] = snap.rows_done
+
+        try:
+            result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R)
+        except KeyboardInterrupt:
+            with interrupt.deferred():  # Ctrl-C: checkpoint the rows in metrics.csv on the way out
+                snap = last["snap"]
+                if snap is not None and snap.rows_done > last["saved"] and exp.checkpoint_seconds is not None:
+                    checkpoints.save(snap)
+                    last["saved"] = snap.rows_done
+                checkpoints.close()
+            raise interrupt.Interrupted(last["saved"] * exp.static.log_every) from None
     finally:
         checkpoints.close()
     return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)

@@ -6,7 +6,8 @@ config.yaml, metrics.csv, summary.json and rewards.png.
 Exit status: 0 success (or the directory already holds this completed run); 2 a user error
 (bad configuration, or a run directory that must not be touched), one line on stderr, nothing
 written; 3 the run finished and wrote everything, but some runs diverged (non-finite loss,
-rewards or parameters) and were left out of the statistics.
+rewards or parameters) and were left out of the statistics; 130 interrupted (Ctrl-C), one line
+naming the step a rerun resumes from.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from sim.config import ConfigError, Experiment, parse, parse_runtime
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def fail(message: str) -> None:
@@ -132,8 +134,14 @@ def preflight(argv: list[str], claim: bool = False) -> Experiment | None:
 
 def main() -> None:
     """The command line: exits the process."""
-    preflight(sys.argv[1:], claim=True)
-    hydra_main()
+    try:
+        preflight(sys.argv[1:], claim=True)
+        hydra_main()
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback (sim.interrupt)
+        from sim import interrupt
+
+        print(interrupt.message(e), file=sys.stderr)
+        _statuses.append(EXIT_INTERRUPTED)
     # Every output is written and closed by now: skip the interpreter's teardown, which spent
     # ~0.25 s of a warm default run destroying JAX's and XLA's objects (interleaved runs, README).
     logging.shutdown()

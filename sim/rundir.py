@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
@@ -205,20 +206,29 @@ class MetricsCsv:
         head, lines = results.table_rows(chunk, self.steps_T[first:len(rows[self.names[0]])], self.columns_R)
         return [head] + lines if header else lines
 
+    def _text(self, rows: dict, first: int, header: bool) -> bytes:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(self._lines(rows, first, header))
+        return text.getvalue().encode()
+
     def reset(self, rows: dict) -> None:
         """Rewrite the file atomically with exactly `rows` (name -> [T, R]), e.g. a checkpoint's."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows(self._lines(rows, 0, header=True))
+        tmp.write_bytes(self._text(rows, 0, header=True))
         os.replace(tmp, self.path)
         self.written = len(rows[self.names[0]])
 
     def extend(self, rows: dict) -> None:
-        """Append the rows of `rows` (every row so far) that the file does not have yet."""
+        """Append the rows of `rows` (every row so far) that the file does not have yet, in one
+        write() (a regular file's write is not cut short by a signal), so the file ends at a chunk."""
         if self.written == 0:
             return self.reset(rows)
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows(self._lines(rows, self.written, header=False))
-            f.flush()
-            os.fsync(f.fileno())
+        data = self._text(rows, self.written, header=False)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while data:  # one pass for a regular file; a short write (disk full) is continued
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.written = len(rows[self.names[0]])

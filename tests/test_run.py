@@ -380,3 +380,36 @@ def test_a_second_run_in_a_directory_in_use_is_refused_and_touches_nothing_and_a
         holder.wait()
     assert rundir.running(out) is None
     os.close(rundir.claim(out, "0123"))
+
+
+def test_ctrl_c_is_one_line_exit_130_a_table_of_whole_chunks_and_a_checkpoint_to_resume_from(tmp_path):
+    """SIGINT to a running `python -m sim.run` that holds the directory's lock (no checkpoint would
+    fall due for an hour): it writes one on the way out, at the step its metrics.csv ends on."""
+    from sim import rundir
+
+    out = tmp_path / "run"
+    args = ["seeds=2", "steps=100000", "log_every=5", "chunk_steps=5", "task.prompts=4", "plots=false",
+            "checkpoint_seconds=3600", f"hydra.run.dir={out}"]
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        try:
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:  # until 3 chunks are in the table
+                if (out / "metrics.csv").exists() and (out / "metrics.csv").read_bytes().count(b"\n") > 1 + 2 * 3:
+                    break
+                time.sleep(0.02)
+            assert re.match(rf"pid {proc.pid} on ", rundir.running(out) or ""), "the run does not hold its lock"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "err").read_text()
+    last = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    step = int(re.fullmatch(r"sim: interrupted at step (\d+); rerun the same command to resume", last).group(1))
+    table = (out / "metrics.csv").read_bytes()
+    assert step > 0 and table.endswith(b"\n") and table.count(b"\n") == 1 + 2 * (step // 5 + 1), (step, table[-300:])
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [str(step)]
+    assert rundir.running(out) is None and not (out / "summary.json").exists()
