@@ -340,11 +340,19 @@ def _unwritable(tmp_path):
     pytest.skip(f"{out} is writable here")
 
 
-def test_an_unwritable_run_directory_is_one_line_and_exit_2_not_hydras_traceback(tmp_path):
+def _refused(argv) -> str:
+    """preflight as the command line runs it before Hydra (claim=True): it must refuse; its one line."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as refused:
+        preflight(argv, claim=True)
+    text = err.getvalue()
+    assert refused.value.code == 2 and text.count("\n") == 1 and "Traceback" not in text, text
+    return text.strip()
+
+
+def test_an_unwritable_run_directory_is_one_line_and_exit_2_before_hydra(tmp_path):
     out = _unwritable(tmp_path)
-    proc = sim_run(*SMALL, f"hydra.run.dir={out}", cwd=tmp_path)
-    err = proc.stderr.strip()
-    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    err = _refused(SMALL + [f"hydra.run.dir={out}"])
     assert err.startswith(f"sim: error: hydra.run.dir={out}: cannot write there (") and not out.exists(), err
 
 
@@ -369,9 +377,7 @@ def test_a_second_run_in_a_directory_in_use_is_refused_and_touches_nothing_and_a
     try:
         assert holder.stdout.readline() == "held\n"
         before = _tree(out)
-        proc = sim_run(*SMALL, f"hydra.run.dir={out}", cwd=tmp_path)
-        err = proc.stderr.strip()
-        assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        err = _refused(SMALL + [f"hydra.run.dir={out}"])  # what `python -m sim.run` does before Hydra starts
         assert re.search(rf"in use by a running sim \(pid {holder.pid} on .*, started .* UTC, config_hash "
                          r"feedc0de00000000\); wait for it to end", err), err
         assert _tree(out) == before  # not a byte of the other run (nor of its lock file) changed
@@ -413,3 +419,61 @@ def test_ctrl_c_is_one_line_exit_130_a_table_of_whole_chunks_and_a_checkpoint_to
     assert step > 0 and table.endswith(b"\n") and table.count(b"\n") == 1 + 2 * (step // 5 + 1), (step, table[-300:])
     assert [p.name for p in (out / "checkpoints").iterdir()] == [str(step)]
     assert rundir.running(out) is None and not (out / "summary.json").exists()
+
+
+def test_hostile_configs_in_hostile_run_directories_are_refused_in_one_line_touching_nothing(tmp_path):
+    """The hostile configurations above, each aimed (claim=True, as the command line does) at a run
+    directory drawn from: unwritable; holding a finished run of another configuration; holding a
+    run in progress (its lock held, as a running sim.run holds it). Every one is refused with exit
+    status 2 and one line, and no byte (nor mtime) of the other runs changes. The one exception:
+    a valid config with overwrite=true may replace the finished run of another configuration."""
+    from sim import rundir, run
+
+    def other_run(out, cfg_hash):
+        (out / ".hydra").mkdir(parents=True)
+        (out / ".hydra" / "config.yaml").write_text("seeds: 99\n")
+        (out / "provenance.json").write_text(json.dumps({"config_hash": cfg_hash}))
+        (out / "metrics.csv").write_text("run,step\n0,0\n")
+
+    dirs = {"unwritable": _unwritable(tmp_path), "another config": tmp_path / "other", "in progress": tmp_path / "busy"}
+    other_run(dirs["another config"], "0123456789abcdef")
+    other_run(dirs["in progress"], "feedc0de00000000")
+    held = rundir.claim(dirs["in progress"], "feedc0de00000000")
+    trees = {name: _tree(d) for name, d in dirs.items() if d.exists()}
+    seen = Counter()
+
+    valid = st.lists(st.sampled_from(sorted(KEYS)), max_size=3, unique=True).flatmap(
+        lambda keys: st.tuples(*[KEYS[k][0].map(lambda v, k=k: f"{k}={v}") for k in keys]))
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(hostile_overrides() | valid.map(lambda o: (list(o), False)), st.sampled_from(sorted(dirs)))
+    def check(case, fault):
+        overrides, must_fail = case
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                preflight(overrides + [f"hydra.run.dir={dirs[fault]}"], claim=True)
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        while run._claimed:  # what an accepted example claimed (a new .sim.lock, no byte of the run)
+            os.close(run._claimed.pop())
+        text = err.getvalue()
+        if code == 0:
+            assert fault == "another config" and "overwrite=true" in overrides and not must_fail, (overrides, fault)
+            (dirs[fault] / rundir.LOCK_FILE).unlink()
+        else:
+            assert code == 2 and text.startswith("sim: error: ") and text.count("\n") == 1, (overrides, fault, text)
+        assert {name: _tree(d) for name, d in dirs.items() if d.exists()} == trees, (overrides, fault)
+        seen[(fault, "refused" if code else "accepted")] += 1
+        seen[(fault, "refused for the directory")] += bool(code and f"hydra.run.dir={dirs[fault]}:" in text)
+
+    try:
+        check()
+    finally:
+        os.close(held)
+    print(f"\nhostile configs in hostile directories: {dict(seen)}")
+    assert not dirs["unwritable"].exists()
+    for fault in dirs:  # each fault was met by valid configurations, and refused for itself
+        assert seen[(fault, "refused for the directory")] >= 3, seen
