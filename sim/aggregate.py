@@ -63,7 +63,7 @@ def write_table(path: Path, axes: list[str], points: list[dict]) -> None:
     metrics = tuple(m for m in SUMMARY_METRICS if m in points[0]["metrics"])
     header, rows = results.summary_table(points, axes, metrics)
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["job"] + header)
         writer.writerows([p["job"]] + row for p, row in zip(points, rows))
 

@@ -3,7 +3,9 @@
 Orbax writes each checkpoint into a temporary folder and renames it once complete, so a process
 killed at any moment leaves the last complete checkpoint readable. Saving is asynchronous: the
 arrays are already on the host (train.host_state) and a background thread writes them while the
-next chunk runs. Only the latest checkpoint is kept (each holds every metrics row so far).
+next chunk runs. The latest two checkpoints are kept (each holds every metrics row so far): a
+checkpoint damaged after it was written (a truncated file, emptied metadata) is detected when it
+is read, and the run resumes from the one before it.
 
 An orbax save has a fixed cost of about 0.1 s on a loaded 2-core machine however small the
 state (folders, metadata, tensorstore), which would double the default run's 1.3 s if taken
@@ -13,6 +15,7 @@ a run shorter than `every_seconds` never needs it.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +24,10 @@ from sim.train import Snapshot
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that exists but does not belong to this run."""
+    """A checkpoint that exists but does not belong to this run, or none that can be read."""
+
+
+KEEP = 2  # checkpoints kept: the one before the latest is the fallback when the latest is damaged
 
 
 class Checkpoints:
@@ -31,13 +37,14 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         self._last = time.monotonic()
         self._open = None  # the orbax CheckpointManager, made at first use
+        self.damaged: list[tuple[int, str]] = []  # (step, why) of the damaged checkpoints latest() set aside
 
     @property
     def _manager(self):
         if self._open is None:
             import orbax.checkpoint as ocp
 
-            options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True,
+            options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, enable_async_checkpointing=True,
                                                    cleanup_tmp_directories=True)
             self._open = ocp.CheckpointManager(self.directory, options=options)
         return self._open
@@ -59,18 +66,42 @@ class Checkpoints:
         return True
 
     def latest(self, template: Callable[[int], Snapshot]) -> Snapshot | None:
-        """The last complete checkpoint, restored into `template(rows_done)` (host form); None if none."""
+        """The newest checkpoint that can be read, restored into `template(rows_done)` (host form);
+        None if there is none. Newer ones that cannot be read are deleted and listed in `damaged`;
+        raises CheckpointError if there are checkpoints but none can be read, or one belongs to
+        another configuration."""
         if not self.directory.exists():
             return None
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        self.damaged = []
+        for step in steps:
+            try:
+                snap = self._restore(step, template)
+            except CheckpointError:
+                raise
+            except Exception as e:  # orbax, tensorstore or json on a truncated or emptied file
+                self.damaged.append((step, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"))
+                continue
+            if self.damaged:  # out of the way: a later save writes those steps again
+                self.close()
+                for bad, _ in self.damaged:
+                    shutil.rmtree(self.directory / str(bad), ignore_errors=True)
+            return snap
+        if self.damaged:
+            step, why = self.damaged[0]
+            raise CheckpointError(f"no checkpoint can be read ({len(self.damaged)} damaged; the latest, at step "
+                                  f"{step}: {why})")
+        return None
+
+    def _restore(self, step: int, template: Callable[[int], Snapshot]) -> Snapshot:
         import orbax.checkpoint as ocp
 
-        step = self._manager.latest_step()
-        if step is None:
-            return None
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if meta.get("config_hash") != self.config_hash:
             raise CheckpointError(f"checkpoint at step {step} belongs to config_hash {meta.get('config_hash')}, "
                                   f"not {self.config_hash}")
+        if int(meta["rows_done"]) * self.log_every != step:
+            raise ValueError(f"metadata says {meta['rows_done']} rows, not step {step}")
         like = template(int(meta["rows_done"]))
         got = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(like.state), rows=ocp.args.StandardRestore(like.rows)))

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, plots, reference, results, rundir
+from sim import analysis, diagnostics, interrupt, plots, reference, results, rundir
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -67,7 +67,8 @@ def diverged_runs(batch: Batch, result: TrainResult) -> list[dict]:
 def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, provenance: dict,
             overrides=()) -> dict:
     diverged = diverged_runs(batch, result)
-    points = results.point_summaries(result.metrics, batch.points_R, batch.point_values, result.diverged_at_step_R)
+    points = results.point_summaries(result.metrics, batch.points_R, batch.point_values, result.diverged_at_step_R,
+                                     result.steps_T)
     for point, hp in zip(points, batch.point_hparams):
         point["hparams"] = hp  # what the point trained with (derived settings resolved)
     return {
@@ -81,6 +82,9 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
         # left out of every statistic below (n_seeds counts the healthy runs of a point)
         "n_diverged": len(diverged),
         "diverged": diverged,
+        # healthy runs whose policy ended (near-)deterministic; per point in points[*]
+        "n_deterministic": sum(p["n_deterministic"] or 0 for p in points),
+        "deterministic_entropy": results.DETERMINISTIC_ENTROPY,
         "points": points,
         "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds,
@@ -98,6 +102,8 @@ def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoi
                                                                   shared))
     except CheckpointError as e:
         raise ConfigError(f"hydra.run.dir={out}: {e}; pass overwrite=true to start again") from None
+    for bad, why in checkpoints.damaged:
+        print(f"sim: warning: the checkpoint at step {bad} is damaged ({why}); deleted", file=sys.stderr)
     step = start.rows_done * exp.static.log_every if start else 0
     print(f"sim: resuming the interrupted run in {out} from step {step}", file=sys.stderr, flush=True)
     return start
@@ -207,11 +213,26 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         if start is not None:
             table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
 
-        def on_snapshot(snap: Snapshot) -> None:
-            table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
-            checkpoints.maybe_save(snap)
+        # the newest snapshot in metrics.csv, and the rows done of the newest one checkpointed
+        last = {"snap": None, "saved": start.rows_done if start is not None else 0}
 
-        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R, **lm_kw)
+        def on_snapshot(snap: Snapshot) -> None:
+            with interrupt.deferred():  # a Ctrl-C waits for these writes: rows whole, checkpoint started
+                table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
+                last["snap"] = snap
+                if checkpoints.maybe_save(snap):
+                    last["saved"] = snap.rows_done
+
+        try:
+            result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R, **lm_kw)
+        except KeyboardInterrupt:
+            with interrupt.deferred():  # Ctrl-C: checkpoint the rows in metrics.csv on the way out
+                snap = last["snap"]
+                if snap is not None and snap.rows_done > last["saved"] and exp.checkpoint_seconds is not None:
+                    checkpoints.save(snap)
+                    last["saved"] = snap.rows_done
+                checkpoints.close()
+            raise interrupt.Interrupted(last["saved"] * exp.static.log_every) from None
     finally:
         checkpoints.close()
     return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
@@ -241,13 +262,34 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
                                   [_sft_label(p) for p in refs.points], f"SFT of the {exp.static.policy} reference")
     rundir.write_atomic(out / "summary.json", json.dumps(info, indent=2, allow_nan=False))
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # complete: nothing left to resume
-    point = info["points"][0]["metrics"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (None: every run of the point diverged)
-    print(f"phi {fmt(point['phi']['start'])} -> {fmt(point['phi']['end'])}, "
-          f"phi_prime {fmt(point['phi_prime']['start'])} -> {fmt(point['phi_prime']['end'])} "
-          f"(compile {result.compile_seconds:.1f}s, run {result.run_seconds:.1f}s); outputs in {out}")
+    if info["n_deterministic"]:
+        print(f"sim: note: {info['n_deterministic']} of {info['n_runs']} runs ended deterministic (entropy < "
+              f"{results.DETERMINISTIC_ENTROPY:g} nats; per point: n_deterministic in summary.json)", file=sys.stderr)
+    print(closing_line(info, out, "points.csv" if exp.record == "points" else "metrics.csv"))
     print(one_line_diagnostics(info["points"][0]))
     return info
+
+
+def closing_line(info: dict, out: Path, table: str) -> str:
+    """phi and phi_prime from start to end: of the one point, or their range over every sweep point;
+    and where the outputs are (a sweep's per-point numbers: summary.json's "points" and the table)."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731  (None: every run of the point diverged)
+
+    def span(name: str, field: str) -> str:
+        values = [p["metrics"][name][field] for p in info["points"]]
+        known = [v for v in values if v is not None]
+        if len(values) == 1 or not known:
+            return fmt(values[0])
+        lo, hi = fmt(min(known)), fmt(max(known))
+        text = lo if lo == hi else f"{lo}..{hi}"
+        return text + (f" ({len(values) - len(known)} n/a)" if len(known) < len(values) else "")
+
+    times = f"(compile {info['compile_seconds']:.1f}s, run {info['run_seconds']:.1f}s)"
+    moves = ", ".join(f"{m} {span(m, 'start')} -> {span(m, 'end')}" for m in ("phi", "phi_prime"))
+    if len(info["points"]) == 1:
+        return f"{moves} {times}; outputs in {out}"
+    return (f"{len(info['points'])} sweep points, range over points: {moves} {times}; each point in "
+            f"{out / 'summary.json'} (\"points\") and {out / table}")
 
 
 def title(exp: Experiment, batch: Batch) -> str:

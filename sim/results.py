@@ -67,23 +67,35 @@ def bands_from_moments(count_N: np.ndarray, mean: dict, m2: dict) -> Bands:
     return out
 
 
-def metric_summary(x_TxN: np.ndarray) -> dict:
+def metric_summary(x_TxN: np.ndarray, steps_T: np.ndarray | None = None) -> dict:
     """start, end, delta (mean and 95% CI) of one metric over the N seeds of one point.
 
-    Rows that are NaN for every run (batch statistics before the first step) are skipped, so
-    `start` is the first logged value the metric has.
+    Only rows with a value for every seed count: leading rows that are NaN (batch statistics
+    before the first step) are skipped, so `start` is the first logged value the metric has, and
+    `end` is the last row the table has a value in for every seed, at `end_step`. `end_is_last`
+    says whether that is the last logged step: False when the metric went NaN before it (e.g. a
+    kappa once float32 has made the policy deterministic), so that a summary never shows a value
+    at the end that the table does not have. No delta when start and end are the same row.
+    `steps_T` names the rows (default: their indices).
     """
-    rows = np.flatnonzero(~np.all(np.isnan(x_TxN), 1))
+    T, N = x_TxN.shape
+    steps_T = np.arange(T) if steps_T is None else np.asarray(steps_T)
+    rows = np.flatnonzero(~np.any(np.isnan(x_TxN), 1)) if N else np.array([], int)
     if rows.size == 0:
-        return {"start": None, "end": None, "delta_mean": None, "delta_ci95": [None, None], "n_seeds": x_TxN.shape[1]}
-    start, end = x_TxN[rows[0]], x_TxN[rows[-1]]
-    mean, lo, hi = mean_ci95(end - start)
+        return {"start": None, "start_step": None, "end": None, "end_step": None, "end_is_last": False,
+                "delta_mean": None, "delta_ci95": [None, None], "n_seeds": N}
+    first, last = rows[0], rows[-1]
+    start, end = x_TxN[first], x_TxN[last]
+    mean, lo, hi = mean_ci95(end - start) if last > first else (float("nan"),) * 3
     return {
         "start": float(np.mean(start)),
+        "start_step": int(steps_T[first]),
         "end": float(np.mean(end)),
-        "delta_mean": mean,
+        "end_step": int(steps_T[last]),
+        "end_is_last": bool(last == T - 1),
+        "delta_mean": _none_if_nan(mean),
         "delta_ci95": [_none_if_nan(lo), _none_if_nan(hi)],
-        "n_seeds": int(x_TxN.shape[1]),
+        "n_seeds": int(N),
     }
 
 
@@ -91,17 +103,28 @@ def _none_if_nan(v: float):
     return None if np.isnan(v) else v
 
 
+# A run "ended deterministic" when its last logged entropy (mean over prompts of the response
+# entropy, nats) is below this: a prompt with entropy h < 0.01 has a response of probability
+# above 0.998 (h is at least the binary entropy of the most likely response's probability).
+# Not a fault in itself (a policy may converge), but it is what an absurd learning rate leaves.
+DETERMINISTIC_ENTROPY = 0.01
+
+
 def point_summaries(metrics: dict[str, np.ndarray], points_R: np.ndarray, point_values: list[dict],
-                    diverged_R: np.ndarray | None = None) -> list[dict]:
+                    diverged_R: np.ndarray | None = None, steps_T: np.ndarray | None = None) -> list[dict]:
     """One entry per sweep point: its swept values and a metric_summary per metric over its
-    healthy runs; runs flagged in `diverged_R` (step >= 0) are left out and counted."""
+    healthy runs; runs flagged in `diverged_R` (step >= 0) are left out and counted. `steps_T`:
+    the logged step of each row."""
     healthy_R = np.ones(len(points_R), bool) if diverged_R is None else np.asarray(diverged_R) < 0
     out = []
     for p, values in enumerate(point_values):
         runs = np.flatnonzero((points_R == p) & healthy_R)
         out.append({"values": values,
                     "n_diverged": int(np.sum((points_R == p) & ~healthy_R)),
-                    "metrics": {k: metric_summary(v[:, runs]) for k, v in metrics.items()}})
+                    # of its healthy runs, those whose last entropy is below DETERMINISTIC_ENTROPY
+                    "n_deterministic": (int(np.sum(metrics["entropy"][-1, runs] < DETERMINISTIC_ENTROPY))
+                                        if "entropy" in metrics else None),
+                    "metrics": {k: metric_summary(v[:, runs], steps_T) for k, v in metrics.items()}})
     return out
 
 

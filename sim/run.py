@@ -6,7 +6,8 @@ config.yaml, metrics.csv, summary.json and rewards.png.
 Exit status: 0 success (or the directory already holds this completed run); 2 a user error
 (bad configuration, or a run directory that must not be touched), one line on stderr, nothing
 written; 3 the run finished and wrote everything, but some runs diverged (non-finite loss,
-rewards or parameters) and were left out of the statistics.
+rewards or parameters) and were left out of the statistics; 130 interrupted (Ctrl-C), one line
+naming the step a rerun resumes from.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from sim.config import ConfigError, Experiment, parse, parse_runtime
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def fail(message: str) -> None:
@@ -97,16 +99,28 @@ def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
     return parse(plain), plain, run_dir
 
 
-def preflight(argv: list[str]) -> Experiment | None:
+# The run directory's locked lock file, open for this process's life (preflight with claim=True).
+_claimed: list[int] = []
+
+
+def preflight(argv: list[str], claim: bool = False) -> Experiment | None:
     """Validate before Hydra starts (and writes into the run directory): a bad config or a run
-    directory that must not be touched stops here with one line; a completed run is reported."""
+    directory that must not be touched stops here with one line; a completed run is reported.
+    claim=True (the command line) then also creates the directory and takes its lock for the
+    process's life (rundir.claim): an unwritable directory, or one another run holds, is refused
+    here, before Hydra writes its .hydra/ there."""
     if any(a.startswith("-") for a in argv):  # --multirun, --cfg, --help ...: Hydra's own business
         return None
     try:
         exp, plain, run_dir = validate(argv)
         from sim import rundir
 
+        holder = rundir.running(run_dir)  # first: a run in progress is named, whatever its config
+        if holder:
+            raise rundir.in_use(run_dir, holder)
         action = rundir.plan(run_dir, rundir.config_hash(plain), exp.resume, exp.overwrite)
+        if claim and action != "done":
+            _claimed.append(rundir.claim(run_dir, rundir.config_hash(plain)))
     except ConfigError as e:
         fail(str(e))
     if action == "done":
@@ -120,8 +134,14 @@ def preflight(argv: list[str]) -> Experiment | None:
 
 def main() -> None:
     """The command line: exits the process."""
-    preflight(sys.argv[1:])
-    hydra_main()
+    try:
+        preflight(sys.argv[1:], claim=True)
+        hydra_main()
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback (sim.interrupt)
+        from sim import interrupt
+
+        print(interrupt.message(e), file=sys.stderr)
+        _statuses.append(EXIT_INTERRUPTED)
     # Every output is written and closed by now: skip the interpreter's teardown, which spent
     # ~0.25 s of a warm default run destroying JAX's and XLA's objects (interleaved runs, README).
     logging.shutdown()

@@ -14,12 +14,15 @@ Nothing already written is removed unless the user passes overwrite=true.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
 import shutil
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
@@ -115,6 +118,71 @@ def plan(out: Path, cfg_hash: str, resume: bool, overwrite: bool) -> Action:
     return "resume"
 
 
+# In the run directory, never removed (not a run output): the command line holds an exclusive
+# flock on it for the run's whole life (the OS releases it when the process ends, crashed or not),
+# taken before Hydra writes anything there; it names the holder (pid, host, start, config hash).
+LOCK_FILE = ".sim.lock"
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0))
+        return (f"pid {info['pid']} on {info['host']}, started {info['started']}, "
+                f"config_hash {info['config_hash']}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "not yet named"  # its holder is between taking the lock and writing its name
+
+
+def in_use(out: Path, holder: str) -> ConfigError:
+    return ConfigError(f"hydra.run.dir={out}: in use by a running sim ({holder}); wait for it to end or choose "
+                       "another directory")
+
+
+def running(out: Path) -> str | None:
+    """Who holds `out`'s lock (its description), None if no process does. Creates nothing; the
+    shared lock it tries for a moment is why claim() retries before it gives up."""
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def claim(out: Path, cfg_hash: str) -> int:
+    """Create `out`, take its lock and write this process's name into it; the lock file's
+    descriptor, to keep open for the run's life. Raises ConfigError (one line) where `out`
+    cannot be written or another process holds the lock; then nothing in `out` has changed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ConfigError(f"hydra.run.dir={out}: cannot write there ({e.strerror or e}); choose a directory "
+                          "this user can write to") from None
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 4:
+                holder = _holder(fd)
+                os.close(fd)
+                raise in_use(out, holder) from None
+            time.sleep(0.02)
+    name = {"pid": os.getpid(), "host": platform.node(), "config_hash": cfg_hash,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(name).encode(), 0)
+    return fd
+
+
 def clear(out: Path) -> None:
     """Remove what an earlier run wrote (RUN_OUTPUTS only, never other files)."""
     for name in RUN_OUTPUTS:
@@ -138,20 +206,29 @@ class MetricsCsv:
         head, lines = results.table_rows(chunk, self.steps_T[first:len(rows[self.names[0]])], self.columns_R)
         return [head] + lines if header else lines
 
+    def _text(self, rows: dict, first: int, header: bool) -> bytes:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerows(self._lines(rows, first, header))
+        return text.getvalue().encode()
+
     def reset(self, rows: dict) -> None:
         """Rewrite the file atomically with exactly `rows` (name -> [T, R]), e.g. a checkpoint's."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(self._lines(rows, 0, header=True))
+        tmp.write_bytes(self._text(rows, 0, header=True))
         os.replace(tmp, self.path)
         self.written = len(rows[self.names[0]])
 
     def extend(self, rows: dict) -> None:
-        """Append the rows of `rows` (every row so far) that the file does not have yet."""
+        """Append the rows of `rows` (every row so far) that the file does not have yet, in one
+        write() (a regular file's write is not cut short by a signal), so the file ends at a chunk."""
         if self.written == 0:
             return self.reset(rows)
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerows(self._lines(rows, self.written, header=False))
-            f.flush()
-            os.fsync(f.fileno())
+        data = self._text(rows, self.written, header=False)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while data:  # one pass for a regular file; a short write (disk full) is continued
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.written = len(rows[self.names[0]])

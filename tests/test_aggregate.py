@@ -57,3 +57,12 @@ def test_aggregate_of_a_directory_without_jobs_is_one_line_and_exit_2(tmp_path, 
         aggregate.main([str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and "no summary.json under it" in err and len(err.splitlines()) == 1
+
+
+def test_the_sweep_table_lines_end_in_lf(tmp_path):
+    point = {"values": {"optim.lr": 0.1}, "job": "0", "metrics": {
+        m: {"start": 0.0, "end": 1.0, "delta_mean": 1.0, "delta_ci95": [0.5, 1.5], "n_seeds": 2}
+        for m in aggregate.SUMMARY_METRICS}}
+    aggregate.write_table(tmp_path / "t.csv", ["optim.lr"], [point, point])
+    data = (tmp_path / "t.csv").read_bytes()
+    assert b"\r" not in data and data.count(b"\n") == 3

@@ -1,4 +1,5 @@
 import csv
+import os
 import json
 
 import numpy as np
@@ -23,7 +24,9 @@ def test_run_experiment_writes_every_output(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(info))
     phi = saved["points"][0]["metrics"]["phi"]
-    assert set(phi) == {"start", "end", "delta_mean", "delta_ci95", "n_seeds"} and phi["n_seeds"] == 4
+    assert set(phi) == {"start", "start_step", "end", "end_step", "end_is_last", "delta_mean", "delta_ci95",
+                        "n_seeds"} and phi["n_seeds"] == 4
+    assert (phi["start_step"], phi["end_step"], phi["end_is_last"]) == (0, 20, True)
     assert saved["config_hash"] == config_hash(plain) and saved["versions"]["jax"] == versions()["jax"]
     assert saved["compile_seconds"] > 0 and saved["run_seconds"] > 0
     assert saved["n_diverged"] == 0 and saved["diverged"] == [] and "git" in saved
@@ -167,3 +170,71 @@ def test_a_neural_policy_starts_at_its_sft_reference_and_reports_it(tmp_path):
     assert m["kappa_phi"]["start"] == pytest.approx(geo["phi"]["tilt"]["kappa"], rel=1e-4)
     assert abs(info["points"][0]["orthogonality"]["reference"]["corr"]) < 0.05
     assert (tmp_path / "out" / "kl_cost.png").exists() and (tmp_path / "out" / "orthogonality.png").exists()
+
+
+def test_the_closing_line_of_a_sweep_reports_every_point_and_where_the_table_is(tmp_path):
+    def point(phi_end, prime_end):
+        return {"metrics": {"phi": {"start": 0.2, "end": phi_end}, "phi_prime": {"start": 0.9, "end": prime_end}}}
+
+    info = {"compile_seconds": 1.0, "run_seconds": 2.0, "points": [point(0.5, 0.8), point(0.3, None), point(0.7, 0.85)]}
+    line = experiment.closing_line(info, tmp_path, "metrics.csv")
+    assert "3 sweep points" in line and "phi 0.200 -> 0.300..0.700" in line, line
+    assert "phi_prime 0.900 -> 0.800..0.850 (1 n/a)" in line and str(tmp_path / "metrics.csv") in line, line
+    assert str(tmp_path / "summary.json") in line and "\n" not in line
+    one = experiment.closing_line(dict(info, points=info["points"][:1]), tmp_path, "metrics.csv")
+    assert one == f"phi 0.200 -> 0.500, phi_prime 0.900 -> 0.800 (compile 1.0s, run 2.0s); outputs in {tmp_path}"
+
+
+def test_an_absurd_learning_rate_summary_shows_no_value_the_table_lacks(tmp_path):
+    """optim.lr=1e6 makes every policy deterministic at the first update: the kappas are NaN from
+    step 5 on in every run (as metrics.csv shows). The summary's end is then step 0's, says so,
+    and claims no change."""
+    plain = compose_plain(SMALL + ["optim.lr=1e6"])
+    info = run_experiment(parse(plain), plain, tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert all(r["kappa_phi"] == "nan" for r in rows if r["step"] != "0")
+    kappa = info["points"][0]["metrics"]["kappa_phi"]
+    assert kappa["end_step"] == 0 and kappa["end_is_last"] is False and kappa["delta_mean"] is None
+    assert kappa["end"] == pytest.approx(float(rows[0]["kappa_phi"]))
+    # and every run ended deterministic (entropy 0 in the table), which the summary counts
+    assert all(float(r["entropy"]) == 0 for r in rows if r["step"] == "20")
+    assert info["points"][0]["n_deterministic"] == info["n_deterministic"] == 4
+
+
+def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_rewrites_later_rows(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A run that crashed after 3 of its 4 chunks (checkpoints at steps 10 and 15 kept, metrics.csv
+    up to step 15); the step-15 checkpoint is then truncated. Re-running resumes from step 10,
+    rewrites the rows after it, and ends with the uninterrupted run's metrics.csv; with no readable
+    checkpoint left it is one ConfigError naming overwrite=true."""
+    plain = compose_plain(SMALL + ["checkpoint_seconds=0"])
+    out = tmp_path / "run"
+    extend, calls = rundir.MetricsCsv.extend, []
+
+    def crash_at_chunk_4(self, rows):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("crash")
+        return extend(self, rows)
+
+    monkeypatch.setattr(rundir.MetricsCsv, "extend", crash_at_chunk_4)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_experiment(parse(plain), plain, out)
+    monkeypatch.setattr(rundir.MetricsCsv, "extend", extend)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["10", "15"]
+    assert (out / "metrics.csv").read_text().count("\n") == 1 + 4 * 4  # header, steps 0-15
+    data = max((p for p in (out / "checkpoints" / "15" / "state" / "d").iterdir()), key=lambda p: p.stat().st_size)
+    os.truncate(data, data.stat().st_size // 2)
+    capsys.readouterr()
+    run_experiment(parse(plain), plain, out)
+    err = capsys.readouterr().err
+    assert "the checkpoint at step 15 is damaged" in err and "from step 10" in err, err
+    run_experiment(parse(plain), plain, tmp_path / "reference")
+    assert (out / "metrics.csv").read_bytes() == (tmp_path / "reference" / "metrics.csv").read_bytes()
+
+    # no readable checkpoint: one line, how to start over
+    (out / "summary.json").unlink()
+    (out / "checkpoints" / "10" / "meta").mkdir(parents=True)
+    (out / "checkpoints" / "10" / "meta" / "metadata").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"no checkpoint can be read .*; pass overwrite=true to start again"):
+        run_experiment(parse(plain), plain, out)

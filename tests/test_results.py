@@ -105,3 +105,26 @@ def test_summary_table_flattens_point_summaries():
     assert header == ["policy", "optim.lr", "n_seeds", "phi_start", "phi_end", "phi_delta_mean",
                       "phi_delta_lo", "phi_delta_hi"]
     assert rows == [["tabular", 0.1, 4, 0.2, 0.5, 0.3, 0.1, 0.5]]
+
+
+def test_a_metric_that_goes_nan_reports_its_last_row_with_values_and_says_so():
+    """A kappa NaN in every seed from step 10 on (optim.lr=1e6): the end is not the last step's,
+    so the summary says at which step its end is, and a start-to-start delta is no delta."""
+    steps_T = np.array([0, 10, 20])
+    s = results.metric_summary(np.array([[0.881, 0.881], [np.nan, np.nan], [np.nan, np.nan]]), steps_T)
+    assert s["end"] == 0.881 and s["end_step"] == 0 and s["end_is_last"] is False
+    assert s["delta_mean"] is None and s["delta_ci95"] == [None, None]
+    # NaN in one seed at the last step: the end is the last row with a value for every seed
+    s = results.metric_summary(np.array([[1.0, 2.0], [3.0, 4.0], [5.0, np.nan]]), steps_T)
+    assert (s["end"], s["end_step"], s["end_is_last"], s["delta_mean"]) == (3.5, 10, False, 2.0)
+    s = results.metric_summary(np.array([[np.nan, np.nan], [1.0, 3.0], [2.0, 5.0]]), steps_T)
+    assert (s["start_step"], s["end"], s["end_step"], s["end_is_last"]) == (10, 3.5, 20, True)
+
+
+def test_point_summaries_count_the_healthy_runs_that_ended_deterministic():
+    # entropy [T=2, R=4]: run 0 collapsed, run 1 just above the threshold, run 2 collapsed but diverged
+    # (left out), run 3 (point 1) collapsed
+    t = results.DETERMINISTIC_ENTROPY
+    m = {"entropy": np.array([[5.0, 5.0, 5.0, 5.0], [0.0, t, t / 2, t / 10]])}
+    out = results.point_summaries(m, np.array([0, 0, 0, 1]), [{}, {}], diverged_R=np.array([-1, -1, 1, -1]))
+    assert [p["n_deterministic"] for p in out] == [1, 1] and t == 0.01

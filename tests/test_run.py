@@ -3,6 +3,7 @@ path (`preflight`) in-process for the generated hostile configurations."""
 import contextlib
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -356,3 +357,158 @@ def test_valid_small_configs_run_and_every_run_is_finite_or_flagged(tmp_path):
 
     check()
     assert len(ran) >= 8
+
+
+def _unwritable(tmp_path):
+    """A run directory that this user cannot create: under a read-only folder, or for root (whom
+    permissions do not stop) under /sys, which is read-only to everyone."""
+    if os.geteuid() == 0:
+        out = Path("/sys/sim-unwritable/run")
+    else:
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o555)
+        out = tmp_path / "ro" / "run"
+    try:
+        out.mkdir(parents=True)
+    except OSError:
+        return out
+    pytest.skip(f"{out} is writable here")
+
+
+def _refused(argv) -> str:
+    """preflight as the command line runs it before Hydra (claim=True): it must refuse; its one line."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as refused:
+        preflight(argv, claim=True)
+    text = err.getvalue()
+    assert refused.value.code == 2 and text.count("\n") == 1 and "Traceback" not in text, text
+    return text.strip()
+
+
+def test_an_unwritable_run_directory_is_one_line_and_exit_2_before_hydra(tmp_path):
+    out = _unwritable(tmp_path)
+    err = _refused(SMALL + [f"hydra.run.dir={out}"])
+    assert err.startswith(f"sim: error: hydra.run.dir={out}: cannot write there (") and not out.exists(), err
+
+
+def _tree(root):
+    """Every file under `root` with its bytes and mtime: to show that nothing was touched."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+# Holds a run directory's lock as a running `sim.run` does (rundir.claim), until killed.
+HOLD_LOCK = ("import sys; from pathlib import Path; from sim import rundir; "
+             "rundir.claim(Path(sys.argv[1]), 'feedc0de00000000'); print('held', flush=True); sys.stdin.read()")
+
+
+def test_a_second_run_in_a_directory_in_use_is_refused_and_touches_nothing_and_a_crash_frees_it(tmp_path):
+    from sim import rundir
+
+    out = tmp_path / "run"
+    (out / ".hydra").mkdir(parents=True)  # what the running one (another config) has written so far
+    (out / ".hydra" / "config.yaml").write_text("seeds: 99\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], cwd=Path(__file__).parent.parent,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = _tree(out)
+        err = _refused(SMALL + [f"hydra.run.dir={out}"])  # what `python -m sim.run` does before Hydra starts
+        assert re.search(rf"in use by a running sim \(pid {holder.pid} on .*, started .* UTC, config_hash "
+                         r"feedc0de00000000\); wait for it to end", err), err
+        assert _tree(out) == before  # not a byte of the other run (nor of its lock file) changed
+    finally:
+        holder.kill()  # SIGKILL: a crash, which the OS releases the lock of
+        holder.wait()
+    assert rundir.running(out) is None
+    os.close(rundir.claim(out, "0123"))
+
+
+def test_ctrl_c_is_one_line_exit_130_a_table_of_whole_chunks_and_a_checkpoint_to_resume_from(tmp_path):
+    """SIGINT to a running `python -m sim.run` that holds the directory's lock (no checkpoint would
+    fall due for an hour): it writes one on the way out, at the step its metrics.csv ends on."""
+    from sim import rundir
+
+    out = tmp_path / "run"
+    args = ["seeds=2", "steps=100000", "log_every=5", "chunk_steps=5", "task.prompts=4", "plots=false",
+            "checkpoint_seconds=3600", f"hydra.run.dir={out}"]
+    with open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "sim.run", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        try:
+            deadline = time.monotonic() + 240
+            while proc.poll() is None and time.monotonic() < deadline:  # until 3 chunks are in the table
+                if (out / "metrics.csv").exists() and (out / "metrics.csv").read_bytes().count(b"\n") > 1 + 2 * 3:
+                    break
+                time.sleep(0.02)
+            assert re.match(rf"pid {proc.pid} on ", rundir.running(out) or ""), "the run does not hold its lock"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "err").read_text()
+    last = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    step = int(re.fullmatch(r"sim: interrupted at step (\d+); rerun the same command to resume", last).group(1))
+    table = (out / "metrics.csv").read_bytes()
+    assert step > 0 and table.endswith(b"\n") and table.count(b"\n") == 1 + 2 * (step // 5 + 1), (step, table[-300:])
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [str(step)]
+    assert rundir.running(out) is None and not (out / "summary.json").exists()
+
+
+def test_hostile_configs_in_hostile_run_directories_are_refused_in_one_line_touching_nothing(tmp_path):
+    """The hostile configurations above, each aimed (claim=True, as the command line does) at a run
+    directory drawn from: unwritable; holding a finished run of another configuration; holding a
+    run in progress (its lock held, as a running sim.run holds it). Every one is refused with exit
+    status 2 and one line, and no byte (nor mtime) of the other runs changes. The one exception:
+    a valid config with overwrite=true may replace the finished run of another configuration."""
+    from sim import rundir, run
+
+    def other_run(out, cfg_hash):
+        (out / ".hydra").mkdir(parents=True)
+        (out / ".hydra" / "config.yaml").write_text("seeds: 99\n")
+        (out / "provenance.json").write_text(json.dumps({"config_hash": cfg_hash}))
+        (out / "metrics.csv").write_text("run,step\n0,0\n")
+
+    dirs = {"unwritable": _unwritable(tmp_path), "another config": tmp_path / "other", "in progress": tmp_path / "busy"}
+    other_run(dirs["another config"], "0123456789abcdef")
+    other_run(dirs["in progress"], "feedc0de00000000")
+    held = rundir.claim(dirs["in progress"], "feedc0de00000000")
+    trees = {name: _tree(d) for name, d in dirs.items() if d.exists()}
+    seen = Counter()
+
+    valid = st.lists(st.sampled_from(sorted(KEYS)), max_size=3, unique=True).flatmap(
+        lambda keys: st.tuples(*[KEYS[k][0].map(lambda v, k=k: f"{k}={v}") for k in keys]))
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(hostile_overrides() | valid.map(lambda o: (list(o), False)), st.sampled_from(sorted(dirs)))
+    def check(case, fault):
+        overrides, must_fail = case
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                preflight(overrides + [f"hydra.run.dir={dirs[fault]}"], claim=True)
+                code = 0
+            except SystemExit as e:
+                code = e.code
+        while run._claimed:  # what an accepted example claimed (a new .sim.lock, no byte of the run)
+            os.close(run._claimed.pop())
+        text = err.getvalue()
+        if code == 0:
+            assert fault == "another config" and "overwrite=true" in overrides and not must_fail, (overrides, fault)
+            (dirs[fault] / rundir.LOCK_FILE).unlink()
+        else:
+            assert code == 2 and text.startswith("sim: error: ") and text.count("\n") == 1, (overrides, fault, text)
+        assert {name: _tree(d) for name, d in dirs.items() if d.exists()} == trees, (overrides, fault)
+        seen[(fault, "refused" if code else "accepted")] += 1
+        seen[(fault, "refused for the directory")] += bool(code and f"hydra.run.dir={dirs[fault]}:" in text)
+
+    try:
+        check()
+    finally:
+        os.close(held)
+    print(f"\nhostile configs in hostile directories: {dict(seen)}")
+    assert not dirs["unwritable"].exists()
+    for fault in dirs:  # each fault was met by valid configurations, and refused for itself
+        assert seen[(fault, "refused for the directory")] >= 3, seen

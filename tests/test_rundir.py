@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import re
 
 import numpy as np
@@ -87,3 +88,30 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
     path.write_text("old")
     rundir.write_atomic(path, "new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_metrics_csv_lines_end_in_lf_not_crlf(tmp_path):
+    """Every tool expects LF; the csv module writes CRLF unless told otherwise."""
+    rows = {"phi": np.zeros((3, 2), np.float32), "diverged_at_step": np.full((3, 2), -1, np.int32)}
+    table = rundir.MetricsCsv(tmp_path / "m.csv", ("phi", "diverged_at_step"), np.arange(3) * 5, {"run": np.arange(2)})
+    table.extend({k: v[:2] for k, v in rows.items()})  # the first write (reset), then an append
+    table.extend(rows)
+    data = (tmp_path / "m.csv").read_bytes()
+    assert b"\r" not in data and data.count(b"\n") == 1 + 3 * 2 and data.endswith(b"\n")
+
+
+def test_claim_locks_the_directory_names_its_holder_and_a_closed_lock_is_free(tmp_path):
+    out = tmp_path / "a" / "run"
+    assert rundir.running(out) is None and not out.exists()  # probing creates nothing
+    fd = rundir.claim(out, "abc")  # flock: a second open file, even in this process, is refused
+    try:
+        assert re.fullmatch(r"pid \d+ on .*, started .* UTC, config_hash abc", rundir.running(out))
+        with pytest.raises(ConfigError, match=r"run: in use by a running sim \(pid \d+ .*config_hash abc\)"):
+            rundir.claim(out, "def")
+    finally:
+        os.close(fd)
+    assert rundir.running(out) is None
+    os.close(rundir.claim(out, "def"))
+    rundir.clear(out)  # the lock file is not a run output: it stays, and does not make a run
+    assert [p.name for p in out.iterdir()] == [rundir.LOCK_FILE]
+    assert rundir.plan(out, "h", resume=True, overwrite=False) == "fresh"
