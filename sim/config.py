@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from sim import algos, geometry, policies
+from sim import algos, geometry, policies, reward_model
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
@@ -46,6 +46,10 @@ HPARAM_KEYS: dict[str, str] = {
 # relative_weight r sets w_phi_prime = r * w_phi, so r = 0 drops phi_prime from the reward.
 DERIVED_KEYS: dict[str, str] = {
     "relative_weight": "task.phi_prime.relative_weight",
+    # a learned reward model's preference pairs and label noise: they select the run's proxy (sim/proxy.py)
+    "rm_pairs": "reward_model.pairs",
+    "rm_noise": "reward_model.noise",
+    "rm_seed": "reward_model.seed",
 }
 # Every key that may be given as a list, an in-process sweep axis (name -> config key).
 SWEEP_KEYS: dict[str, str] = {**HPARAM_KEYS, **DERIVED_KEYS}
@@ -67,7 +71,8 @@ RUN_ROWS_LIMIT = 1_000_000
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
-         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
+         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model"},
+    "reward_model": reward_model.KEYS,
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
@@ -113,6 +118,7 @@ class Static:
     # whether the loss carries the entropy bonus: parse() clears it when every run's entropy_coef is
     # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
+    reward_model: reward_model.RewardModel | None = None  # a learned proxy replaces the gold reward in RL
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class Experiment:
     record: str = "runs"  # 'runs' | 'points' ('auto' is resolved by parse)
     sft: SFT | None = None  # neural policies: how their reference is trained
     analysis: str = "basic"  # ANALYSIS_MODES
+    reward_fit: reward_model.Fit | None = None  # with Static.reward_model: how its proxies are fit
 
     @property
     def n_runs(self) -> int:
@@ -213,9 +220,11 @@ _HPARAM_RULES = {
     "lr": POSITIVE, "max_grad_norm": CLIP,
     "kappa_phi_target": KAPPA, "kappa_phi_prime_target": KAPPA, "kappa_delta": PROBABILITY,
     "relative_weight": FINITE_NONNEG,
+    "rm_pairs": POSITIVE, "rm_noise": FINITE_NONNEG, "rm_seed": FINITE_NONNEG,
 }
 # Keys that may be absent (or null, for derived keys: not set), and what that means.
-_OPTIONAL = {"overlap": 0.0, "relative_weight": None}  # overlap: families without features ignore it
+_OPTIONAL = {"overlap": 0.0, "relative_weight": None, "rm_pairs": None, "rm_noise": None,
+             "rm_seed": None}  # overlap: families without features ignore it
 
 
 def _hparams(cfg) -> tuple[dict[str, float], dict[str, tuple[float, ...]], dict[str, float]]:
@@ -366,6 +375,8 @@ def parse(cfg: Mapping) -> Experiment:
         enumerate_max=integer(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
     )
     _check_algo(static)
+    rm, rm_fit = reward_model.parse(cfg) if "reward_model" in cfg else (None, None)
+    static = replace(static, reward_model=rm)
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
     hparams, axes, derived = _hparams(cfg)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
@@ -378,7 +389,8 @@ def parse(cfg: Mapping) -> Experiment:
                      checkpoint_seconds=_checkpoint_seconds(cfg),
                      resume=flag(cfg, "resume", True), overwrite=flag(cfg, "overwrite", False),
                      axes=axes, derived=derived, sft=_sft(cfg) if neural else None,
-                     analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic")
+                     analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic",
+                     reward_fit=rm_fit)
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     return replace(exp, record=record)
