@@ -7,7 +7,7 @@ pairs are drawn). Sweep points that differ in anything else (beta, the learning 
 one proxy. Each variant is fit alone, in a program compiled per number of pairs, so its numbers do
 not depend on what else the batch holds.
 
-A proxy is stored as `<cache dir>/reward_model/<key>.npz`; the key hashes the task, the family and
+A proxy is stored as `<cache dir>/<key>.npz` (cache_dir); the key hashes the task, the family and
 its shapes, the fit settings, the variant, the jax version and the source of the modules that
 compute it (editing them invalidates old entries). Files are written atomically.
 """
@@ -44,8 +44,11 @@ CHUNKS = 10  # progress updates per fit
 
 
 def cache_dir(exp: Experiment) -> Path:
-    root = Path(exp.runtime.sft_cache).expanduser() if exp.runtime.sft_cache else reference.default_cache_dir()
-    return root / "reward_model"
+    """Beside the SFT references: $SIM_CACHE_DIR/reward_model (or ~/.cache/sim/reward_model); with
+    runtime.sft_cache set, a reward_model folder inside it."""
+    if exp.runtime.sft_cache:
+        return Path(exp.runtime.sft_cache).expanduser() / "reward_model"
+    return reference.default_cache_dir().parent / "reward_model"
 
 
 def cache_key(exp: Experiment, variant_8: np.ndarray) -> str:
