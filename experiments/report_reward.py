@@ -23,6 +23,15 @@ def fmt(ci) -> str:
     return f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]"
 
 
+def level(ci) -> str:
+    return f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
+
+
+def effect(ci) -> str:
+    """'raises' / 'lowers' when the 95% CI excludes 0, else 'does not clearly change'."""
+    return "raises" if ci[1] > 0 else "lowers" if ci[2] < 0 else "does not clearly change"
+
+
 def series(run: Run, name: str, **where) -> np.ndarray:
     """[T, S]: metric `name` of the points matching `where` (unswept keys match anything), one column
     per reward-model seed in increasing seed order."""
@@ -45,7 +54,7 @@ def _row(label: str, run: Run, **where) -> list:
     s = hacking.summary(run.steps_T, gold, proxy, d)
     peak, d_peak, end, _, _ = peaks(run, **where)
     fit = s["gao_fit"]
-    return [label, fmt(mean_ci95(peak)), f"{np.mean(d_peak):.2f}", fmt(mean_ci95(end)), f"{s['final']['proxy']:.3f}",
+    return [label, level(mean_ci95(peak)), f"{np.mean(d_peak):.2f}", level(mean_ci95(end)), f"{s['final']['proxy']:.3f}",
             f"{s['final_gap']:+.3f}", f"{s['final']['d']:.2f}",
             f"{fit['alpha']:.3f}, {fit['beta']:.3f}, {fit['r2']:.3f}" if fit["alpha"] is not None else "n/a"]
 
@@ -86,6 +95,7 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     g8, d8, *_ = peaks(lin, beta=0.0, pairs=8)
     g256, d256, *_ = peaks(lin, beta=0.0, pairs=256)
     f["pairs_gold"], f["pairs_d"] = mean_ci95(g256 - g8), mean_ci95(d256 - d8)
+    f["peak_last256"] = int(np.sum(np.argmax(series(lin, "gold", beta=0.0, pairs=256), 0) == len(lin.steps_T) - 1))
     for pairs in (8, 256):
         gm, dm, *_ = peaks(mlp, pairs=pairs)
         gl, dl, *_ = peaks(lin, beta=0.0, pairs=pairs)
@@ -93,7 +103,7 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     gn0, *_ = peaks(noise, noise=0.0)
     gn2, *_ = peaks(noise, noise=2.0)
     f["noise_gold"] = mean_ci95(gn2 - gn0)
-    n = lambda run: len(series(run, "gold", **({"beta": 0.0} if run is lin else {})).T)  # noqa: E731
+    n_models = len({v[KEYS["seed"]] for v in lin.batch.point_values})
     rows = [_row(f"linear, {p} pairs, β = {b:g}", lin, pairs=p, beta=b) for b in (0.0, 0.2) for p in (8, 64, 256)]
     rows += [_row(f"MLP, {p} pairs, β = 0", mlp, pairs=p) for p in (8, 256)]
     rows += [_row(f"linear, 64 pairs, noise τ = {t:g}, β = 0", noise, noise=t) for t in (0.0, 2.0)]
@@ -101,7 +111,10 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
               "final gold − proxy", "final d", "Gao fit α, β, R²"]
     table = "| " + " | ".join(header) + " |\n|" + "|".join(" --- " for _ in header) + "|\n"
     table += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
-    held = "holds" if f["fall8"][1] > 0 else "does not hold"
+    held = "holds" if f["fall8"][1] > 0 and f["proxy_shortfall"] >= -1e-3 else "does not hold"
+    every = "every" if f["proxy_shortfall"] >= -1e-3 else "not every"
+    kl_avg = "on average it helps" if f["kl_gold8"][0] > 0 else "on average it does not help"
+    bigger = ("does not help" if f["mlp_gold8"][1] <= 0 and f["mlp_gold256"][1] <= 0 else "helps in part")
     text = (
         "## 8. Reward hacking with a learned reward model\n\n"
         "The lecture notes (points 5 and 6): RL scores samples with a *frozen reward model*, the policy finds "
@@ -110,27 +123,29 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         "maximum likelihood to pairs of reference responses labelled by the gold (docs/reward-models.md). "
         f"Runs: `{lin.command}`; `{mlp.command}`; `{noise.command}`. Each point is one reward model "
         f"(reward_model.seed 0-7: independent pairs) and one exact-mode RL run; statistics are over the "
-        f"{n(lin)} reward models, paired by seed. The Gao fit is R(d) = d·(α − β·log d) to the mean gold "
+        f"{n_models} reward models of each condition, paired by seed. The Gao fit is R(d) = d·(α − β·log d) to the mean gold "
         "gain against the mean d.\n\n"
         "![reward hacking](reward_hacking.png)\n\n" + table + "\n"
-        f"- **Reward hacking {held}** (claim 1): with β = 0 and 8 pairs the proxy ends at its maximum in every "
+        f"- **Reward hacking {held}** (claim 1): with β = 0 and 8 pairs the proxy ends at its maximum in {every} "
         f"reward model (largest shortfall {f['proxy_shortfall']:.4f}) while the gold falls from its peak by "
         f"{fmt(f['fall8'])} ({f['n_fall8']} of 8 models fall by more than 0.05). A linear proxy is maximised by "
         "one token per position; with few pairs that token is sometimes a bad one, and the policy first gains "
         "gold (the proxy is right on average) and then trades it for proxy.\n"
         f"- **A KL penalty limits it, at a price** (claim 2): β = 0.2 ends at a smaller KL in "
         f"{f['d_smaller8']} of 8 models with 8 pairs and {f['d_smaller256']} of 8 with 256. With 8 pairs it ends "
-        f"with more gold than β = 0 in {f['kl_pos8']} of 8 models (difference {fmt(f['kl_gold8'])}): on average "
-        f"it helps, but not where the proxy happened to be right. With 256 pairs it costs gold in every model "
+        f"with more gold than β = 0 in {f['kl_pos8']} of 8 models (difference {fmt(f['kl_gold8'])}): {kl_avg}, "
+        f"and it costs gold where the proxy happened to be right. With 256 pairs it costs gold in {8 - f['kl_pos256']} of 8 models "
         f"({fmt(f['kl_gold256'])}): the penalty limits exploitation of a bad proxy and of a good one alike.\n"
         f"- **More pairs fix it** (claim 3): 256 pairs instead of 8 raise the gold peak by {fmt(f['pairs_gold'])} "
-        f"and move it to a larger d by {fmt(f['pairs_d'])}; with 256 pairs the gold rises to the end.\n"
-        f"- **A bigger reward model does not** (claim 3, the other fix, fails here): the MLP against the linear "
-        f"model, same pairs and seed, changes the peak gold by {fmt(f['mlp_gold8'])} with 8 pairs and "
-        f"{fmt(f['mlp_gold256'])} with 256 (d at the peak: {fmt(f['mlp_d8'])}, {fmt(f['mlp_d256'])}). In this toy "
+        f"and move it to a larger d by {fmt(f['pairs_d'])}; with 256 pairs the gold peaks at the last logged step "
+        f"in {f['peak_last256']} of 8 models.\n"
+        f"- **A bigger reward model {bigger}** (claim 3, the other fix): the MLP against the linear "
+        f"model, same pairs and seed, {effect(f['mlp_gold8'])} the peak gold with 8 pairs ({fmt(f['mlp_gold8'])}) "
+        f"and {effect(f['mlp_gold256'])} it with 256 ({fmt(f['mlp_gold256'])}; all near the maximum 5) (d at the peak: {fmt(f['mlp_d8'])}, {fmt(f['mlp_d256'])}). In this toy "
         "the gold is linear in (position, token) features, so the linear model is already of the right form; "
         "capacity helps when the model is too simple for the gold (Gao et al.'s setting), which this task is not.\n"
-        f"- **Noisier labels** (τ = 2 instead of 0, 64 pairs) change the peak gold by {fmt(f['noise_gold'])}.\n"
+        f"- **Noisier labels** (τ = 2 instead of 0, 64 pairs) {effect(f['noise_gold'])} the peak gold: "
+        f"{fmt(f['noise_gold'])}.\n"
         "- **RL vs SFT** (lecture notes point 6) is a statement about gradients, checked exactly in "
         "tests/test_claims_reward_model.py (claim 4): RL's expected gradient on a token the policy never produces "
         "is exactly 0, however high its reward; SFT's on a demonstration containing it is −1 (it pushes "
