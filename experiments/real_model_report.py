@@ -217,7 +217,7 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
     names = list(spec["runs"])
     labels = spec.get("labels", {})
     label = lambda n: labels.get(n, n)  # noqa: E731
-    head = ("## 8. The blog's experiment on a real model\n\n"
+    head = ("## 9. The blog's experiment on a real model\n\n"
             f"{spec['title']}. Configurations: `experiments/real_model.yaml`; trained by "
             "`python -m experiments.real_model run [--only NAME]` (one `python -m sim.run` per configuration, "
             "seeds one after another; not rerun by `python -m experiments.regenerate`, which re-renders this "

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("blog", "controls", "floor", "phase_diagram", "sharing", "mechanism")
+ORDER = ("blog", "controls", "floor", "phase_diagram", "sharing", "mechanism", "reward_hacking")
 # experiments too slow to rerun here: their sections are re-rendered from stored results (their own command)
 STORED_ONLY = ("real_model",)
 
@@ -68,7 +68,12 @@ def train_run(label: str, overrides: list[str]) -> Run:
     exp = validate(overrides)[0]  # as `python -m sim.run <overrides>` would: runtime settings, then parse
     batch = expand(exp)
     t = time.perf_counter()
-    result = make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R))
+    inputs = {}
+    if exp.reward_fit is not None:  # a learned reward model: fit (or load) each run's frozen proxy first
+        from sim import proxy
+
+        inputs["proxy_R"] = proxy.prepare(exp, batch).params_R
+    result = make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R), **inputs)
     if np.any(result.diverged_at_step_R >= 0):  # none of these configurations should; say so if one does
         print(f"  {label}: {int(np.sum(result.diverged_at_step_R >= 0))} runs diverged", file=sys.stderr)
     print(f"  {label}: {batch.size} runs x {exp.static.steps} steps in {time.perf_counter() - t:.1f}s "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import figures
+from experiments import figures, report_reward
 from experiments.regenerate import Run, load
 from sim import plots
 from sim.analysis import quadrant_summary
@@ -278,7 +278,8 @@ def write(out: Path, runs: dict[str, dict[str, Run]]) -> str:
     ctl = runs["controls"]
     quadrants, f_quad = quadrant_section(out, {name: ctl[name] for name in ("blog (κ′ > 1)", "κ′ < 1", "tabular")})
     verdicts = conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad)
-    return verdicts + blog + controls + floor + phase + sharing + mechanism + quadrants
+    hacking, _ = report_reward.section(out, runs["reward_hacking"])  # the lecture notes' reward hacking
+    return verdicts + blog + controls + floor + phase + sharing + mechanism + quadrants + hacking
 
 
 def _ineq(summary: dict) -> tuple[float, float, float]:

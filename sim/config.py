@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from sim import algos, geometry, policies, text_task
+from sim import algos, geometry, policies, reward_model, text_task
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
@@ -47,6 +47,10 @@ HPARAM_KEYS: dict[str, str] = {
 # relative_weight r sets w_phi_prime = r * w_phi, so r = 0 drops phi_prime from the reward.
 DERIVED_KEYS: dict[str, str] = {
     "relative_weight": "task.phi_prime.relative_weight",
+    # a learned reward model's preference pairs and label noise: they select the run's proxy (sim/proxy.py)
+    "rm_pairs": "reward_model.pairs",
+    "rm_noise": "reward_model.noise",
+    "rm_seed": "reward_model.seed",
 }
 # Every key that may be given as a list, an in-process sweep axis (name -> config key).
 SWEEP_KEYS: dict[str, str] = {**HPARAM_KEYS, **DERIVED_KEYS}
@@ -68,7 +72,8 @@ RUN_ROWS_LIMIT = 1_000_000
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
-         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
+         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model"},
+    "reward_model": reward_model.KEYS,
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
     "task": {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
@@ -126,6 +131,7 @@ class Static:
     # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
     lm: Settings | None = None  # policy.kind=pretrained: its settings (the checkpoint's architecture once loaded)
+    reward_model: reward_model.RewardModel | None = None  # a learned proxy replaces the gold reward in RL
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,7 @@ class Experiment:
     sft: SFT | None = None  # neural policies: how their reference is trained
     analysis: str = "basic"  # ANALYSIS_MODES
     text: text_task.TextTaskConfig | None = None  # task.kind=text: the task's config (built at the edge)
+    reward_fit: reward_model.Fit | None = None  # with Static.reward_model: how its proxies are fit
 
     @property
     def n_runs(self) -> int:
@@ -227,9 +234,11 @@ _HPARAM_RULES = {
     "lr": POSITIVE, "max_grad_norm": CLIP,
     "kappa_phi_target": KAPPA, "kappa_phi_prime_target": KAPPA, "kappa_delta": PROBABILITY,
     "relative_weight": FINITE_NONNEG,
+    "rm_pairs": POSITIVE, "rm_noise": FINITE_NONNEG, "rm_seed": FINITE_NONNEG,
 }
 # Keys that may be absent (or null, for derived keys: not set), and what that means.
-_OPTIONAL = {"overlap": 0.0, "relative_weight": None}  # overlap: families without features ignore it
+_OPTIONAL = {"overlap": 0.0, "relative_weight": None, "rm_pairs": None, "rm_noise": None,
+             "rm_seed": None}  # overlap: families without features ignore it
 
 
 def _hparams(cfg, optional: dict = _OPTIONAL) -> tuple[dict[str, float], dict[str, tuple[float, ...]], dict[str, float]]:
@@ -427,6 +436,11 @@ def parse(cfg: Mapping) -> Experiment:
                 raise ConfigError(f"task.{name}.text={reward.text}: text rewards are not trained by "
                                   f"policy=pretrained yet; allowed: a token-class rule (task.{name}.rule)")
         static = replace(static, lm=_pretrained(cfg), eval_samples=integer(cfg, "policy.eval.samples", 2))
+    rm, rm_fit = reward_model.parse(cfg) if "reward_model" in cfg else (None, None)
+    if rm is not None and kind == "pretrained":
+        raise ConfigError(f"reward_model={rm.family}: learned reward models train on the toy task; allowed with "
+                          f"policy=pretrained: reward_model=none")
+    static = replace(static, reward_model=rm)
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
     hparams, axes, derived = _hparams(cfg, {**_OPTIONAL, **_TEXT_ABSENT} if is_text else _OPTIONAL)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
@@ -440,7 +454,7 @@ def parse(cfg: Mapping) -> Experiment:
                      resume=flag(cfg, "resume", True), overwrite=flag(cfg, "overwrite", False),
                      axes=axes, derived=derived, sft=_sft(cfg) if neural else None,
                      analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic",
-                     text=text)
+                     text=text, reward_fit=rm_fit)
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     return replace(exp, record=record)

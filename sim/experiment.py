@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import jax
@@ -19,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, interrupt, plots, reference, results, rundir
+from sim import analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -95,11 +96,11 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
 
 
 def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints, ref_R,
-                 shared=None) -> Snapshot | None:
+                 proxy_R=None, shared=None) -> Snapshot | None:
     keys_R = run_keys(batch.seeds_R)
     try:
         start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows, ref_R,
-                                                                  shared))
+                                                                  proxy_R, shared))
     except CheckpointError as e:
         raise ConfigError(f"hydra.run.dir={out}: {e}; pass overwrite=true to start again") from None
     for bad, why in checkpoints.damaged:
@@ -200,13 +201,17 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                  "on_samples": lm_setup.SamplesWriter(out / "samples.jsonl", loaded.text, batch, action == "fresh")}
     refs = reference.prepare(exp, batch.hparams_R) if exp.sft is not None else None  # the SFT stage
     ref_R = refs.params_R if refs is not None else None
+    proxies = proxy.prepare(exp, batch) if exp.reward_fit is not None else None  # the reward-model stage
+    if proxies is not None:
+        lm_kw = lm_kw | {"proxy_R": proxies.params_R}
     checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
     try:
         if exp.record == "points":  # rows are reduced as they come: nothing to stream or resume from
             result = train_with_progress(exp, batch, points_R=batch.points_R, ref_R=ref_R, **lm_kw)
             write_points_csv(out / "points.csv", result.point_stats, batch)
-            return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
-        start = _resume_from(exp, batch, out, checkpoints, ref_R, lm_kw.get("shared")) if action == "resume" else None
+            return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs, proxies)
+        start = (_resume_from(exp, batch, out, checkpoints, ref_R, lm_kw.get("proxy_R"), lm_kw.get("shared"))
+                 if action == "resume" else None)
         steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
         table = rundir.MetricsCsv(out / "metrics.csv", metric_names(exp.static) + ("diverged_at_step",), steps_T,
                                   run_columns(batch))
@@ -235,14 +240,16 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
             raise interrupt.Interrupted(last["saved"] * exp.static.log_every) from None
     finally:
         checkpoints.close()
-    return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
+    return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs, proxies)
 
 
 def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, prov: dict, out: Path,
-            overrides, refs: reference.References | None) -> dict:
+            overrides, refs: reference.References | None, proxies: proxy.Proxies | None = None) -> dict:
     info = summary(exp, plain_cfg, batch, result, prov, overrides)
     if refs is not None:
         info["sft"] = {"seconds": refs.seconds, "points": refs.points}
+    if proxies is not None:
+        reward_hacking(out, exp, batch, result, info, proxies)
     t0 = time.perf_counter()
     if exp.static.lm is not None and exp.analysis != "none":  # kappa from the reference's sampled rewards
         from sim import lm_setup
@@ -322,3 +329,28 @@ def write_figures(out: Path, exp: Experiment, batch: Batch, result: TrainResult,
         plots.sweep_figure(out / "sweep.png", info["points"], list(exp.axes), title(exp, batch))
     elif exp.axes:
         print(f"sim: no sweep.png: sweep figures are drawn for 1 or 2 axes, not {len(exp.axes)}", file=sys.stderr)
+
+
+def reward_hacking(out: Path, exp: Experiment, batch: Batch, result: TrainResult, info: dict,
+                   proxies: proxy.Proxies) -> None:
+    """With a learned reward model: info["reward_model"] (its fits), each point's "hacking" summary
+    (hacking.summary of its mean curves over healthy seeds), and hacking.png and rm_loss.png."""
+    healthy_R = np.where(result.diverged_at_step_R < 0, batch.points_R, -1)
+    if result.point_stats is None:
+        steps_T, bands = result.steps_T, results.bands_from_runs(result.metrics, healthy_R, batch.n_points)
+    else:
+        st = result.point_stats
+        steps_T, bands = st.steps_T, results.bands_from_moments(st.count_N, st.mean, st.m2)
+    gold, prox, d = (bands[k][0] for k in ("gold", "proxy", "sqrt_kl"))
+    for p, point in enumerate(info["points"]):
+        point["hacking"] = hacking.summary(steps_T, gold[:, p], prox[:, p], d[:, p])
+    rm = exp.static.reward_model
+    info["reward_model"] = {"family": rm.family, "model": asdict(rm), "fit": asdict(exp.reward_fit),
+                            "seconds": proxies.seconds, "variants": proxies.variants}
+    if exp.plots:
+        labels = [", ".join(f"{k.split('.')[-1]}={v:g}" for k, v in values.items()) for values in batch.point_values]
+        plots.hacking_figure(out / "hacking.png", d, gold, prox, labels, [pt["hacking"]["gao_fit"] for pt in info["points"]],
+                             f"{rm.family} reward model: gold vs proxy, {exp.static.advantage}, {exp.static.policy} policy")
+        plots.rm_loss_figure(out / "rm_loss.png", proxies.loss_KxS,
+                             [f"pairs={v['pairs']}, noise={v['noise']:g}, seed={v['seed']}: held-out agreement "
+                              f"{v['agreement_held_out']:.2f}" for v in proxies.variants], f"{rm.family} reward model fits")

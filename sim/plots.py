@@ -269,3 +269,41 @@ def sft_loss_figure(path: Path, loss_KxS: np.ndarray, floor_K: list[float], labe
     ax.set(title=title, xlabel="SFT step", ylabel="NLL per token (nats)")
     ax.legend(fontsize=7, title="dashed: teacher entropy", title_fontsize=7)
     save(fig, path)
+
+
+def rm_loss_figure(path: Path, loss_KxS: np.ndarray, labels: list[str], title: str) -> None:
+    """The Bradley-Terry loss (mean NLL per pair, plus the l2 term) of each reward-model fit against step."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    steps_S = np.arange(1, loss_KxS.shape[1] + 1)
+    for k, (loss_S, label) in enumerate(zip(loss_KxS, labels)):
+        ax.plot(steps_S, loss_S, color=f"C{k % 10}", lw=1, label=label)
+    ax.axhline(np.log(2), color="gray", ls=":", lw=1, label="log 2 (a constant model)")
+    ax.set(title=title, xlabel="fit step", ylabel="Bradley–Terry NLL per pair")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def hacking_figure(path: Path, d_TxN: np.ndarray, gold_TxN: np.ndarray, proxy_TxN: np.ndarray, labels: list[str],
+                   fits: list[dict | None], title: str) -> None:
+    """Gold (solid) and proxy (dashed) reward against d = sqrt(KL(pi || ref)) for each sweep point (means
+    over its seeds), the gold's peak marked, and the fit gold(0) + d (alpha - beta log d) dotted: the
+    picture of Gao, Schulman & Hilton (2022)."""
+    from sim.hacking import gao_curve
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for p, label in enumerate(labels):
+        d, gold, proxy = d_TxN[:, p], gold_TxN[:, p], proxy_TxN[:, p]
+        if not np.any(np.isfinite(gold)):
+            continue
+        c = f"C{p % 10}"
+        ax.plot(d, gold, color=c, lw=1.5, label=f"gold ({label})" if label else "gold")
+        ax.plot(d, proxy, color=c, lw=1, ls="--")
+        k = int(np.nanargmax(gold))
+        ax.plot(d[k], gold[k], "o", color=c, ms=4)
+        fit = fits[p] if p < len(fits) else None
+        if fit and fit.get("alpha") is not None:
+            grid = np.linspace(0, np.nanmax(d), 100)
+            ax.plot(grid, gold[0] + gao_curve(grid, fit["alpha"], fit["beta"]), color=c, lw=0.8, ls=":")
+    ax.set(title=title, xlabel="d = √KL(π ‖ π_ref)  (nats^½)", ylabel="E[reward]")
+    ax.legend(fontsize=7, title="dashed: proxy; dotted: Gao fit; ●: gold peak", title_fontsize=7)
+    save(fig, path)

@@ -57,16 +57,16 @@ def cache_key(exp: Experiment, competence_3: np.ndarray) -> str:
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def save(path: Path, params, loss_S: np.ndarray, measured: dict) -> None:
+def save(path: Path, params, loss_S: np.ndarray, measured: dict, names: tuple[str, ...] = _MEASURED) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))}
-    arrays.update({"loss_S": loss_S}, **{f"measured_{k}": np.asarray(measured[k]) for k in _MEASURED})
+    arrays.update({"loss_S": loss_S}, **{f"measured_{k}": np.asarray(measured[k]) for k in names})
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
-def load(path: Path, template) -> tuple[object, np.ndarray, dict] | None:
+def load(path: Path, template, names: tuple[str, ...] = _MEASURED) -> tuple[object, np.ndarray, dict] | None:
     """(params, loss_S, measured), or None when absent or not shaped like `template` (then retrained)."""
     leaves, treedef = jax.tree.flatten(template)
     try:
@@ -74,7 +74,7 @@ def load(path: Path, template) -> tuple[object, np.ndarray, dict] | None:
             stored = [f[f"leaf_{i}"] for i in range(len(leaves))]
             if f"leaf_{len(leaves)}" in f or any(s.shape != t.shape for s, t in zip(stored, leaves)):
                 return None
-            measured = {k: float(f[f"measured_{k}"]) for k in _MEASURED}
+            measured = {k: float(f[f"measured_{k}"]) for k in names}
             return jax.tree.unflatten(treedef, stored), np.asarray(f["loss_S"]), measured
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # absent, truncated, or another format
         return None

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sim import algos, diagnostics, task as task_lib
+from sim import algos, diagnostics, reward_model, task as task_lib
 from sim.config import Static
 from sim.policies.base import Policy, prompt_major, token_log_probs
 
@@ -76,9 +76,10 @@ def batch_kl_B(static: Static, policy: Policy, ref_params, params_old, batch: St
                                   batch.logp_old_BxL, batch.logp_ref_BxL, batch.mask_BxL), -1)
 
 
-def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params, key) -> StepBatch:
+def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params, key, proxy=None) -> StepBatch:
     """Draw P x G samples (sampled mode) or take all N = V**L responses of each prompt weighted by
-    their probability (exact mode), and compute rewards, KL and advantages under `params`."""
+    their probability (exact mode), and compute rewards, KL and advantages under `params`.
+    With static.reward_model the reward is the frozen `proxy` (reward_model.py), not the gold."""
     P = static.task.prompts
     if static.mode == "exact":
         all_NxL = task_lib.all_responses_NxL(static.task)
@@ -99,6 +100,9 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
     batch = StepBatch(prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B, None, None,
                       mask_BxL)
     components, weights = [phi_B, phi_prime_B], [hp["w_phi"], hp["w_phi_prime"]]
+    if static.reward_model is not None:  # RL against the learned proxy; the gold stays in the batch's statistics
+        components = [reward_model.score_B(static.reward_model, static.task, proxy, prompts_B, tokens_BxL)]
+        weights = [jnp.float32(1.0)]
     if static.kl_placement == "reward":
         batch = batch._replace(kl_B=batch_kl_B(static, policy, ref_params, params, batch))
         components, weights = components + [batch.kl_B], weights + [-hp["beta"]]
@@ -142,10 +146,10 @@ def _weighted_mean_std(x_B, weight_B):
     return mean, jnp.sqrt(jnp.sum(weight_B * (x_B - mean) ** 2))
 
 
-def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt_state, key):
+def train_step(static: Static, policy: Policy, ref_params, hp: dict, params, opt_state, key, proxy=None):
     """One policy-gradient update: a batch, then `static.epochs` optimizer steps on it.
     Returns the new (params, opt_state) and what batch_statistics needs to describe the update."""
-    batch = make_step_batch(static, policy, ref_params, hp, params, key)
+    batch = make_step_batch(static, policy, ref_params, hp, params, key, proxy)
     (params, opt_state), (loss_E, grad_norm_E, aux_E) = jax.lax.scan(
         lambda carry, _: inner_epoch(static, policy, ref_params, hp, batch, carry), (params, opt_state), None,
         length=static.epochs)

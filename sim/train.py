@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sim import estimates, geometry, policies, task as task_lib
+from sim import estimates, geometry, policies, reward_model, task as task_lib
 from sim.config import Static
 from sim.layout import PointStats, over_runs, point_moments, run_block, run_devices
 from sim.policies.base import Policy
@@ -40,9 +40,12 @@ def metric_names(static: Static) -> tuple[str, ...]:
     """What a run of `static` logs: METRICS, plus `<name>_se` when its expectations are Monte Carlo."""
     if static.lm is not None:  # a real model: Monte Carlo expectations, and no factorised kappa (analysis.py)
         return EXACT_METRICS + BATCH_METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
-    if static.arch is None or estimates.enumerates(static.task, static.enumerate_max):
-        return METRICS
-    return METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
+    names = METRICS
+    if static.arch is not None and not estimates.enumerates(static.task, static.enumerate_max):
+        names = METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
+    if static.reward_model is not None:  # gold, proxy, sqrt_kl (reward_model.logged)
+        names += reward_model.metric_names(static.reward_model, static.task, names)
+    return names
 
 
 class RunState(NamedTuple):
@@ -53,6 +56,7 @@ class RunState(NamedTuple):
     step: jax.Array  # int32: updates attempted so far
     diverged_at: jax.Array  # int32: the step whose update went non-finite (run frozen since); -1: healthy
     ref: Any = None  # neural policies: the SFT-trained reference params (constant; None otherwise)
+    proxy: Any = None  # a learned reward model's frozen proxy (constant; None: the gold reward)
     # A pretrained checkpoint's reference is not here: it is one frozen copy that every run reads
     # (make_train's `shared` argument, replicated, never vmapped), not one per run.
 
@@ -99,14 +103,22 @@ def eval_key(state: RunState) -> jax.Array:
     return jax.random.fold_in(state.policy_key, 1)
 
 
-def init_run(static: Static, hp: dict, key: jax.Array, ref=None, shared=None) -> tuple[RunState, dict]:
+def with_proxy(static: Static, policy: Policy, state: RunState, row: dict) -> dict:
+    """A logged row, plus gold, proxy and sqrt_kl when the run optimises a learned proxy."""
+    if static.reward_model is None:
+        return row
+    return row | reward_model.logged(static.reward_model, static.task, policy, state.params, state.proxy,
+                                     eval_key(state), row)
+
+
+def init_run(static: Static, hp: dict, key: jax.Array, ref=None, proxy=None, shared=None) -> tuple[RunState, dict]:
     """`shared`: the reference every run reads (pretrained.Frozen), passed un-vmapped."""
     key, policy_key = jax.random.split(key)
     policy = build_policy(static, hp, policy_key, ref if shared is None else shared)
     params = policy.init()
     state = RunState(params, make_optimizer(static, hp).init(params), key, policy_key,
-                     step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref)
-    row = exact_metrics(static, policy, params, params, hp, eval_key(state))
+                     step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref, proxy=proxy)
+    row = with_proxy(static, policy, state, exact_metrics(static, policy, params, params, hp, eval_key(state)))
     row.update(no_batch_statistics())
     row["diverged_at_step"] = state.diverged_at
     return state, row
@@ -126,7 +138,8 @@ def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: Ru
     The batch statistics are computed only where `with_metrics` (a scalar shared by every run,
     so under vmap this stays a branch rather than both sides and a select); elsewhere NaN."""
     key, step_key = jax.random.split(state.key)
-    params, opt_state, described = train_step(static, policy, ref_params, hp, state.params, state.opt_state, step_key)
+    params, opt_state, described = train_step(static, policy, ref_params, hp, state.params, state.opt_state, step_key,
+                                              state.proxy)
     batch, loss_E = described[0], described[1]
     step = state.step + 1
     ok = (state.diverged_at < 0) & _all_finite(params, loss_E[0], jnp.sum(batch.weight_B * (
@@ -151,7 +164,8 @@ def run_chunk(static: Static, rows: int, state: RunState, hp: dict, shared=None)
 
     def one_interval(state, _):
         (state, last), _ = jax.lax.scan(one_step, (state, no_batch_statistics()), jnp.arange(static.log_every))
-        row = exact_metrics(static, policy, state.params, ref_params, hp, eval_key(state)) | last
+        row = with_proxy(static, policy, state, exact_metrics(static, policy, state.params, ref_params, hp,
+                                                              eval_key(state))) | last
         row["diverged_at_step"] = state.diverged_at
         return state, row
 
@@ -235,10 +249,10 @@ def host_state(state: RunState) -> RunState:
 
 
 def snapshot_template(static: Static, hp_R: dict, keys_R: jax.Array, rows_done: int, ref_R=None,
-                      shared=None) -> Snapshot:
+                      proxy_R=None, shared=None) -> Snapshot:
     """Shapes and dtypes of a Snapshot of this batch (host form), to restore a checkpoint into."""
     hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
-    state, row = jax.eval_shape(jax.vmap(partial(init_run, static, shared=shared)), hp_R, keys_R, ref_R)
+    state, row = jax.eval_shape(jax.vmap(partial(init_run, static, shared=shared)), hp_R, keys_R, ref_R, proxy_R)
     state = jax.tree.map(lambda x: jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x, state)
     rows = {k: jax.ShapeDtypeStruct((rows_done + 1,) + v.shape, v.dtype) for k, v in split_samples(row)[0].items()}
     return Snapshot(rows_done, state, rows)
@@ -277,11 +291,11 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
     replicated = NamedSharding(runs.mesh, PartitionSpec())
     pre_sh = (replicated,) * shares_ref
     if shares_ref:
-        init_one = lambda s, hp, key, ref: init_run(static, hp, key, ref, shared=s)  # noqa: E731
+        init_one = lambda s, hp, key, ref, proxy: init_run(static, hp, key, ref, proxy, shared=s)  # noqa: E731
         chunk_one = lambda s, state, hp: run_chunk(static, chunk_rows, state, hp, shared=s)  # noqa: E731
     else:
         init_one, chunk_one = partial(init_run, static), partial(run_chunk, static, chunk_rows)
-    init_R = jax.jit(over_runs(init_one, runs.mesh, block, shares_ref), in_shardings=pre_sh + (runs,) * 3,
+    init_R = jax.jit(over_runs(init_one, runs.mesh, block, shares_ref), in_shardings=pre_sh + (runs,) * 4,
                      out_shardings=runs)
     chunk_runs = over_runs(chunk_one, runs.mesh, block, shares_ref)
 
@@ -293,12 +307,13 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
 
     compiled = {}  # padded batch size -> (init, chunk) executables
 
-    def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *, ref_R=None,
+    def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *, ref_R=None, proxy_R=None,
               start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None,
               points_R: np.ndarray | None = None, shared=None, on_samples: SamplesCallback | None = None
               ) -> TrainResult:
         """hp_R: name -> float array [R]; keys_R: [R] keys. Metrics come back as name -> [T, R].
-        `ref_R`: a neural policy's reference params with a leading [R] axis (reference.prepare).
+        `ref_R`: a neural policy's reference params with a leading [R] axis (reference.prepare);
+        `proxy_R`: with static.reward_model, each run's frozen proxy, likewise (proxy.prepare).
         `shared`: a pretrained checkpoint's pretrained.Frozen (required for that family, else None).
         `on_samples` receives the responses drawn at logged rows (a pretrained policy's), per chunk.
 
@@ -312,7 +327,7 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         n_runs = keys_R.shape[0]
         names = metric_names(static)
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
-        hp_R, keys_R, ref_R = _shard_runs((hp_R, keys_R, ref_R), n_runs, runs, block)
+        hp_R, keys_R, ref_R, proxy_R = _shard_runs((hp_R, keys_R, ref_R, proxy_R), n_runs, runs, block)
         if shares_ref != (shared is not None):
             raise ValueError("a pretrained policy's train() needs `shared` (pretrained.Frozen); others take none")
         pre = (jax.device_put(shared, replicated),) if shares_ref else ()
@@ -325,8 +340,8 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         t0 = time.perf_counter()
         size = keys_R.shape[0]
         if size not in compiled:
-            compiled[size] = [init_R.lower(*pre, hp_R, keys_R, ref_R).compile(), None]
-        state, row0 = compiled[size][0](*pre, hp_R, keys_R, ref_R)
+            compiled[size] = [init_R.lower(*pre, hp_R, keys_R, ref_R, proxy_R).compile(), None]
+        state, row0 = compiled[size][0](*pre, hp_R, keys_R, ref_R, proxy_R)
         if compiled[size][1] is None:  # lowered on the real state, so its shardings match
             compiled[size][1] = chunk_R.lower(*pre, state, hp_R).compile()
         chunk_c = compiled[size][1]

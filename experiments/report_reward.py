@@ -1,0 +1,153 @@
+"""REPORT.md's reward-hacking section (experiments/reward_hacking.yaml) and its figure.
+
+The replicates are reward models (reward_model.seed 0-7: independent preference pairs), each one
+sweep point with one RL seed (exact mode has no sampling noise); statistics are means over the 8
+reward models with 95% Student-t intervals, paired by reward-model seed across conditions, as in
+tests/test_claims_reward_model.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from experiments.regenerate import Run
+from sim import hacking, plots
+from sim.results import mean_ci95
+
+KEYS = {"beta": "algo.kl.beta", "pairs": "reward_model.pairs", "noise": "reward_model.noise", "seed": "reward_model.seed"}
+
+
+def fmt(ci) -> str:
+    return f"{ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}]"
+
+
+def level(ci) -> str:
+    return f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
+
+
+def effect(ci) -> str:
+    """'raises' / 'lowers' when the 95% CI excludes 0, else 'does not clearly change'."""
+    return "raises" if ci[1] > 0 else "lowers" if ci[2] < 0 else "does not clearly change"
+
+
+def series(run: Run, name: str, **where) -> np.ndarray:
+    """[T, S]: metric `name` of the points matching `where` (unswept keys match anything), one column
+    per reward-model seed in increasing seed order."""
+    cols = []
+    for p, values in enumerate(run.batch.point_values):
+        if all(KEYS[k] not in values or np.isclose(values[KEYS[k]], v) for k, v in where.items()):
+            cols.append((values[KEYS["seed"]], run.metric(name, p)[:, 0]))
+    return np.stack([c for _, c in sorted(cols, key=lambda sc: sc[0])], 1)
+
+
+def peaks(run: Run, **where):
+    """Per reward model: (peak gold, d at the peak, final gold, final d, final proxy)."""
+    gold, d, proxy = (series(run, k, **where) for k in ("gold", "sqrt_kl", "proxy"))
+    k, cols = np.argmax(gold, 0), np.arange(gold.shape[1])
+    return gold[k, cols], d[k, cols], gold[-1], d[-1], proxy[-1]
+
+
+def _row(label: str, run: Run, **where) -> list:
+    gold, proxy, d = (series(run, k, **where).mean(1) for k in ("gold", "proxy", "sqrt_kl"))
+    s = hacking.summary(run.steps_T, gold, proxy, d)
+    peak, d_peak, end, _, _ = peaks(run, **where)
+    fit = s["gao_fit"]
+    return [label, level(mean_ci95(peak)), f"{np.mean(d_peak):.2f}", level(mean_ci95(end)), f"{s['final']['proxy']:.3f}",
+            f"{s['final_gap']:+.3f}", f"{s['final']['d']:.2f}",
+            f"{fit['alpha']:.3f}, {fit['beta']:.3f}, {fit['r2']:.3f}" if fit["alpha"] is not None else "n/a"]
+
+
+def figure(path: Path, runs: dict[str, Run]) -> None:
+    lin, mlp = runs["linear"], runs["mlp"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    panels = [(axes[0], lin, {"beta": 0.0}, "linear RM, β = 0"), (axes[1], lin, {"beta": 0.2}, "linear RM, β = 0.2"),
+              (axes[2], mlp, {"beta": 0.0}, "MLP RM, β = 0")]
+    for ax, run, where, title in panels:
+        for c, pairs in enumerate(sorted({v[KEYS["pairs"]] for v in run.batch.point_values})):
+            gold, proxy, d = (series(run, k, pairs=pairs, **where) for k in ("gold", "proxy", "sqrt_kl"))
+            for s in range(gold.shape[1]):  # each reward model, thin
+                ax.plot(d[:, s], gold[:, s], color=f"C{c}", lw=0.4, alpha=0.35)
+            ax.plot(d.mean(1), gold.mean(1), color=f"C{c}", lw=2, label=f"gold, {pairs:g} pairs")
+            ax.plot(d.mean(1), proxy.mean(1), color=f"C{c}", lw=1.2, ls="--", label=f"proxy, {pairs:g} pairs")
+        ax.set(title=title, xlabel="d = √KL(π ‖ π_ref)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("E[reward] (gold max 5)")
+    fig.suptitle("Gold (solid) and proxy (dashed) against d: mean over 8 reward models (thin: each model's gold)",
+                 fontsize=10)
+    plots.save(fig, path)
+
+
+def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
+    lin, mlp, noise = runs["linear"], runs["mlp"], runs["noise"]
+    figure(out / "reward_hacking.png", runs)
+    f = {}
+    peak, _, end, _, _ = peaks(lin, beta=0.0, pairs=8)
+    proxy8 = series(lin, "proxy", beta=0.0, pairs=8)
+    f["fall8"], f["n_fall8"] = mean_ci95(peak - end), int(np.sum(peak - end > 0.05))
+    f["proxy_shortfall"] = float(np.min(proxy8[-1] - proxy8.max(0)))
+    for pairs in (8, 256):
+        d0, d2 = (peaks(lin, beta=b, pairs=pairs)[3] for b in (0.0, 0.2))
+        f[f"d_smaller{pairs}"] = int(np.sum(d2 < d0))
+        e0, e2 = (peaks(lin, beta=b, pairs=pairs)[2] for b in (0.0, 0.2))
+        f[f"kl_gold{pairs}"], f[f"kl_pos{pairs}"] = mean_ci95(e2 - e0), int(np.sum(e2 > e0))
+    g8, d8, *_ = peaks(lin, beta=0.0, pairs=8)
+    g256, d256, *_ = peaks(lin, beta=0.0, pairs=256)
+    f["pairs_gold"], f["pairs_d"] = mean_ci95(g256 - g8), mean_ci95(d256 - d8)
+    f["peak_last256"] = int(np.sum(np.argmax(series(lin, "gold", beta=0.0, pairs=256), 0) == len(lin.steps_T) - 1))
+    for pairs in (8, 256):
+        gm, dm, *_ = peaks(mlp, pairs=pairs)
+        gl, dl, *_ = peaks(lin, beta=0.0, pairs=pairs)
+        f[f"mlp_gold{pairs}"], f[f"mlp_d{pairs}"] = mean_ci95(gm - gl), mean_ci95(dm - dl)
+    gn0, *_ = peaks(noise, noise=0.0)
+    gn2, *_ = peaks(noise, noise=2.0)
+    f["noise_gold"] = mean_ci95(gn2 - gn0)
+    n_models = len({v[KEYS["seed"]] for v in lin.batch.point_values})
+    rows = [_row(f"linear, {p} pairs, β = {b:g}", lin, pairs=p, beta=b) for b in (0.0, 0.2) for p in (8, 64, 256)]
+    rows += [_row(f"MLP, {p} pairs, β = 0", mlp, pairs=p) for p in (8, 256)]
+    rows += [_row(f"linear, 64 pairs, noise τ = {t:g}, β = 0", noise, noise=t) for t in (0.0, 2.0)]
+    header = ["reward model", "peak gold (mean [CI])", "d at peak", "final gold", "final proxy (mean curve)",
+              "final gold − proxy", "final d", "Gao fit α, β, R²"]
+    table = "| " + " | ".join(header) + " |\n|" + "|".join(" --- " for _ in header) + "|\n"
+    table += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
+    held = "holds" if f["fall8"][1] > 0 and f["proxy_shortfall"] >= -1e-3 else "does not hold"
+    every = "every" if f["proxy_shortfall"] >= -1e-3 else "not every"
+    kl_avg = "on average it helps" if f["kl_gold8"][0] > 0 else "on average it does not help"
+    bigger = ("does not help" if f["mlp_gold8"][1] <= 0 and f["mlp_gold256"][1] <= 0 else "helps in part")
+    text = (
+        "## 8. Reward hacking with a learned reward model\n\n"
+        "The lecture notes (points 5 and 6): RL scores samples with a *frozen reward model*, the policy finds "
+        "unintended ways to maximise it, and the fixes are a better reward model and a KL penalty to the SFT "
+        "model. Here the gold is the task's r = 4·φ + φ′ and the proxy a reward model fit by Bradley–Terry "
+        "maximum likelihood to pairs of reference responses labelled by the gold (docs/reward-models.md). "
+        f"Runs: `{lin.command}`; `{mlp.command}`; `{noise.command}`. Each point is one reward model "
+        f"(reward_model.seed 0-7: independent pairs) and one exact-mode RL run; statistics are over the "
+        f"{n_models} reward models of each condition, paired by seed. The Gao fit is R(d) = d·(α − β·log d) to the mean gold "
+        "gain against the mean d.\n\n"
+        "![reward hacking](reward_hacking.png)\n\n" + table + "\n"
+        f"- **Reward hacking {held}** (claim 1): with β = 0 and 8 pairs the proxy ends at its maximum in {every} "
+        f"reward model (largest shortfall {f['proxy_shortfall']:.4f}) while the gold falls from its peak by "
+        f"{fmt(f['fall8'])} ({f['n_fall8']} of 8 models fall by more than 0.05). A linear proxy is maximised by "
+        "one token per position; with few pairs that token is sometimes a bad one, and the policy first gains "
+        "gold (the proxy is right on average) and then trades it for proxy.\n"
+        f"- **A KL penalty limits it, at a price** (claim 2): β = 0.2 ends at a smaller KL in "
+        f"{f['d_smaller8']} of 8 models with 8 pairs and {f['d_smaller256']} of 8 with 256. With 8 pairs it ends "
+        f"with more gold than β = 0 in {f['kl_pos8']} of 8 models (difference {fmt(f['kl_gold8'])}): {kl_avg}, "
+        f"and it costs gold where the proxy happened to be right. With 256 pairs it costs gold in {8 - f['kl_pos256']} of 8 models "
+        f"({fmt(f['kl_gold256'])}): the penalty limits exploitation of a bad proxy and of a good one alike.\n"
+        f"- **More pairs fix it** (claim 3): 256 pairs instead of 8 raise the gold peak by {fmt(f['pairs_gold'])} "
+        f"and move it to a larger d by {fmt(f['pairs_d'])}; with 256 pairs the gold peaks at the last logged step "
+        f"in {f['peak_last256']} of 8 models.\n"
+        f"- **A bigger reward model {bigger}** (claim 3, the other fix): the MLP against the linear "
+        f"model, same pairs and seed, {effect(f['mlp_gold8'])} the peak gold with 8 pairs ({fmt(f['mlp_gold8'])}) "
+        f"and {effect(f['mlp_gold256'])} it with 256 ({fmt(f['mlp_gold256'])}; all near the maximum 5) (d at the peak: {fmt(f['mlp_d8'])}, {fmt(f['mlp_d256'])}). In this toy "
+        "the gold is linear in (position, token) features, so the linear model is already of the right form; "
+        "capacity helps when the model is too simple for the gold (Gao et al.'s setting), which this task is not.\n"
+        f"- **Noisier labels** (τ = 2 instead of 0, 64 pairs) {effect(f['noise_gold'])} the peak gold: "
+        f"{fmt(f['noise_gold'])}.\n"
+        "- **RL vs SFT** (lecture notes point 6) is a statement about gradients, checked exactly in "
+        "tests/test_claims_reward_model.py (claim 4): RL's expected gradient on a token the policy never produces "
+        "is exactly 0, however high its reward; SFT's on a demonstration containing it is −1 (it pushes "
+        "probability onto it).\n\n")
+    return text, f
