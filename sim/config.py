@@ -67,7 +67,8 @@ RUN_ROWS_LIMIT = 1_000_000
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
-         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite"},
+         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite",
+         "batch_invariant"},
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
@@ -113,6 +114,11 @@ class Static:
     # whether the loss carries the entropy bonus: parse() clears it when every run's entropy_coef is
     # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
+    # True: every run goes through the same compiled code whatever its batch and the device count
+    # (fixed blocks: bit-identical numbers alone or in any batch; small batches padded). False: blocks
+    # sized to the batch (a run costs what it computes; the numbers depend on config and seed only
+    # through the batch it is in). See sim/layout.py.
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)
@@ -364,6 +370,7 @@ def parse(cfg: Mapping) -> Experiment:
         arch=_arch(cfg, kind) if neural else None,
         eval_samples=integer(cfg, "policy.eval.samples", 2) if neural else 0,
         enumerate_max=integer(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
+        batch_invariant=flag(cfg, "batch_invariant", False),
     )
     _check_algo(static)
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)

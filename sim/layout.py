@@ -1,12 +1,16 @@
 """How a batch of runs is laid out on the devices, and what is reduced there.
 
-Each device trains its share of the runs in fixed blocks (`lax.map` over vmapped blocks inside
-`shard_map`), so every run goes through the same compiled code whatever the batch size or the
-device count. XLA's CPU code for a vmapped op can round differently at different batch sizes,
+Each device trains its share of the runs in blocks (`lax.map` over vmapped blocks inside
+`shard_map`). With `batch_invariant=true` the blocks are fixed, so every run goes through the same
+compiled code whatever the batch size or the device count. XLA's CPU code for a vmapped op can round differently at different batch sizes,
 and one flipped bit can flip a sampled token and send a run elsewhere: measured on the default
 task, 200-step runs alone vs inside a 96-run batch differed (by more than 1e-5) in all 32 seeds
 with one whole-device vmap, and in none with blocks. Blocks of 32 also ran no slower here
-(working sets stay in cache); the price is padding small batches to a whole block per device.
+(working sets stay in cache); the price is padding small batches to a whole block per device:
+one transformer run cost as much as 16. So by default (`batch_invariant=false`, `batch_layout`)
+the blocks are sized to the batch instead: a run costs what it computes, and its numbers are still
+a function of the config and seed (the same batch compiles to the same program), but no longer
+bit-identical to the same run trained alone or in another batch.
 """
 from __future__ import annotations
 
@@ -32,6 +36,19 @@ def run_block(static: Static) -> int:
     if static.mode == "exact":
         return 1
     return RUN_BLOCK if static.arch is None else NEURAL_RUN_BLOCK
+
+
+def batch_layout(static: Static, n_runs: int, n_devices: int) -> tuple[int, int]:
+    """(devices used, runs per block) for a batch of n_runs. Batch-invariant: every device, fixed
+    blocks (run_block). Otherwise the fewest blocks of at most run_block(static) runs that hold
+    each device's share, on no more devices than runs: padding is under one run per block."""
+    cap = run_block(static)
+    if static.batch_invariant:
+        return n_devices, cap
+    devices = max(1, min(n_devices, n_runs))
+    share = -(-n_runs // devices)
+    blocks = -(-share // cap)
+    return devices, -(-share // blocks)
 
 
 def over_runs(fn: Callable, mesh: Mesh, block: int) -> Callable:

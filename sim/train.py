@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sim import estimates, geometry, policies, task as task_lib
 from sim.config import Static
-from sim.layout import PointStats, over_runs, point_moments, run_block
+from sim.layout import PointStats, batch_layout, over_runs, point_moments
 from sim.policies.base import Policy
 from sim.step import BATCH_METRICS, batch_statistics, make_optimizer, no_batch_statistics, train_step
 
@@ -162,9 +162,10 @@ def run_keys(seeds) -> jax.Array:
     return jnp.stack([jax.random.key(int(s)) for s in seeds])
 
 
-def run_shardings() -> tuple[NamedSharding, NamedSharding]:
-    """Shardings of per-run arrays [R, ...] and of logged rows [C, R]: runs split over all devices."""
-    mesh = Mesh(np.array(jax.local_devices()), ("runs",))
+def run_shardings(n_devices: int | None = None) -> tuple[NamedSharding, NamedSharding]:
+    """Shardings of per-run arrays [R, ...] and of logged rows [C, R]: runs split over the first
+    n_devices local devices (None: all)."""
+    mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("runs",))
     return NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec(None, "runs"))
 
 
@@ -247,18 +248,23 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         raise ValueError(f"rows_per_chunk={chunk_rows} must divide steps/log_every={total_rows}")
     steps_T = np.arange(total_rows + 1) * static.log_every
     key_rows = sorted({0, 1, total_rows})  # what each run keeps when point stats are recorded
-    runs, rows = run_shardings()
-    block = run_block(static)
-    init_R = jax.jit(over_runs(partial(init_run, static), runs.mesh, block), in_shardings=runs, out_shardings=runs)
-    chunk_runs = over_runs(partial(run_chunk, static, chunk_rows), runs.mesh, block)
+    programs = {}  # (devices, block) -> (run sharding, jitted init, jitted chunk)
 
-    def chunk_RxC(state, hp):  # rows come back per run, [R, C]; the host wants [C, R]
-        state, rows_RxC = chunk_runs(state, hp)
-        return state, jax.tree.map(lambda x: x.T, rows_RxC)
+    def program(devices: int, block: int):
+        if (devices, block) not in programs:
+            runs, rows = run_shardings(devices)
+            init_R = jax.jit(over_runs(partial(init_run, static), runs.mesh, block), in_shardings=runs,
+                             out_shardings=runs)
+            chunk_runs = over_runs(partial(run_chunk, static, chunk_rows), runs.mesh, block)
 
-    chunk_R = jax.jit(chunk_RxC, in_shardings=runs, out_shardings=(runs, rows))
+            def chunk_RxC(state, hp):  # rows come back per run, [R, C]; the host wants [C, R]
+                state, rows_RxC = chunk_runs(state, hp)
+                return state, jax.tree.map(lambda x: x.T, rows_RxC)
 
-    compiled = {}  # padded batch size -> (init, chunk) executables
+            programs[devices, block] = runs, init_R, jax.jit(chunk_RxC, in_shardings=runs, out_shardings=(runs, rows))
+        return programs[devices, block]
+
+    compiled = {}  # (devices, block, padded batch size) -> (init, chunk) executables
 
     def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *, ref_R=None,
               start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None,
@@ -276,6 +282,8 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         n_runs = keys_R.shape[0]
         names = metric_names(static)
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
+        devices, block = batch_layout(static, n_runs, len(jax.local_devices()))
+        runs, init_R, chunk_R = program(devices, block)
         hp_R, keys_R, ref_R = _shard_runs((hp_R, keys_R, ref_R), n_runs, runs, block)
         reduce = None
         if points_R is not None:
@@ -284,7 +292,7 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             reduce = lambda rows: jax.tree.map(  # noqa: E731
                 np.asarray, point_moments({k: rows[k] for k in names}, pts_R, n_points))
         t0 = time.perf_counter()
-        size = keys_R.shape[0]
+        size = (devices, block, keys_R.shape[0])
         if size not in compiled:
             compiled[size] = [init_R.lower(hp_R, keys_R, ref_R).compile(), None]
         state, row0 = compiled[size][0](hp_R, keys_R, ref_R)
