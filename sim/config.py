@@ -56,6 +56,7 @@ _LIST_KEYS = {f"task.{r}.{k}" for r in ("phi", "phi_prime") for k in ("positions
 # seeds (reduced on device; each run keeps only its first and last rows, for the summary).
 # 'auto' keeps every run's rows up to RUN_ROWS_LIMIT rows (runs x logged steps).
 RECORD_MODES = ("auto", "runs", "points")
+LOGGERS = ("none", "tensorboard")  # experiment trackers (sim/trackers.py); conf/logger/
 
 # The analysis after training (analysis.py): none; basic = the reference's KL-cost curves and kappa
 # over all policies (the tilt), the orthogonality certificate and the quadrant table; full = also
@@ -68,8 +69,9 @@ _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "ka
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite",
-         "batch_invariant"},
+         "batch_invariant", "logger"},
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
+    "logger": {"kind"},
     "task": {"prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS | {"relative_weight"},
@@ -151,6 +153,7 @@ class Experiment:
     record: str = "runs"  # 'runs' | 'points' ('auto' is resolved by parse)
     sft: SFT | None = None  # neural policies: how their reference is trained
     analysis: str = "basic"  # ANALYSIS_MODES
+    logger: str = "none"  # LOGGERS: where every logged row also streams (changes no number)
 
     @property
     def n_runs(self) -> int:
@@ -388,4 +391,8 @@ def parse(cfg: Mapping) -> Experiment:
                      analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic")
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
-    return replace(exp, record=record)
+    logger = choice(cfg, "logger.kind", LOGGERS) if "logger" in cfg else "none"
+    if logger != "none" and record == "points":
+        raise ConfigError(f"logger={logger}: streams every run's rows, which record=points does not keep; "
+                          "pass record=runs")
+    return replace(exp, record=record, logger=logger)

@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, plots, reference, results, rundir
+from sim import analysis, diagnostics, plots, reference, results, rundir, trackers
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -195,12 +195,20 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                                   run_columns(batch))
         if start is not None:
             table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
+        tracker = trackers.open_tracker(exp.logger, out / "tensorboard", plain_cfg, run_columns(batch), steps_T,
+                                        start.rows_done if start is not None else 0)
 
         def on_snapshot(snap: Snapshot) -> None:
             table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
+            if tracker is not None:
+                tracker.log(snap.rows)
             checkpoints.maybe_save(snap)
 
-        result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R)
+        try:
+            result = train_with_progress(exp, batch, start=start, on_snapshot=on_snapshot, ref_R=ref_R)
+        finally:
+            if tracker is not None:
+                tracker.close()
     finally:
         checkpoints.close()
     return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs)
