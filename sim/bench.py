@@ -1,12 +1,16 @@
 """`python -m sim.bench [section ...] [--json PATH]`: performance figures, medians over repeats.
 
-Sections (default: wall, throughput, vmap and roofline, a few minutes; sweep takes ten more and
-runs only when named):
+Sections (default: wall, throughput, vmap and roofline, a few minutes; families and sweep take
+ten more each and run only when named):
   wall        `python -m sim.run` end to end in a fresh process: cold (empty compilation cache)
               and warm (cache hit); compile and run seconds from its summary.json
   throughput  steady-state sampled tokens/s and run-steps/s of the default task at 1, 16, 64, 256 runs
   vmap        one vmapped batch of 64 runs vs the same 64 runs one after another in this process
   roofline    a scan that only samples the same tokens from fixed logits; training's ratio to it
+  families    samples/s of every policy family at 1, 16 and 64 runs on the toy task (V=8, L=8,
+              32 samples per step; the transformer 2 layers of width 64, 4 heads, FFN 256), with
+              blocks sized to the batch (the default) next to fixed blocks (batch_invariant=true:
+              the layout every run had before blocks could be sized, i.e. the previous design)
   sweep       `python -m sim.run` with a 2-axis in-process sweep (--sweep-runs runs, --sweep-steps
               steps; cold compilation cache) in a fresh process: wall, compile, run, peak RSS; and
               the same runs as separate processes (--sweep-processes of them timed, warm cache,
@@ -69,14 +73,14 @@ def bench_wall(repeats: int) -> dict:
             (("cold", cold), ("warm", warm))} | {"repeats": repeats}
 
 
-def _default_experiment(seeds: int):
+def _default_experiment(seeds: int, overrides: tuple[str, ...] = ()):
     from sim.config import parse
     from sim.run import CONF_DIR
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose("config", overrides=[f"seeds={seeds}", "plots=false"])
+        cfg = compose("config", overrides=[f"seeds={seeds}", "plots=false", *overrides])
     plain = OmegaConf.to_container(cfg, resolve=True)
     return parse(plain)
 
@@ -87,13 +91,15 @@ def _tokens_per_run(exp) -> int:
 
 
 def _timed_train(exp, repeats: int):
+    from sim import reference
     from sim.sweep import expand
     from sim.train import make_train, run_keys
 
     batch = expand(exp)
+    ref_R = reference.prepare(exp, batch.hparams_R).params_R if exp.sft is not None else None  # untimed
     train = make_train(exp.static)
-    first = train(batch.hparams_R, run_keys(batch.seeds_R))
-    runs = [train(batch.hparams_R, run_keys(batch.seeds_R)).run_seconds for _ in range(repeats)]
+    first = train(batch.hparams_R, run_keys(batch.seeds_R), ref_R=ref_R)
+    runs = [train(batch.hparams_R, run_keys(batch.seeds_R), ref_R=ref_R).run_seconds for _ in range(repeats)]
     return first.compile_seconds, float(np.median(runs))
 
 
@@ -174,6 +180,28 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
     train_tps = n * _tokens_per_run(exp) / run_s
     return {"runs": n, "roofline_tokens_per_second": roof, "train_tokens_per_second": train_tps,
             "ratio": train_tps / roof}
+
+
+# The families section's work: issue 21's side-by-side with TRL's GRPOTrainer on a tiny GPT-2.
+FAMILY_TASK = ("task.vocab=8", "task.length=8", "task.prompts=4", "algo.group_size=8", "log_every=10")
+FAMILY_SIZES = {"transformer": ("policy.d_model=64", "policy.heads=4", "policy.hidden=256", "policy.layers=2")}
+FAMILIES = ("tabular", "lowrank", "mlp", "gru", "transformer")
+
+
+def bench_families(repeats: int, sizes=(1, 16, 64), steps: int = 50, families=FAMILIES) -> dict:
+    """Steady-state samples/s (runs x steps x prompts x group_size / run seconds; SFT and
+    compilation excluded) per family and batch size, with batch_invariant false and true."""
+    out = {}
+    for family in families:
+        for invariant in (False, True):
+            for n in sizes:
+                exp = _default_experiment(n, (f"policy={family}", f"steps={steps}", f"batch_invariant={invariant}",
+                                              *FAMILY_TASK, *FAMILY_SIZES.get(family, ())))
+                compile_s, run_s = _timed_train(exp, repeats)
+                samples = n * steps * exp.static.task.prompts * exp.static.group_size
+                out.setdefault(family, {}).setdefault("invariant" if invariant else "sized", {})[str(n)] = {
+                    "run_seconds": run_s, "compile_seconds": compile_s, "samples_per_second": samples / run_s}
+    return out
 
 
 # The sweep section's 2-axis grid: 25 points; seeds per point = runs / 25.
@@ -331,8 +359,8 @@ def _report_lm(r: dict) -> list[str]:
             f"{r['fwd_bwd_seconds']:.2f} s; peak RSS {r['peak_rss_mib']:.0f} MiB"]
 
 
-SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline, "lm": bench_lm,
-            "sweep": bench_sweep}
+SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline,
+            "families": bench_families, "lm": bench_lm, "sweep": bench_sweep}
 DEFAULT_SECTIONS = ("wall", "throughput", "vmap", "roofline")
 
 
@@ -357,6 +385,14 @@ def report(results: dict) -> str:
         r = results["roofline"]
         lines.append(f"roofline ({r['runs']} runs): sampling only {r['roofline_tokens_per_second'] / 1e6:.2f} M tokens/s, "
                      f"training {r['train_tokens_per_second'] / 1e6:.2f} M tokens/s: ratio {r['ratio']:.2f}")
+    for family, by_layout in results.get("families", {}).items():
+        sized, fixed = by_layout["sized"], by_layout["invariant"]
+        cells = [f"{n} run{'s' * (n != '1')} {sized[n]['samples_per_second']:8.0f} ({fixed[n]['samples_per_second']:7.0f}, "
+                 f"{sized[n]['samples_per_second'] / fixed[n]['samples_per_second']:4.1f}x)" for n in sized]
+        lines.append(f"samples/s {family:>11}: " + "; ".join(cells))
+    if "families" in results:
+        lines.append("samples/s: blocks sized to the batch (default) (fixed blocks, batch_invariant=true, the "
+                     "previous design; ratio)")
     if "sweep" in results:
         w = results["sweep"]
         ip = w["in_process"]

@@ -61,6 +61,7 @@ _LIST_KEYS = {f"task.{r}.{k}" for r in ("phi", "phi_prime") for k in ("positions
 # seeds (reduced on device; each run keeps only its first and last rows, for the summary).
 # 'auto' keeps every run's rows up to RUN_ROWS_LIMIT rows (runs x logged steps).
 RECORD_MODES = ("auto", "runs", "points")
+LOGGERS = ("none", "tensorboard")  # experiment trackers (sim/trackers.py); conf/logger/
 
 # The analysis after training (analysis.py): none; basic = the reference's KL-cost curves and kappa
 # over all policies (the tilt), the orthogonality certificate and the quadrant table; full = also
@@ -72,9 +73,11 @@ RUN_ROWS_LIMIT = 1_000_000
 _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
-         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model"},
+         "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model",
+         "batch_invariant", "logger"},
     "reward_model": reward_model.KEYS,
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
+    "logger": {"kind"},
     "task": {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS | {"relative_weight"},
@@ -132,6 +135,11 @@ class Static:
     entropy_bonus: bool = True
     lm: Settings | None = None  # policy.kind=pretrained: its settings (the checkpoint's architecture once loaded)
     reward_model: reward_model.RewardModel | None = None  # a learned proxy replaces the gold reward in RL
+    # True: every run goes through the same compiled code whatever its batch and the device count
+    # (fixed blocks: bit-identical numbers alone or in any batch; small batches padded). False: blocks
+    # sized to the batch (a run costs what it computes; the numbers depend on config and seed only
+    # through the batch it is in). See sim/layout.py.
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,7 @@ class Experiment:
     analysis: str = "basic"  # ANALYSIS_MODES
     text: text_task.TextTaskConfig | None = None  # task.kind=text: the task's config (built at the edge)
     reward_fit: reward_model.Fit | None = None  # with Static.reward_model: how its proxies are fit
+    logger: str = "none"  # LOGGERS: where every logged row also streams (changes no number)
 
     @property
     def n_runs(self) -> int:
@@ -425,6 +434,7 @@ def parse(cfg: Mapping) -> Experiment:
         arch=_arch(cfg, kind) if neural else None,
         eval_samples=integer(cfg, "policy.eval.samples", 2) if neural else 0,
         enumerate_max=integer(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
+        batch_invariant=flag(cfg, "batch_invariant", False),
     )
     _check_algo(static, text)
     if kind == "pretrained":
@@ -457,4 +467,8 @@ def parse(cfg: Mapping) -> Experiment:
                      text=text, reward_fit=rm_fit)
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
-    return replace(exp, record=record)
+    logger = choice(cfg, "logger.kind", LOGGERS) if "logger" in cfg else "none"
+    if logger != "none" and record == "points":
+        raise ConfigError(f"logger={logger}: streams every run's rows, which record=points does not keep; "
+                          "pass record=runs")
+    return replace(exp, record=record, logger=logger)

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir
+from sim import analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir, trackers
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -217,6 +217,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                                   run_columns(batch))
         if start is not None:
             table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
+        tracker = trackers.open_tracker(exp.logger, out / "tensorboard", plain_cfg, run_columns(batch), steps_T,
+                                        start.rows_done if start is not None else 0)
 
         # the newest snapshot in metrics.csv, and the rows done of the newest one checkpointed
         last = {"snap": None, "saved": start.rows_done if start is not None else 0}
@@ -224,6 +226,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         def on_snapshot(snap: Snapshot) -> None:
             with interrupt.deferred():  # a Ctrl-C waits for these writes: rows whole, checkpoint started
                 table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
+                if tracker is not None:
+                    tracker.log(snap.rows)
                 last["snap"] = snap
                 if checkpoints.maybe_save(snap):
                     last["saved"] = snap.rows_done
@@ -238,6 +242,9 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                     last["saved"] = snap.rows_done
                 checkpoints.close()
             raise interrupt.Interrupted(last["saved"] * exp.static.log_every) from None
+        finally:
+            if tracker is not None:
+                tracker.close()
     finally:
         checkpoints.close()
     return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs, proxies)

@@ -1,12 +1,16 @@
 """How a batch of runs is laid out on the devices, and what is reduced there.
 
-Each device trains its share of the runs in fixed blocks (`lax.map` over vmapped blocks inside
-`shard_map`), so every run goes through the same compiled code whatever the batch size or the
-device count. XLA's CPU code for a vmapped op can round differently at different batch sizes,
+Each device trains its share of the runs in blocks (`lax.map` over vmapped blocks inside
+`shard_map`). With `batch_invariant=true` the blocks are fixed, so every run goes through the same
+compiled code whatever the batch size or the device count. XLA's CPU code for a vmapped op can round differently at different batch sizes,
 and one flipped bit can flip a sampled token and send a run elsewhere: measured on the default
 task, 200-step runs alone vs inside a 96-run batch differed (by more than 1e-5) in all 32 seeds
 with one whole-device vmap, and in none with blocks. Blocks of 32 also ran no slower here
-(working sets stay in cache); the price is padding small batches to a whole block per device.
+(working sets stay in cache); the price is padding small batches to a whole block per device:
+one transformer run cost as much as 16. So by default (`batch_invariant=false`, `batch_layout`)
+the blocks are sized to the batch instead: a run costs what it computes, and its numbers are still
+a function of the config and seed (the same batch compiles to the same program), but no longer
+bit-identical to the same run trained alone or in another batch.
 """
 from __future__ import annotations
 
@@ -29,20 +33,29 @@ NEURAL_RUN_BLOCK = 8
 def run_block(static: Static) -> int:
     """Runs per block. Exact mode enumerates every response, so one run is already a large batch
     and padding a single run to a block would multiply its cost: blocks of one there. A
-    pretrained checkpoint's runs go one after another too (see run_devices)."""
+    pretrained checkpoint's runs go one after another too (see batch_layout)."""
     if static.mode == "exact" or static.lm is not None:
         return 1
     return RUN_BLOCK if static.arch is None else NEURAL_RUN_BLOCK
 
 
-def run_devices(static: Static) -> list:
-    """The devices the run axis is split over: all local ones, except for a pretrained checkpoint,
-    whose runs go one after another on the first device (blocks of one, no padding). A real
-    model's run is a large batch of its own, R copies of its parameters and optimizer state need
-    not fit at once, and padding 1 seed to the device count would double the work; the other
-    devices are for sharding the model itself (sim/lm/sharding.py), not the runs."""
-    devices = jax.local_devices()
-    return devices[:1] if static.lm is not None else devices
+def batch_layout(static: Static, n_runs: int, n_devices: int) -> tuple[int, int]:
+    """(devices used, runs per block) for a batch of n_runs. Batch-invariant: every device, fixed
+    blocks (run_block). Otherwise the fewest blocks of at most run_block(static) runs that hold
+    each device's share, on no more devices than runs: padding is under one run per block."""
+    if static.lm is not None:
+        # a pretrained checkpoint's runs go one after another on the first device, in blocks of one:
+        # a real model's run is a large batch of its own, R copies of its parameters and optimizer
+        # state need not fit at once, and padding 1 seed to the device count would double the work;
+        # the other devices are for sharding the model itself (sim/lm/sharding.py), not the runs
+        return 1, 1
+    cap = run_block(static)
+    if static.batch_invariant:
+        return n_devices, cap
+    devices = max(1, min(n_devices, n_runs))
+    share = -(-n_runs // devices)
+    blocks = -(-share // cap)
+    return devices, -(-share // blocks)
 
 
 def over_runs(fn: Callable, mesh: Mesh, block: int, shared: bool = False) -> Callable:

@@ -7,7 +7,8 @@ Exit status: 0 success (or the directory already holds this completed run); 2 a 
 (bad configuration, or a run directory that must not be touched), one line on stderr, nothing
 written; 3 the run finished and wrote everything, but some runs diverged (non-finite loss,
 rewards or parameters) and were left out of the statistics; 130 interrupted (Ctrl-C), one line
-naming the step a rerun resumes from.
+naming the step a rerun resumes from. A multirun exits with its worst job's status, whichever
+launcher ran the jobs (JobStatuses), naming each job whose runs diverged.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sim.config import ConfigError, Experiment, parse, parse_runtime
@@ -48,6 +50,31 @@ def report(info: dict) -> int:
 # Exit statuses of the jobs this process ran; main() exits with the worst once Hydra returns, so
 # that a diverged job of a multirun sweep does not stop the jobs after it.
 _statuses: list[int] = []
+
+
+def multirun_status(sweep_dir: Path) -> int:
+    """After a multirun: name every job whose runs diverged (from its summary.json, wherever the
+    launcher ran it) on stderr; EXIT_DIVERGED if any did, else 0."""
+    import json
+
+    worst = 0
+    jobs = sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (not p.parent.name.isdigit(), p.parent.name.zfill(9)))
+    for path in jobs:
+        info = json.loads(path.read_text())
+        if info.get("n_diverged"):
+            print(f"sim: multirun job {path.parent.name} ({' '.join(info.get('overrides', []))}): "
+                  f"{info['n_diverged']} of {info['n_runs']} runs diverged (exit status {EXIT_DIVERGED}); "
+                  f"see {path}", file=sys.stderr)
+            worst = EXIT_DIVERGED
+    return worst
+
+
+class JobStatuses(Callback):
+    """Hydra callback (conf/config.yaml): a launcher runs jobs in processes of its own (submitit),
+    whose exit statuses never reach this one, so the multirun's status is read from the jobs' outputs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        _statuses.append(multirun_status(Path(str(config.hydra.sweep.dir))))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
@@ -147,7 +174,11 @@ def main() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(max(_statuses, default=0))
+    # `python -m sim.run` runs this file as __main__, and Hydra imports sim.run again to make the
+    # JobStatuses callback: that copy holds the multirun's status
+    statuses = _statuses + (sys.modules["sim.run"]._statuses if __name__ == "__main__" and "sim.run" in sys.modules
+                            else [])
+    os._exit(max(statuses, default=0))
 
 
 if __name__ == "__main__":

@@ -36,10 +36,11 @@ PACKAGES = ("sim", "jax", "jaxlib", "optax", "numpy", "hydra-core", "matplotlib"
 # Options that choose where and how a run is executed, not what it computes: left out of the
 # config hash, so that e.g. `overwrite=true` does not make a run a different configuration.
 # (chunk_steps stays in: a checkpoint can only be resumed with the chunking that wrote it.)
-EXECUTION_KEYS = ("runtime", "checkpoint_seconds", "resume", "overwrite")
+EXECUTION_KEYS = ("runtime", "checkpoint_seconds", "resume", "overwrite", "logger")
 # Files and folders a run writes (overwrite=true removes these and nothing else).
 RUN_OUTPUTS = ("provenance.json", "config.yaml", "metrics.csv", "points.csv", "summary.json", "rewards.png",
-               "kl_cost.png", "diagnostics.png", "orthogonality.png", "sweep.png", "sft_loss.png", "checkpoints")
+               "kl_cost.png", "diagnostics.png", "orthogonality.png", "sweep.png", "sft_loss.png", "checkpoints",
+               "tensorboard")
 
 Action = Literal["fresh", "resume", "done"]
 

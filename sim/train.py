@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sim import estimates, geometry, policies, reward_model, task as task_lib
 from sim.config import Static
-from sim.layout import PointStats, over_runs, point_moments, run_block, run_devices
+from sim.layout import PointStats, batch_layout, over_runs, point_moments
 from sim.policies.base import Policy
 from sim.step import BATCH_METRICS, batch_statistics, make_optimizer, no_batch_statistics, train_step
 
@@ -186,10 +186,10 @@ def run_keys(seeds) -> jax.Array:
     return jnp.stack([jax.random.key(int(s)) for s in seeds])
 
 
-def run_shardings(devices=None) -> tuple[NamedSharding, NamedSharding]:
-    """Shardings of per-run arrays [R, ...] and of logged rows [C, R]: runs split over the devices
-    (all local ones by default; layout.run_devices)."""
-    mesh = Mesh(np.array(jax.local_devices() if devices is None else devices), ("runs",))
+def run_shardings(n_devices: int | None = None) -> tuple[NamedSharding, NamedSharding]:
+    """Shardings of per-run arrays [R, ...] and of logged rows [C, R]: runs split over the first
+    n_devices local devices (None: all)."""
+    mesh = Mesh(np.array(jax.local_devices()[:n_devices]), ("runs",))
     return NamedSharding(mesh, PartitionSpec("runs")), NamedSharding(mesh, PartitionSpec(None, "runs"))
 
 
@@ -283,29 +283,34 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         raise ValueError(f"rows_per_chunk={chunk_rows} must divide steps/log_every={total_rows}")
     steps_T = np.arange(total_rows + 1) * static.log_every
     key_rows = sorted({0, 1, total_rows})  # what each run keeps when point stats are recorded
-    runs, rows = run_shardings(run_devices(static))
-    block = run_block(static)
     # A pretrained checkpoint's frozen reference is one argument shared by every run, replicated
     # (`pre`: () or (shared,)), rather than a per-run RunState.ref with a leading [R] axis.
     shares_ref = static.lm is not None
-    replicated = NamedSharding(runs.mesh, PartitionSpec())
-    pre_sh = (replicated,) * shares_ref
     if shares_ref:
         init_one = lambda s, hp, key, ref, proxy: init_run(static, hp, key, ref, proxy, shared=s)  # noqa: E731
         chunk_one = lambda s, state, hp: run_chunk(static, chunk_rows, state, hp, shared=s)  # noqa: E731
     else:
         init_one, chunk_one = partial(init_run, static), partial(run_chunk, static, chunk_rows)
-    init_R = jax.jit(over_runs(init_one, runs.mesh, block, shares_ref), in_shardings=pre_sh + (runs,) * 4,
-                     out_shardings=runs)
-    chunk_runs = over_runs(chunk_one, runs.mesh, block, shares_ref)
+    programs = {}  # (devices, block) -> (run sharding, replicated sharding, jitted init, jitted chunk)
 
-    def chunk_RxC(*args):  # rows come back per run, [R, C]; the host wants [C, R]
-        state, rows_RxC = chunk_runs(*args)
-        return state, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rows_RxC)
+    def program(devices: int, block: int):
+        if (devices, block) not in programs:
+            runs, rows = run_shardings(devices)
+            replicated = NamedSharding(runs.mesh, PartitionSpec())
+            pre_sh = (replicated,) * shares_ref
+            init_R = jax.jit(over_runs(init_one, runs.mesh, block, shares_ref), in_shardings=pre_sh + (runs,) * 4,
+                             out_shardings=runs)
+            chunk_runs = over_runs(chunk_one, runs.mesh, block, shares_ref)
 
-    chunk_R = jax.jit(chunk_RxC, in_shardings=pre_sh + (runs, runs), out_shardings=(runs, rows))
+            def chunk_RxC(*args):  # rows come back per run, [R, C]; the host wants [C, R]
+                state, rows_RxC = chunk_runs(*args)
+                return state, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rows_RxC)
 
-    compiled = {}  # padded batch size -> (init, chunk) executables
+            chunk_R = jax.jit(chunk_RxC, in_shardings=pre_sh + (runs, runs), out_shardings=(runs, rows))
+            programs[devices, block] = runs, replicated, init_R, chunk_R
+        return programs[devices, block]
+
+    compiled = {}  # (devices, block, padded batch size) -> (init, chunk) executables
 
     def train(hp_R: dict, keys_R: jax.Array, on_chunk: ChunkCallback | None = None, *, ref_R=None, proxy_R=None,
               start: Snapshot | None = None, on_snapshot: Callable[[Snapshot], None] | None = None,
@@ -327,6 +332,8 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         n_runs = keys_R.shape[0]
         names = metric_names(static)
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
+        devices, block = batch_layout(static, n_runs, len(jax.local_devices()))
+        runs, replicated, init_R, chunk_R = program(devices, block)
         hp_R, keys_R, ref_R, proxy_R = _shard_runs((hp_R, keys_R, ref_R, proxy_R), n_runs, runs, block)
         if shares_ref != (shared is not None):
             raise ValueError("a pretrained policy's train() needs `shared` (pretrained.Frozen); others take none")
@@ -338,7 +345,7 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             reduce = lambda rows: jax.tree.map(  # noqa: E731
                 np.asarray, point_moments({k: rows[k] for k in names}, pts_R, n_points))
         t0 = time.perf_counter()
-        size = keys_R.shape[0]
+        size = (devices, block, keys_R.shape[0])
         if size not in compiled:
             compiled[size] = [init_R.lower(*pre, hp_R, keys_R, ref_R, proxy_R).compile(), None]
         state, row0 = compiled[size][0](*pre, hp_R, keys_R, ref_R, proxy_R)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -12,6 +14,22 @@ from sim.config import parse
 from sim.run import CONF_DIR
 
 runtime.set_xla_flags()  # as a run has them (the JAX backend starts after this, at first use)
+
+
+def pytest_configure(config):
+    """One fresh XLA compilation cache for the whole session, shared by this process and every
+    `python -m sim.run` it starts (conf/config.yaml reads $SIM_COMPILATION_CACHE): a program compiled
+    by one test is loaded, not compiled again, by the next test or subprocess that needs it. The
+    runtime is a run's (flags, unrolled threefry, one CPU device per core), so the programs are the
+    same. A hook, not module code: scripts that import this module (tests' subprocesses) set their own."""
+    config.sim_jax_cache = tempfile.mkdtemp(prefix="sim-tests-jax-")
+    os.environ["SIM_COMPILATION_CACHE"] = config.sim_jax_cache
+    runtime.configure(config.sim_jax_cache, "auto")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "sim_jax_cache", ""), ignore_errors=True)
+
 
 # Small enough to compile and run in a couple of seconds on 2 cores.
 SMALL = ["seeds=4", "steps=20", "log_every=5", "task.prompts=4", "plots=false"]

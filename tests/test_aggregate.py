@@ -66,3 +66,16 @@ def test_the_sweep_table_lines_end_in_lf(tmp_path):
     aggregate.write_table(tmp_path / "t.csv", ["optim.lr"], [point, point])
     data = (tmp_path / "t.csv").read_bytes()
     assert b"\r" not in data and data.count(b"\n") == 3
+
+
+def test_a_diverged_launcher_job_is_the_multiruns_exit_status_and_is_named(tmp_path):
+    """Job 1's rewards overflow float32 (w_phi = 3e38: every run diverges at step 1, as in
+    test_run.py); its submitit process cannot pass an exit status back, yet the multirun must exit
+    3 and name it. The jobs are the fixture's tabular program (same shapes), so they reuse its compile."""
+    proc = subprocess.run([sys.executable, "-m", "sim.run", "-m", "hydra/launcher=slurm_local", *TINY,
+                           "policy=tabular", "optim.lr=[0.05,0.1]", "task.phi.weight=4,3e38",
+                           f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "sim: multirun job 1 (" in proc.stderr and "task.phi.weight=3e+38" in proc.stderr  # as Hydra prints it
+    assert "4 of 4 runs diverged" in proc.stderr and "multirun job 0" not in proc.stderr
+    assert (tmp_path / ".submitit").is_dir()  # the jobs really went through submitit

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from sim.layout import NEURAL_RUN_BLOCK, RUN_BLOCK, over_runs, point_moments, run_block
+from sim.layout import NEURAL_RUN_BLOCK, RUN_BLOCK, batch_layout, over_runs, point_moments, run_block
 
 
 def test_point_moments_match_numpy_and_drop_the_padding():
@@ -26,6 +26,23 @@ def test_block_sizes(small):
                            "task.phi.good_tokens=[0]", "task.phi_prime.positions=[1]",
                            "task.phi_prime.good_tokens=[1]").static) == 1
     assert run_block(small("policy=mlp").static) == NEURAL_RUN_BLOCK
+
+
+def test_blocks_are_sized_to_the_batch_unless_batch_invariance_is_asked_for(small):
+    sized, fixed = small().static, small("batch_invariant=true").static
+    assert batch_layout(fixed, 1, 2) == (2, RUN_BLOCK)  # one run padded to a block on each device
+    assert batch_layout(sized, 1, 2) == (1, 1)  # one run: one device, no padding
+    assert batch_layout(sized, 3, 2) == (2, 2)  # 4 slots for 3 runs
+    assert batch_layout(sized, 64, 2) == (2, RUN_BLOCK)
+    assert batch_layout(sized, 66, 2) == (2, 17)  # 33 per device: two blocks of 17, not 64 slots
+    assert batch_layout(small("policy=mlp").static, 16, 2) == (2, NEURAL_RUN_BLOCK)
+    for n in range(1, 300):  # padding under one run per block, blocks never over the fixed size
+        for n_devices in (1, 2, 3, 8):
+            devices, block = batch_layout(sized, n, n_devices)
+            share = -(-n // devices)
+            blocks = -(-share // block)
+            assert devices <= min(n, n_devices) and block <= RUN_BLOCK
+            assert blocks * block - share < blocks and devices * share - n < devices, (n, n_devices)
 
 
 def test_over_runs_applies_the_per_run_function_to_each_run_in_order():

@@ -75,7 +75,7 @@ runtime.configure(None, 1)
 from tests.conftest import experiment
 from sim.sweep import expand
 from sim import train
-exp = experiment(["policy.width=24", "seeds=16", "steps=10", "log_every=10", "plots=false"])
+exp = experiment(["policy.width=24", "seeds=16", "steps=10", "log_every=10", "plots=false", "batch_invariant=true"])
 b = expand(exp)
 r = train.make_train(exp.static)(b.hparams_R, train.run_keys(b.seeds_R))
 run = 0
@@ -93,10 +93,15 @@ def test_a_fresh_compilation_logs_the_policys_own_kl():
     half of fresh compilations of this program logged KL 3.98 for a policy whose KL, computed
     eagerly in float64 from the same final parameters, is 0.20. Three fresh processes, each a
     new compilation: all three must log the policy's own KL (float32 rounding: rel 1e-3). With
-    the fault, passing by luck has probability about 1/8."""
+    the fault, passing by luck has probability about 1/8. The program is the one that showed the
+    fault (fixed blocks of 32: batch_invariant=true); the three processes run at once (each
+    compiles on one thread)."""
     from pathlib import Path
     root = str(Path(__file__).resolve().parent.parent)
-    for _ in range(3):
-        out = subprocess.run([sys.executable, "-c", WIDE], capture_output=True, text=True, check=True, cwd=root)
-        got = json.loads(out.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen([sys.executable, "-c", WIDE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=root) for _ in range(3)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        got = json.loads(stdout.strip().splitlines()[-1])
         assert abs(got["logged"] - got["eager"]) <= 1e-3 * got["eager"], got
