@@ -138,8 +138,8 @@ def check_command(argv: list[str]) -> None:
         values = {i + 1 for i, a in enumerate(args) if a.startswith("--") and "=" not in a}  # an option's value
         unknown = [a for i, a in enumerate(args) if not a.startswith("-") and i not in values and a not in bench.SECTIONS]
         assert not unknown, f"unknown benchmark sections {unknown}; allowed: {bench.SECTIONS}"
-    elif module in ("sim.aggregate", "experiments.regenerate"):
-        pass  # each takes a directory, or nothing: nothing to check without running it
+    elif module == "sim.aggregate" or module.startswith("experiments."):
+        pass  # a directory, or a long experiment's subcommand: nothing to check without running it
     elif not module.startswith(("sim", "experiments")):
         return  # pip, pytest, venv: installation, checked by CI running the Quickstart itself
     else:
@@ -152,7 +152,8 @@ def _docs_commands() -> list[tuple[str, str]]:
         for command in _commands(_text(page)):
             argv = _python_argv(command)
             # placeholders (<dir>, ...) and `key=value ...` templates are prose, not commands
-            if argv and len(argv) >= 2 and not re.search(r"<[^>]+>|\.\.\.", command):
+            # usage synopses (`[--repeats N]`, `[a|b]`) are prose too
+            if argv and len(argv) >= 2 and not re.search(r"<[^>]+>|\.\.\.|\[-|\[\w+\|", command):
                 out.append((page.name, command))
     return out
 
