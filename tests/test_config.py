@@ -106,6 +106,8 @@ BAD = [
     (["task=text", "policy=pretrained", "policy.remat=1"], "policy.remat=1: must be true or false"),
     (["task=text", "policy=pretrained", "~task.phi.rule", "+task.phi.text=ends_with_period"],
      "task.phi.text=ends_with_period: text rewards are not trained by policy=pretrained yet"),
+    (["task=text", "policy=pretrained", "reward_model=linear"],
+     "reward_model=linear: learned reward models train on the toy task"),
 ]
 
 
