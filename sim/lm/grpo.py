@@ -48,15 +48,14 @@ def make_grpo_step(cfg: LMConfig, optimizer: optax.GradientTransformation, group
         adv_B = algos.advantages_PxG("grpo", reward_B.reshape(P, group, 1), jnp.ones(1)).reshape(-1)
         ref_logp_BxN, _ = sampling.response_log_probs(ref_params, cfg, ids_BxT, mask_BxT, tokens_BxN)
         weight_B = jnp.full(adv_B.shape, 1.0 / adv_B.shape[0])
-        keep = keep_BxN.astype(jnp.float32)
 
         def loss_fn(p):
             logp_BxN, _ = sampling.response_log_probs(p, cfg, ids_BxT, mask_BxT, tokens_BxN, remat)
-            kl_BxN = algos.kl_BxL("k3", logp_BxN, ref_logp_BxN) * keep
-            loss, _ = algos.policy_loss("pg", "seq_mean_token_sum_norm", weight_B, logp_BxN * keep,
-                                        jax.lax.stop_gradient(logp_BxN) * keep, adv_B, 0.2, 0.2,
-                                        kl_coef=beta, kl_BxL=kl_BxN)
-            return loss, jnp.sum(kl_BxN, -1)
+            kl_BxN = algos.kl_BxL("k3", logp_BxN, ref_logp_BxN)
+            loss, _ = algos.policy_loss("pg", "seq_mean_token_sum_norm", weight_B, logp_BxN,
+                                        jax.lax.stop_gradient(logp_BxN), adv_B, 0.2, 0.2,
+                                        kl_coef=beta, kl_BxL=kl_BxN, mask_BxL=keep_BxN)
+            return loss, jnp.sum(jnp.where(keep_BxN, kl_BxN, 0.0), -1)
 
         (loss, kl_B), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
