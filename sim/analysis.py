@@ -168,15 +168,26 @@ def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict |
                                 "ud_minus_uu_last": float(np.mean(gap_TxN[-1]))}}
 
 
+MIN_KAPPA_SAMPLES = 3  # samples per prompt below which the sampled tilt's kappa says nothing
+
+
 def sampled_geometry(ref_rewards: tuple[np.ndarray, np.ndarray], delta: float, key: jax.Array) -> dict:
     """kappa(+-delta) of a reference known only by samples (a pretrained checkpoint): the tilt over
     its sampled rewards (r_PxS per reward), with a bootstrap standard error (geometry.bootstrap_kappa);
     E_ref[R] with its standard error; and the correlation of phi and phi_prime over the samples
     with their joint support (the orthogonality the blog assumes, measured)."""
-    out = {"delta": float(delta), "samples_per_prompt": int(ref_rewards[0].shape[1])}
+    S = int(ref_rewards[0].shape[1])
+    out = {"delta": float(delta), "samples_per_prompt": S}
+    if S < MIN_KAPPA_SAMPLES:
+        # two equally weighted values per prompt: every prompt's tilt is a fair coin's, whose KL cost is
+        # even in the shift, so kappa would be 1 whatever the reference; report none rather than that
+        out["kappa_note"] = (f"no kappa from {S} sample(s) per prompt (it would be 1 by construction); "
+                             f"raise policy.eval.samples or seeds to at least {MIN_KAPPA_SAMPLES} in all")
     for which, (name, r_PxS) in enumerate(zip(REWARDS, ref_rewards)):
-        kappa, se = geometry.bootstrap_kappa(jax.random.fold_in(key, which), jnp.asarray(r_PxS, jnp.float32),
-                                             jnp.float32(delta))
+        kappa = se = np.nan
+        if S >= MIN_KAPPA_SAMPLES:
+            kappa, se = geometry.bootstrap_kappa(jax.random.fold_in(key, which), jnp.asarray(r_PxS, jnp.float32),
+                                                 jnp.float32(delta))
         out[name] = {"mean": float(np.mean(r_PxS)), "mean_se": float(np.std(r_PxS, ddof=1) / np.sqrt(r_PxS.size)),
                      "tilt": {"kappa": _finite(kappa), "kappa_se": _finite(se)}}
     phi_N, phi_prime_N = (np.asarray(r, np.float64).ravel() for r in ref_rewards)

@@ -42,3 +42,19 @@ def test_a_quadrant_no_response_fell_in_has_no_mean_advantage_and_no_warning():
         warnings.simplefilter("error")
         out = analysis.quadrant_summary(m, np.array([0, 1]))
     assert out["cells"]["du"]["adv"] is None and out["cells"]["dd"]["adv"] == -1.0
+
+
+def test_sampled_kappa_is_withheld_where_two_samples_per_prompt_make_it_one_by_construction():
+    """With 2 equally weighted samples per prompt the shared-lambda tilt's KL cost is even in the
+    shift, so kappa = 1 for any rewards (the smoke run of README's SmolLM2 command reported 1.000 for
+    both); from 4 samples per prompt of a skewed reward it must differ from 1."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    two = (rng.integers(0, 2, (8, 2)).astype(float), rng.integers(0, 2, (8, 2)).astype(float))
+    out = analysis.sampled_geometry(two, 0.05, jax.random.key(0))["geometry"]
+    assert out["phi"]["tilt"] == {"kappa": None, "kappa_se": None} and "1 by construction" in out["kappa_note"]
+    skewed = (np.array([[0.0, 0.0, 0.0, 1.0]] * 8), np.array([[1.0, 1.0, 1.0, 0.0]] * 8))
+    out = analysis.sampled_geometry(skewed, 0.05, jax.random.key(0))["geometry"]
+    assert "kappa_note" not in out
+    assert out["phi"]["tilt"]["kappa"] < 0.99 and out["phi_prime"]["tilt"]["kappa"] > 1.01  # rare vs common
