@@ -1,4 +1,5 @@
-"""Checkpoints of a training batch, with orbax: <run dir>/checkpoints/<step>/{state,rows,meta}.
+"""Checkpoints of a training batch, with orbax: <run dir>/checkpoints/<step>/{state,rows,meta}
+(and `moments`, record=points' per-point statistics so far).
 
 Orbax writes each checkpoint into a temporary folder and renames it once complete, so a process
 killed at any moment leaves the last complete checkpoint readable. Saving is asynchronous: the
@@ -53,9 +54,9 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         meta = {"rows_done": snap.rows_done, "config_hash": self.config_hash}
+        items = {"state": snap.state, "rows": snap.rows} | ({} if snap.moments is None else {"moments": snap.moments})
         self._manager.save(snap.rows_done * self.log_every, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(snap.state), rows=ocp.args.StandardSave(snap.rows),
-            meta=ocp.args.JsonSave(meta)))
+            meta=ocp.args.JsonSave(meta), **{k: ocp.args.StandardSave(v) for k, v in items.items()}))
 
     def maybe_save(self, snap: Snapshot) -> bool:
         """Save `snap` if every_seconds have passed since the last save (or since the start)."""
@@ -103,9 +104,11 @@ class Checkpoints:
         if int(meta["rows_done"]) * self.log_every != step:
             raise ValueError(f"metadata says {meta['rows_done']} rows, not step {step}")
         like = template(int(meta["rows_done"]))
+        items = {"state": like.state, "rows": like.rows} | ({} if like.moments is None else {"moments": like.moments})
         got = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(like.state), rows=ocp.args.StandardRestore(like.rows)))
-        return Snapshot(like.rows_done, got["state"], dict(got["rows"]))
+            **{k: ocp.args.StandardRestore(v) for k, v in items.items()}))
+        moments = None if like.moments is None else {k: dict(v) for k, v in got["moments"].items()}
+        return Snapshot(like.rows_done, got["state"], dict(got["rows"]), moments)
 
     def close(self) -> None:
         """Wait for the writes in flight, then release the manager's threads."""

@@ -2,9 +2,9 @@
 
 Order of writes: provenance.json and config.yaml first; for neural policies the SFT stage
 (reference.prepare: its cache, not the run directory); metrics.csv rows and a checkpoint after
-every chunk (record=points: points.csv at the end, no checkpoints); rewards.png and sweep.png;
-summary.json last (its presence marks the run complete); then the checkpoints are deleted. See
-sim/rundir.py for what happens to an existing run directory.
+every chunk (record=points: checkpoints only, with the per-point moments; points.csv at the end);
+rewards.png and sweep.png; summary.json last (its presence marks the run complete); then the checkpoints
+are deleted. See sim/rundir.py for what happens to an existing run directory.
 """
 from __future__ import annotations
 
@@ -98,9 +98,10 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
 def _resume_from(exp: Experiment, batch: Batch, out: Path, checkpoints: Checkpoints, ref_R,
                  proxy_R=None, shared=None) -> Snapshot | None:
     keys_R = run_keys(batch.seeds_R)
+    n_points = batch.n_points if exp.record == "points" else None
     try:
         start = checkpoints.latest(lambda rows: snapshot_template(exp.static, batch.hparams_R, keys_R, rows, ref_R,
-                                                                  proxy_R, shared))
+                                                                  proxy_R, shared, n_points))
     except CheckpointError as e:
         raise ConfigError(f"hydra.run.dir={out}: {e}; pass overwrite=true to start again") from None
     for bad, why in checkpoints.damaged:
@@ -206,26 +207,27 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         lm_kw = lm_kw | {"proxy_R": proxies.params_R}
     checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
     try:
-        if exp.record == "points":  # rows are reduced as they come: nothing to stream or resume from
-            result = train_with_progress(exp, batch, points_R=batch.points_R, ref_R=ref_R, **lm_kw)
-            write_points_csv(out / "points.csv", result.point_stats, batch)
-            return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs, proxies)
         start = (_resume_from(exp, batch, out, checkpoints, ref_R, lm_kw.get("proxy_R"), lm_kw.get("shared"))
                  if action == "resume" else None)
-        steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
-        table = rundir.MetricsCsv(out / "metrics.csv", metric_names(exp.static) + ("diverged_at_step",), steps_T,
-                                  run_columns(batch))
-        if start is not None:
-            table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
-        tracker = trackers.open_tracker(exp.logger, out / "tensorboard", plain_cfg, run_columns(batch), steps_T,
-                                        start.rows_done if start is not None else 0)
+        table = tracker = None  # record=points reduces rows as they come: no per-run table to stream
+        if exp.record == "points":
+            lm_kw = lm_kw | {"points_R": batch.points_R}
+        else:
+            steps_T = np.arange(exp.static.steps // exp.static.log_every + 1) * exp.static.log_every
+            table = rundir.MetricsCsv(out / "metrics.csv", metric_names(exp.static) + ("diverged_at_step",), steps_T,
+                                      run_columns(batch))
+            if start is not None:
+                table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
+            tracker = trackers.open_tracker(exp.logger, out / "tensorboard", plain_cfg, run_columns(batch), steps_T,
+                                            start.rows_done if start is not None else 0)
 
         # the newest snapshot in metrics.csv, and the rows done of the newest one checkpointed
         last = {"snap": None, "saved": start.rows_done if start is not None else 0}
 
         def on_snapshot(snap: Snapshot) -> None:
             with interrupt.deferred():  # a Ctrl-C waits for these writes: rows whole, checkpoint started
-                table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
+                if table is not None:
+                    table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
                 if tracker is not None:
                     tracker.log(snap.rows)
                 last["snap"] = snap
@@ -247,6 +249,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                 tracker.close()
     finally:
         checkpoints.close()
+    if exp.record == "points":
+        write_points_csv(out / "points.csv", result.point_stats, batch)
     return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs, proxies)
 
 

@@ -224,6 +224,19 @@ class Snapshot(NamedTuple):
     rows_done: int  # logged intervals completed (step = rows_done * log_every)
     state: RunState  # host form (see host_state), R runs
     rows: dict  # name -> [rows_done + 1, R]: every logged row so far, step 0 included
+    # (record=points: only each run's key rows so far, [len(kept_key_rows(...)), R])
+    # record=points: the per-point moments of every row so far, {"mean"|"m2": name -> [rows_done + 1, N]}
+    moments: dict | None = None
+
+
+def key_rows(static: Static) -> list[int]:
+    """The logged rows each run keeps under record=points: step 0, the first logged step and the
+    last (all that start/end summaries need)."""
+    return sorted({0, 1, static.steps // static.log_every})
+
+
+def kept_key_rows(static: Static, rows_done: int) -> list[int]:
+    return [r for r in key_rows(static) if r <= rows_done]
 
 
 ChunkCallback = Callable[[int, int, dict], None]  # (rows done, rows total, rows of this chunk)
@@ -249,13 +262,20 @@ def host_state(state: RunState) -> RunState:
 
 
 def snapshot_template(static: Static, hp_R: dict, keys_R: jax.Array, rows_done: int, ref_R=None,
-                      proxy_R=None, shared=None) -> Snapshot:
-    """Shapes and dtypes of a Snapshot of this batch (host form), to restore a checkpoint into."""
+                      proxy_R=None, shared=None, n_points: int | None = None) -> Snapshot:
+    """Shapes and dtypes of a Snapshot of this batch (host form), to restore a checkpoint into.
+    `n_points`: the batch records per-point moments (record=points) over that many points."""
     hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
     state, row = jax.eval_shape(jax.vmap(partial(init_run, static, shared=shared)), hp_R, keys_R, ref_R, proxy_R)
     state = jax.tree.map(lambda x: jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x, state)
-    rows = {k: jax.ShapeDtypeStruct((rows_done + 1,) + v.shape, v.dtype) for k, v in split_samples(row)[0].items()}
-    return Snapshot(rows_done, state, rows)
+    row = split_samples(row)[0]
+    kept = rows_done + 1 if n_points is None else len(kept_key_rows(static, rows_done))
+    rows = {k: jax.ShapeDtypeStruct((kept,) + v.shape, v.dtype) for k, v in row.items()}
+    moments = None
+    if n_points is not None:
+        per_point = {k: jax.ShapeDtypeStruct((rows_done + 1, n_points), jnp.float32) for k in metric_names(static)}
+        moments = {"mean": per_point, "m2": dict(per_point)}
+    return Snapshot(rows_done, state, rows, moments)
 
 
 def _device_state(host: RunState, like: RunState, n_runs: int) -> RunState:
@@ -282,7 +302,7 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
     if total_rows % chunk_rows:
         raise ValueError(f"rows_per_chunk={chunk_rows} must divide steps/log_every={total_rows}")
     steps_T = np.arange(total_rows + 1) * static.log_every
-    key_rows = sorted({0, 1, total_rows})  # what each run keeps when point stats are recorded
+    kept_rows = key_rows(static)  # what each run keeps when point stats are recorded
     # A pretrained checkpoint's frozen reference is one argument shared by every run, replicated
     # (`pre`: () or (shared,)), rather than a per-run RunState.ref with a leading [R] axis.
     shares_ref = static.lm is not None
@@ -326,9 +346,7 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         those of an uninterrupted call); `on_snapshot` receives one after every chunk.
         With points_R (the sweep point of each run), every logged row is reduced on device to
         per-point moments over seeds (TrainResult.point_stats) and each run keeps only its key
-        rows; such a batch is neither snapshotted nor resumed (its rows are not all kept)."""
-        if points_R is not None and (start is not None or on_snapshot is not None):
-            raise ValueError("point statistics (points_R) cannot be combined with snapshots or a resume")
+        rows; its snapshots carry those key rows and the moments so far (Snapshot.moments)."""
         n_runs = keys_R.shape[0]
         names = metric_names(static)
         hp_R = {k: jnp.asarray(v, jnp.float32) for k, v in hp_R.items()}
@@ -364,6 +382,10 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
                 raise ValueError(f"cannot resume at row {start.rows_done} with chunks of {chunk_rows} rows")
             state = _device_state(start.state, state, n_runs)
             chunks, rows_done = [dict(start.rows)], start.rows_done
+            if reduce is not None:
+                if start.moments is None:
+                    raise ValueError("resuming point statistics (points_R) needs a snapshot with moments")
+                moments = [{k: (start.moments["mean"][k], start.moments["m2"][k]) for k in names}]
         t1 = time.perf_counter()
         ends = range(rows_done + chunk_rows, total_rows + 1, chunk_rows)
         launched = chunk_c(*pre, state, hp_R) if len(ends) else None
@@ -381,19 +403,25 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
                 moments.append(reduce(rows))
                 shown = {k: m[0] for k, m in moments[-1].items()}
                 chunks += [unpad({k: v[i:i + 1] for k, v in rows.items()})
-                           for i, row in enumerate(range(done - chunk_rows + 1, done + 1)) if row in key_rows[1:]]
+                           for i, row in enumerate(range(done - chunk_rows + 1, done + 1)) if row in kept_rows[1:]]
             if on_chunk is not None:
                 on_chunk(done, total_rows, shown)
             if on_snapshot is not None:
                 chunks = [{k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}]
-                on_snapshot(Snapshot(done, host_state(jax.tree.map(lambda x: x[:n_runs], state)), chunks[0]))
+                snap_moments = None
+                if reduce is not None:
+                    moments = [{k: tuple(np.concatenate([m[k][j] for m in moments]) for j in (0, 1)) for k in names}]
+                    snap_moments = {"mean": {k: v[0] for k, v in moments[0].items()},
+                                    "m2": {k: v[1] for k, v in moments[0].items()}}
+                on_snapshot(Snapshot(done, host_state(jax.tree.map(lambda x: x[:n_runs], state)), chunks[0],
+                                     snap_moments))
         metrics = {k: np.concatenate([c[k] for c in chunks]) for k in names}
         stats = None
         if reduce is not None:
             stats = PointStats(steps_T, np.bincount(points_R, minlength=n_points),
                                *({k: np.concatenate([m[k][j] for m in moments]) for k in names} for j in (0, 1)))
         state = jax.tree.map(lambda x: x[:n_runs], state)
-        return TrainResult(state, metrics, steps_T if reduce is None else steps_T[key_rows],
+        return TrainResult(state, metrics, steps_T if reduce is None else steps_T[kept_rows],
                            compile_seconds=t1 - t0, run_seconds=time.perf_counter() - t1,
                            diverged_at_step_R=np.asarray(state.diverged_at), point_stats=stats)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sim import experiment, rundir
+from sim.checkpoint import Checkpoints
 from sim.config import ConfigError, parse
 from sim.experiment import config_hash, run_experiment, versions
 from sim.run import EXIT_DIVERGED, report
@@ -140,6 +141,34 @@ def test_record_points_writes_per_point_statistics_instead_of_every_run(tmp_path
     assert {"point", "optim.lr", "step", "phi_mean", "phi_std", "kl_mean"} <= set(rows[0])
     last = [r for r in rows if r["point"] == "1" and r["step"] == "20"][0]
     assert float(last["phi_mean"]) == pytest.approx(info["points"][1]["metrics"]["phi"]["end"], rel=1e-5)
+
+
+def test_an_interrupted_record_points_run_resumes_to_the_uninterrupted_points_csv(tmp_path, monkeypatch, capsys):
+    """A record=points run that crashed after its 3rd chunk resumes from its checkpoint (step 15),
+    not from scratch, and ends with the uninterrupted run's points.csv."""
+    plain = compose_plain(SMALL + ["seeds=2", "record=points", "optim.lr=[0.02,0.05]", "checkpoint_seconds=0"])
+    out = tmp_path / "run"
+    save, calls = Checkpoints.maybe_save, []
+
+    def crash_at_chunk_4(self, snap):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("crash")
+        return save(self, snap)
+
+    monkeypatch.setattr(Checkpoints, "maybe_save", crash_at_chunk_4)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_experiment(parse(plain), plain, out)
+    monkeypatch.setattr(Checkpoints, "maybe_save", save)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["10", "15"]
+    assert not (out / "points.csv").exists()
+    capsys.readouterr()
+    run_experiment(parse(plain), plain, out)
+    err = capsys.readouterr().err
+    assert "resuming the interrupted run in" in err and "from step 15" in err, err
+    run_experiment(parse(plain), plain, tmp_path / "reference")
+    assert (out / "points.csv").read_bytes() == (tmp_path / "reference" / "points.csv").read_bytes()
+    assert not (out / "checkpoints").exists()
 
 
 def test_a_neural_policy_starts_at_its_sft_reference_and_reports_it(tmp_path):

@@ -253,6 +253,30 @@ def test_point_stats_reduce_on_device_what_the_runs_record(small):
                                        rtol=1e-4, atol=1e-6)
 
 
+def test_a_record_points_batch_resumes_from_any_snapshot_to_the_uninterrupted_statistics(small):
+    """record=points snapshots carry each run's key rows and the moments so far (Snapshot.moments);
+    resuming from one gives the same moments, key rows and final state as the uninterrupted batch."""
+    exp = small("seeds=2", "algo.kl.beta=[0,1]")
+    batch = expand(exp)
+    train, keys_R = make_train(exp.static, 1), run_keys(batch.seeds_R)
+    snaps = []
+    full = train(batch.hparams_R, keys_R, points_R=batch.points_R, on_snapshot=snaps.append)
+    assert [s.rows_done for s in snaps] == [1, 2, 3, 4]
+    assert snaps[0].rows["phi"].shape == (2, 4) and snaps[-1].rows["phi"].shape == (3, 4)  # key rows 0, 1, 4
+    assert snaps[1].moments["mean"]["phi"].shape == (3, 2)
+    for snap in snaps[:3]:
+        like = snapshot_template(exp.static, batch.hparams_R, keys_R, snap.rows_done, n_points=2)
+        assert jax.tree.structure(like) == jax.tree.structure(snap)
+        for a, b in zip(jax.tree.leaves(like[1:]), jax.tree.leaves(snap[1:])):  # state, rows, moments
+            assert a.shape == np.shape(b) and a.dtype == np.asarray(b).dtype
+        resumed = train(batch.hparams_R, keys_R, points_R=batch.points_R, start=snap)
+        for k in full.metrics:
+            np.testing.assert_array_equal(resumed.metrics[k], full.metrics[k], err_msg=k)
+            np.testing.assert_array_equal(resumed.point_stats.mean[k], full.point_stats.mean[k], err_msg=k)
+            np.testing.assert_array_equal(resumed.point_stats.m2[k], full.point_stats.m2[k], err_msg=k)
+        np.testing.assert_array_equal(resumed.state.params, full.state.params)
+
+
 def test_a_transformer_trains_with_seeds_vmapped_and_monte_carlo_metrics(small):
     """The transformer through the one training loop: Monte Carlo expectations (6^4 > enumerate_max)
     come with standard errors; runs start at the reference; same seeds give the same numbers.
