@@ -76,7 +76,8 @@ _KEYS: dict[str, set[str]] = {
          "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model",
          "batch_invariant", "logger"},
     "reward_model": reward_model.KEYS,
-    "runtime": {"compilation_cache", "cpu_devices", "sft_cache"},
+    "runtime": {"compilation_cache", "cpu_devices", "sft_cache", "mesh", "distributed"},
+    "runtime.mesh": {"data", "fsdp", "tp"},
     "logger": {"kind"},
     "task": {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
@@ -147,6 +148,9 @@ class Runtime:
     compilation_cache: str | None = None
     cpu_devices: int | str = "auto"
     sft_cache: str | None = None  # where SFT references are cached (None: reference.default_cache_dir())
+    # policy=pretrained: the device mesh its model is sharded over (sim/lm/sharding.py); (1, 1, 1): none
+    mesh: tuple[int, int, int] = (1, 1, 1)  # data x fsdp x tp
+    distributed: bool = False  # join JAX's multi-process runtime (jax.distributed.initialize) first
 
 
 @dataclass(frozen=True)
@@ -295,7 +299,15 @@ def parse_runtime(cfg: Mapping) -> Runtime:
     sft_cache = rt.get("sft_cache")
     if sft_cache is not None and (not isinstance(sft_cache, str) or not sft_cache):
         raise ConfigError(f"runtime.sft_cache={sft_cache!r}: must be a directory path, or null for the default")
-    return Runtime(cache, devices, sft_cache)
+    mesh = rt.get("mesh") or {}
+    if not isinstance(mesh, Mapping):
+        raise ConfigError(f"runtime.mesh={mesh!r}: must be a section with keys data, fsdp, tp")
+    degrees = tuple(integer({"runtime": rt}, f"runtime.mesh.{axis}", 1) if axis in mesh else 1
+                    for axis in ("data", "fsdp", "tp"))
+    distributed = rt.get("distributed", False)
+    if not isinstance(distributed, bool):
+        raise ConfigError(f"runtime.distributed={distributed!r}: must be true or false")
+    return Runtime(cache, devices, sft_cache, degrees, distributed)
 
 
 def _check_algo(s: Static, text: text_task.TextTaskConfig | None = None) -> None:
@@ -445,7 +457,11 @@ def parse(cfg: Mapping) -> Experiment:
             if reward.text is not None:  # the step computes token-class rewards on the device only, for now
                 raise ConfigError(f"task.{name}.text={reward.text}: text rewards are not trained by "
                                   f"policy=pretrained yet; allowed: a token-class rule (task.{name}.rule)")
-        static = replace(static, lm=_pretrained(cfg), eval_samples=integer(cfg, "policy.eval.samples", 2))
+        static = replace(static, lm=replace(_pretrained(cfg), mesh=parse_runtime(cfg).mesh),
+                         eval_samples=integer(cfg, "policy.eval.samples", 2))
+    elif parse_runtime(cfg).mesh != (1, 1, 1):
+        raise ConfigError(f"runtime.mesh={dict(zip(('data', 'fsdp', 'tp'), parse_runtime(cfg).mesh))}: shards a real "
+                          f"model (policy=pretrained); policy={kind} shards its runs over runtime.cpu_devices instead")
     rm, rm_fit = reward_model.parse(cfg) if "reward_model" in cfg else (None, None)
     if rm is not None and kind == "pretrained":
         raise ConfigError(f"reward_model={rm.family}: learned reward models train on the toy task; allowed with "

@@ -18,6 +18,7 @@ import numpy as np
 
 from sim import text_task
 from sim.config import Experiment
+from sim.config_values import ConfigError
 from sim.lm import checkpoint, tokenizer as tokenizer_lib
 from sim.policies.base import prompt_major
 from sim.policies.pretrained import Frozen
@@ -38,9 +39,25 @@ def load(exp: Experiment) -> Loaded:
     text = text_task.build(exp.text, tok, vocab=cfg.vocab)
     eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
     static = replace(exp.static, task=text.task, lm=replace(settings, model=cfg, eos_id=eos))
+    if settings.sharded:
+        check_mesh(static)
     shared = Frozen(jax.tree.map(jnp.asarray, params), jnp.asarray(text.prompt_ids_PxT, jnp.int32),
                     jnp.asarray(text.prompt_mask_PxT, bool))
     return Loaded(replace(exp, static=static), shared, text)
+
+
+def check_mesh(static) -> None:
+    """runtime.mesh against this checkpoint and batch: one line naming the degree and what it
+    does not divide (the devices, the model's widths, or a batch split over data x fsdp)."""
+    from sim.lm import sharding
+
+    mesh = sharding.make_mesh(*static.lm.mesh)
+    sharding.check_divides(static.lm.model, mesh)
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    for what, size in (("task.prompts x algo.group_size", static.task.prompts * static.group_size),
+                       ("task.prompts x policy.eval.samples", static.task.prompts * static.eval_samples)):
+        if size % split:
+            raise ConfigError(f"runtime.mesh data x fsdp = {split}: must divide the batch {what} = {size}")
 
 
 class SamplesWriter:

@@ -99,6 +99,16 @@ def configure_runtime(plain: dict) -> None:
 
     settings = parse_runtime(plain)
     runtime.configure(settings.compilation_cache, settings.cpu_devices)
+    if settings.distributed and not jax_distributed_ready():
+        from sim.lm import sharding
+
+        sharding.initialize_distributed()  # coordinator, process count and id from the launcher's environment
+
+
+def jax_distributed_ready() -> bool:
+    import jax
+
+    return jax.distributed.is_initialized()
 
 
 def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:

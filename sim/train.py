@@ -195,8 +195,9 @@ def run_shardings(n_devices: int | None = None) -> tuple[NamedSharding, NamedSha
 
 def _shard_runs(tree, n_runs: int, sharding: NamedSharding, block: int, fill=None):
     """Pad the run axis to a multiple of `block` runs per device (see layout) and shard it over
-    all local devices. Padding repeats the last run, or is `fill` where given."""
-    pad = -n_runs % (sharding.mesh.size * block)
+    all local devices (a replicated `sharding`: no padding). Padding repeats the last run, or is
+    `fill` where given."""
+    pad = -n_runs % ((sharding.mesh.size if sharding.spec else 1) * block)
 
     def padded(x):
         if not pad:
@@ -313,7 +314,11 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         init_one, chunk_one = partial(init_run, static), partial(run_chunk, static, chunk_rows)
     programs = {}  # (devices, block) -> (run sharding, replicated sharding, jitted init, jitted chunk)
 
+    model_sharded = shares_ref and static.lm.sharded  # runtime.mesh: the model split over the devices
+
     def program(devices: int, block: int):
+        if model_sharded:
+            return model_sharded_program()
         if (devices, block) not in programs:
             runs, rows = run_shardings(devices)
             replicated = NamedSharding(runs.mesh, PartitionSpec())
@@ -329,6 +334,27 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             chunk_R = jax.jit(chunk_RxC, in_shardings=pre_sh + (runs, runs), out_shardings=(runs, rows))
             programs[devices, block] = runs, replicated, init_R, chunk_R
         return programs[devices, block]
+
+    def model_sharded_program():
+        """runtime.mesh: the runs one after another (lax.map), each sharded over the whole mesh:
+        the frozen reference placed by the model's rules, the weights and the batch constrained
+        inside the policy (pretrained.make); every per-run array replicated."""
+        if "model" not in programs:
+            from sim.lm import sharding
+
+            mesh = sharding.make_mesh(*static.lm.mesh)
+            replicated = NamedSharding(mesh, PartitionSpec())
+
+            def over(fn):
+                return lambda s, *args: jax.lax.map(lambda a: fn(s, *a), args)
+
+            def chunk_RxC(*args):
+                state, rows_RxC = over(chunk_one)(*args)
+                return state, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), rows_RxC)
+
+            # the chunk is jitted once the state exists: its state comes out where init put it
+            programs["model"] = replicated, replicated, jax.jit(over(init_one)), chunk_RxC
+        return programs["model"]
 
     compiled = {}  # (devices, block, padded batch size) -> (init, chunk) executables
 
@@ -356,6 +382,11 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
         if shares_ref != (shared is not None):
             raise ValueError("a pretrained policy's train() needs `shared` (pretrained.Frozen); others take none")
         pre = (jax.device_put(shared, replicated),) if shares_ref else ()
+        if model_sharded:  # the reference by the model's rules, the prompts replicated
+            from sim.lm import sharding
+
+            rules = sharding.param_shardings(static.lm.model, shared.params, replicated.mesh)
+            pre = (type(shared)(sharding.put(shared.params, rules), *jax.device_put(tuple(shared[1:]), replicated)),)
         reduce = None
         if points_R is not None:
             n_points = int(np.max(points_R)) + 1
@@ -368,6 +399,8 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
             compiled[size] = [init_R.lower(*pre, hp_R, keys_R, ref_R, proxy_R).compile(), None]
         state, row0 = compiled[size][0](*pre, hp_R, keys_R, ref_R, proxy_R)
         if compiled[size][1] is None:  # lowered on the real state, so its shardings match
+            if model_sharded:
+                chunk_R = jax.jit(chunk_R, out_shardings=(jax.tree.map(lambda x: x.sharding, state), replicated))
             compiled[size][1] = chunk_R.lower(*pre, state, hp_R).compile()
         chunk_c = compiled[size][1]
         # to the host whole, then cut: a device-side slice would be one more dispatch per metric

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 
 from sim.lm import sampling
 from sim.lm.config import LMConfig
@@ -43,6 +44,11 @@ class Settings:
     chat_template: bool = True  # wrap each prompt in the checkpoint's chat template, when it has one
     model: LMConfig | None = None
     eos_id: int | None = None
+    mesh: tuple[int, int, int] = (1, 1, 1)  # runtime.mesh (data, fsdp, tp); (1, 1, 1): not sharded
+
+    @property
+    def sharded(self) -> bool:
+        return self.mesh != (1, 1, 1)
 
 
 class Frozen(NamedTuple):
@@ -61,10 +67,18 @@ def make(settings: Settings, ref_params: Params, prompt_ids_PxT: jax.Array, prom
          new_tokens: int) -> Policy:
     """The policy of the checkpoint whose frozen params are `ref_params` (stored in settings.dtype)."""
     cfg, dtype = settings.model, settings.dtype
+    batch, weights = lambda x: x, lambda p: p  # noqa: E731  (no mesh: leave placement to the runs' layout)
+    if settings.sharded:  # the batch over data x fsdp, the weights by the rules beside the model
+        from sim.lm import sharding
+
+        mesh = sharding.make_mesh(*settings.mesh)
+        batch = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, sharding.BATCH))  # noqa: E731
+        weights = lambda p: jax.lax.with_sharding_constraint(p, sharding.param_shardings(cfg, p, mesh))  # noqa: E731
 
     def token_logits(params, prompts_B, tokens_BxL):
-        _, logits_BxLxV = sampling.response_log_probs(cast(params, dtype), cfg, prompt_ids_PxT[prompts_B],
-                                                      prompt_mask_PxT[prompts_B], tokens_BxL, settings.remat)
+        _, logits_BxLxV = sampling.response_log_probs(cast(params, dtype), cfg, batch(prompt_ids_PxT[prompts_B]),
+                                                      batch(prompt_mask_PxT[prompts_B]), batch(tokens_BxL),
+                                                      settings.remat)
         return logits_BxLxV.astype(jnp.float32) / settings.temperature
 
     def log_probs(params, prompts_B, tokens_BxL):
@@ -73,11 +87,12 @@ def make(settings: Settings, ref_params: Params, prompt_ids_PxT: jax.Array, prom
 
     def sample(params, key, per_prompt):
         prompts_B = prompt_major(prompt_ids_PxT.shape[0], per_prompt)
-        return sampling.generate(cast(params, dtype), cfg, key, prompt_ids_PxT[prompts_B], prompt_mask_PxT[prompts_B],
-                                 new_tokens, settings.temperature, settings.top_k, settings.top_p).astype(jnp.int32)
+        return batch(sampling.generate(cast(params, dtype), cfg, key, batch(prompt_ids_PxT[prompts_B]),
+                                       batch(prompt_mask_PxT[prompts_B]), new_tokens, settings.temperature,
+                                       settings.top_k, settings.top_p).astype(jnp.int32))
 
     response_mask = None
     if settings.eos_id is not None:
         response_mask = lambda tokens_BxL: sampling.response_mask(tokens_BxL, settings.eos_id)  # noqa: E731
-    return Policy(init=lambda: cast(ref_params, "float32"), sample=sample, log_probs=log_probs,
+    return Policy(init=lambda: weights(cast(ref_params, "float32")), sample=sample, log_probs=log_probs,
                   token_logits=token_logits, response_mask=response_mask)
