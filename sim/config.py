@@ -453,10 +453,6 @@ def parse(cfg: Mapping) -> Experiment:
         if not is_text:
             raise ConfigError("policy.kind=pretrained: needs a text task (task=text); the toy task's tokens are "
                               "not a real model's vocabulary")
-        for name, reward in (("phi", text.phi), ("phi_prime", text.phi_prime)):
-            if reward.text is not None:  # the step computes token-class rewards on the device only, for now
-                raise ConfigError(f"task.{name}.text={reward.text}: text rewards are not trained by "
-                                  f"policy=pretrained yet; allowed: a token-class rule (task.{name}.rule)")
         static = replace(static, lm=replace(_pretrained(cfg), mesh=parse_runtime(cfg).mesh),
                          eval_samples=integer(cfg, "policy.eval.samples", 2))
     elif parse_runtime(cfg).mesh != (1, 1, 1):

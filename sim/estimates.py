@@ -73,7 +73,7 @@ def _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples
     # per response and position: P(good | its prefix), whose mean over responses is P(good); a
     # position after the response's end (known from the prefix) holds no token, so it is not good
     good_prob_BxK = tuple(_masked(task_lib.good_prob_PxK(spec, logits_BxLxV), spec, mask_BxL) for spec in task.specs)
-    phi_B, phi_prime_B = (jnp.mean(g_BxK, -1) if spec.shape == "mean" else indicator_B
+    phi_B, phi_prime_B = (jnp.mean(g_BxK, -1) if spec.shape == "mean" and spec.text is None else indicator_B
                           for spec, g_BxK, indicator_B in zip(task.specs, good_prob_BxK,
                                                               task_lib.rewards_B(task, tokens_BxL, mask_BxL)))
     values = {"phi": phi_B, "phi_prime": phi_prime_B, "reward": w[0] * phi_B + w[1] * phi_prime_B,

@@ -38,7 +38,8 @@ def load(exp: Experiment) -> Loaded:
     tok = tokenizer_lib.load(settings.checkpoint)
     text = text_task.build(exp.text, tok, vocab=cfg.vocab)
     eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
-    static = replace(exp.static, task=text.task, lm=replace(settings, model=cfg, eos_id=eos))
+    task = replace(text.task, decoder=settings.checkpoint)  # its text rewards decode with this tokenizer
+    static = replace(exp.static, task=task, lm=replace(settings, model=cfg, eos_id=eos))
     if settings.sharded:
         check_mesh(static)
     shared = Frozen(jax.tree.map(jnp.asarray, params), jnp.asarray(text.prompt_ids_PxT, jnp.int32),

@@ -32,6 +32,8 @@ class Task:
     phi: RewardSpec
     phi_prime: RewardSpec
     seed: int = 0  # fixes per-prompt difficulty offsets; the same for every run
+    # a text task: the checkpoint whose tokenizer decodes responses for its text rewards (RewardSpec.text)
+    decoder: str | None = None
 
     @property
     def specs(self) -> tuple[RewardSpec, RewardSpec]:
@@ -39,7 +41,7 @@ class Task:
 
 
 def good_mask_V(spec: RewardSpec, vocab: int) -> jax.Array:
-    return jnp.zeros(vocab, bool).at[jnp.array(spec.good_tokens)].set(True)
+    return jnp.zeros(vocab, bool).at[jnp.array(spec.good_tokens, jnp.int32)].set(True)  # none: a text reward
 
 
 def position_mask_L(spec: RewardSpec, length: int) -> jax.Array:
@@ -88,14 +90,24 @@ def rewards_B(task: Task, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = No
     """(phi, phi_prime) of each sampled response. A position where `mask_BxL` is False (a real
     model's tokens after its end-of-sequence token) is never good: it still counts in a `mean`'s
     denominator and fails an `all`. None: every position counts (the toy's case, unchanged)."""
-    phi_B, phi_prime_B = (reward_B(spec, task.vocab, tokens_BxL, mask_BxL) for spec in task.specs)
+    phi_B, phi_prime_B = (reward_B(spec, task.vocab, tokens_BxL, mask_BxL, task.decoder) for spec in task.specs)
     return phi_B, phi_prime_B
 
 
-def reward_B(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> jax.Array:
-    """One reward of each response (see rewards_B)."""
-    if spec.text is not None:  # a host function of the decoded text: only the text task can compute it
-        raise ValueError(f"reward {spec.text!r} is a text reward: compute it with TextTask.rewards_B")
+def reward_B(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None,
+             decoder: str | None = None) -> jax.Array:
+    """One reward of each response (see rewards_B). A text reward (spec.text) is a host function of
+    the response's tokens at its positions, decoded by `decoder`'s tokenizer (sim/text_rewards.py:
+    a callback out of the jitted code)."""
+    if spec.text is not None:
+        if decoder is None:
+            raise ValueError(f"reward {spec.text!r} is a text reward: it needs the task's decoder (a checkpoint)")
+        from sim import text_rewards
+        from sim.lm import tokenizer as tokenizer_lib  # cached: one tokenizer per checkpoint
+
+        window = slice(spec.positions[0], spec.positions[-1] + 1)
+        mask_BxK = jnp.ones(tokens_BxL[:, window].shape, bool) if mask_BxL is None else mask_BxL[:, window]
+        return text_rewards.reward_B(spec.text, tokenizer_lib.load(decoder), tokens_BxL[:, window], mask_BxK)
     tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
     good_BxK = good_mask_V(spec, vocab)[tok_BxK]
     if mask_BxL is not None:

@@ -72,3 +72,33 @@ def test_exact_expectation_matches_monte_carlo(shape):
     # Each estimate is a mean of n values in [0, 1]: its std is at most 0.5/sqrt(n) ~ 0.0011;
     # 0.006 is over 5 standard errors, so this fails only if the formula is wrong.
     np.testing.assert_allclose(sampled, exact, atol=0.006)
+
+
+def test_a_text_reward_in_jitted_code_is_its_function_of_the_decoded_tokens_at_its_positions(tmp_path):
+    """RewardSpec.text with the task's decoder (a checkpoint's tokenizer): inside jit, each
+    response's value is the registered function called on the decoded tokens at the reward's
+    positions, up to the response's end (mask), as the training step computes it."""
+    from sim import text_rewards
+    from sim.lm import tokenizer as tokenizer_lib
+    from tests.lm.tiny import write_tiny
+
+    ckpt = str(write_tiny(tmp_path)["hf_dir"])
+    tok = tokenizer_lib.load(ckpt)
+    spec = T.RewardSpec(positions=(2, 3, 4, 5), good_tokens=(), shape="all", text="no_digits")
+    task = T.Task(prompts=1, length=6, vocab=tok.vocab_size, phi=SPEC_A, phi_prime=spec, decoder=ckpt)
+    digits = [i for i in range(tok.vocab_size) if any(c.isdigit() for c in tok.decode([i]))]
+    plain = [i for i in range(3, tok.vocab_size) if not any(c.isdigit() for c in tok.decode([i]))]
+    assert digits and plain
+    rng = np.random.default_rng(0)
+    tokens = rng.choice(plain, (64, 6))
+    tokens[::3, rng.integers(2, 6)] = digits[0]  # a digit inside the window in every third response
+    tokens[1::3, 0] = digits[0]  # a digit outside it
+    mask = np.ones((64, 6), bool)
+    mask[::6, 4:] = False  # ended before token 4: a digit after it does not count
+    got = jax.jit(lambda t, m: T.rewards_B(task, t, m)[1])(jnp.asarray(tokens), jnp.asarray(mask))
+    want = [float(not any(c.isdigit() for c in tok.decode([int(t) for t, m in zip(row[2:], keep[2:]) if m])))
+            for row, keep in zip(tokens, mask)]
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert 0 < np.mean(want) < 1
+    np.testing.assert_array_equal(np.asarray(got), text_rewards.host_values(
+        text_rewards.REGISTRY["no_digits"], tok, tokens[:, 2:], mask[:, 2:]))

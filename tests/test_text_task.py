@@ -108,7 +108,7 @@ def test_text_reward_through_the_callback_equals_the_function_on_the_decoded_res
     np.testing.assert_array_equal(np.asarray(phi), TR.ends_with_period(decoded))
     np.testing.assert_array_equal(np.asarray(phi_prime), TR.mentions_you(decoded))
     assert list(np.asarray(phi)) == [1, 0, 1, 0] and list(np.asarray(phi_prime)) == [0, 1, 0, 1]
-    with pytest.raises(ValueError, match="'ends_with_period' is a text reward: compute it with TextTask.rewards_B"):
+    with pytest.raises(ValueError, match="'ends_with_period' is a text reward: it needs the task's decoder"):
         T.rewards_B(tt.task, jnp.asarray(tokens_BxN))  # the toy's path cannot decode: it says so
     # under vmap (runs batched): one host call sees every run, the values per run are the same
     both = jax.jit(jax.vmap(lambda t: tt.rewards_B(t, jnp.asarray(mask_BxN))[0]))(jnp.stack([tokens_BxN] * 3))
