@@ -230,7 +230,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                     table.extend(snap.rows)  # rows first: a checkpoint never claims rows the file lacks
                 if tracker is not None:
                     tracker.log(snap.rows)
-                last["snap"] = snap
+                if exp.checkpoint_seconds is not None:  # kept for a Ctrl-C checkpoint; it holds a whole state alive
+                    last["snap"] = snap
                 if checkpoints.maybe_save(snap):
                     last["saved"] = snap.rows_done
 
