@@ -17,18 +17,23 @@ runtime.set_xla_flags()  # as a run has them (the JAX backend starts after this,
 
 
 def pytest_configure(config):
-    """One fresh XLA compilation cache for the whole session, shared by this process and every
-    `python -m sim.run` it starts (conf/config.yaml reads $SIM_COMPILATION_CACHE): a program compiled
-    by one test is loaded, not compiled again, by the next test or subprocess that needs it. The
-    runtime is a run's (flags, unrolled threefry, one CPU device per core), so the programs are the
-    same. A hook, not module code: scripts that import this module (tests' subprocesses) set their own."""
-    config.sim_jax_cache = tempfile.mkdtemp(prefix="sim-tests-jax-")
+    """One fresh XLA compilation cache for the whole session, shared by this process, its xdist
+    workers and every `python -m sim.run` they start (conf/config.yaml reads $SIM_COMPILATION_CACHE):
+    a program compiled by one test is loaded, not compiled again, by the next test or subprocess that
+    needs it. The runtime is a run's (flags, unrolled threefry, one CPU device per core), so the
+    programs are the same. A hook, not module code: scripts that import this module (tests'
+    subprocesses) set their own. xdist workers inherit the controller's cache (its environment is
+    theirs); only the process that made it removes it."""
+    inherited = os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("SIM_COMPILATION_CACHE")
+    config.sim_jax_cache = inherited or tempfile.mkdtemp(prefix="sim-tests-jax-")
+    config.sim_jax_cache_owned = not inherited
     os.environ["SIM_COMPILATION_CACHE"] = config.sim_jax_cache
     runtime.configure(config.sim_jax_cache, "auto")
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(getattr(config, "sim_jax_cache", ""), ignore_errors=True)
+    if getattr(config, "sim_jax_cache_owned", False):
+        shutil.rmtree(config.sim_jax_cache, ignore_errors=True)
 
 
 # Small enough to compile and run in a couple of seconds on 2 cores.
