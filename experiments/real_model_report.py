@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from experiments import figures
 from experiments.real_model import command, overrides
@@ -34,6 +35,7 @@ class Stored:
     n_diverged: int
     summary: dict
     info: dict  # run.json ({} when absent)
+    path: Path | None = None  # the run directory
 
     def change(self, metric: str) -> tuple[float, float, float]:
         return mean_ci95(self.metrics[metric][-1] - self.metrics[metric][0])
@@ -81,7 +83,7 @@ def load(runs_dir: Path, names) -> dict[str, Stored]:
             continue
         steps_T, seeds_N, metrics, n_div = read_metrics(d / "metrics.csv")
         info = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
-        out[name] = Stored(name, steps_T, seeds_N, metrics, n_div, json.loads((d / "summary.json").read_text()), info)
+        out[name] = Stored(name, steps_T, seeds_N, metrics, n_div, json.loads((d / "summary.json").read_text()), info, d)
     return out
 
 
@@ -212,6 +214,28 @@ def _minutes(seconds) -> str:
     return "n/a" if seconds is None else f"{seconds / 60:.1f}"
 
 
+def precision(runs: dict[str, Stored], reference_file: Path = Path(__file__).resolve().parent / "text_rewards.json") -> str:
+    """What one logged value is made of, so a zero-width interval is read right; and the default
+    pair's κ measured on many more reference samples (experiments/text_rewards.json), when stored."""
+    s = runs.get(MAIN) or next(iter(runs.values()))
+    config = s.path / "config.yaml" if s.path is not None else None
+    cfg = yaml.safe_load(config.read_text()) if config is not None and config.exists() else {}
+    n = (cfg.get("task") or {}).get("prompts", 0) * ((cfg.get("policy") or {}).get("eval") or {}).get("samples", 0)
+    text = ""
+    if n:
+        text += (f"Precision: a seed's φ and φ′ at a logged step are Monte Carlo means over {n} responses (task.prompts x "
+                 f"policy.eval.samples), so an `all`-shaped φ′ moves in steps of 1/{n} = {1 / n:.4f} per seed; an "
+                 f"interval of width 0 means every seed ended where it started, not a measured absence of effect. ")
+    if reference_file.exists():
+        ref = json.loads(reference_file.read_text())
+        k = ref["kappa"]["phi_prime"]
+        text += (f"The reference's κ′ of the default pair on {ref['samples']} responses "
+                 f"(`python -m experiments.text_rewards`, docs/text-task.md): {k['kappa']:.3f} ± {k['kappa_se']:.3f} "
+                 f"(κ(φ) {ref['kappa']['phi']['kappa']:.3f} ± {ref['kappa']['phi']['kappa_se']:.3f}); the runs' own "
+                 "step-0 samples are too few to place it.")
+    return text + "\n" if text else ""
+
+
 def render(spec: dict, runs_dir: Path, out: Path) -> str:
     """The section's markdown; draws out/real_model.png when any run is stored."""
     names = list(spec["runs"])
@@ -263,7 +287,7 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
         quad_rows.append([label(n)] + [f"{frac(q, first):.3f} → {frac(q, -1):.3f}" for q in QUADRANTS]
                          + ["n/a" if fn["ineq"] is None else fmt(fn["ineq"])])
     return (
-        head + "### What the numbers say\n\n" + verdict(f) + "\n"
+        head + "### What the numbers say\n\n" + verdict(f) + "\n" + precision(runs) + "\n"
         + ("Not run yet: " + ", ".join(f"`{n}`" for n in missing) + ".\n\n" if missing else "")
         + "![real model](real_model.png)\n\n"
         "### Runs\n\nWall time is the whole `sim.run` process (loading, compiling, training, analysis); train s / "
