@@ -449,14 +449,15 @@ def parse(cfg: Mapping) -> Experiment:
         batch_invariant=flag(cfg, "batch_invariant", False),
     )
     _check_algo(static, text)
+    runtime = parse_runtime(cfg)
     if kind == "pretrained":
         if not is_text:
             raise ConfigError("policy.kind=pretrained: needs a text task (task=text); the toy task's tokens are "
                               "not a real model's vocabulary")
-        static = replace(static, lm=replace(_pretrained(cfg), mesh=parse_runtime(cfg).mesh),
+        static = replace(static, lm=replace(_pretrained(cfg), mesh=runtime.mesh),
                          eval_samples=integer(cfg, "policy.eval.samples", 2))
-    elif parse_runtime(cfg).mesh != (1, 1, 1):
-        raise ConfigError(f"runtime.mesh={dict(zip(('data', 'fsdp', 'tp'), parse_runtime(cfg).mesh))}: shards a real "
+    elif runtime.mesh != (1, 1, 1):
+        raise ConfigError(f"runtime.mesh={dict(zip(('data', 'fsdp', 'tp'), runtime.mesh))}: shards a real "
                           f"model (policy=pretrained); policy={kind} shards its runs over runtime.cpu_devices instead")
     rm, rm_fit = reward_model.parse(cfg) if "reward_model" in cfg else (None, None)
     if rm is not None and kind == "pretrained":
@@ -471,7 +472,7 @@ def parse(cfg: Mapping) -> Experiment:
     _check_kappa_axes(task, hparams, axes)
     record = choice(cfg, "record", RECORD_MODES) if "record" in cfg else "auto"
     exp = Experiment(static, hparams, tuple(range(seed, seed + seeds)), plots=flag(cfg, "plots", True),
-                     runtime=parse_runtime(cfg), chunk_steps=_chunk_steps(cfg, steps, log_every),
+                     runtime=runtime, chunk_steps=_chunk_steps(cfg, steps, log_every),
                      checkpoint_seconds=_checkpoint_seconds(cfg),
                      resume=flag(cfg, "resume", True), overwrite=flag(cfg, "overwrite", False),
                      axes=axes, derived=derived, sft=_sft(cfg) if neural else None,

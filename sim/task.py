@@ -105,9 +105,7 @@ def reward_B(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array, mask_BxL: jax.
         from sim import text_rewards
         from sim.lm import tokenizer as tokenizer_lib  # cached: one tokenizer per checkpoint
 
-        window = slice(spec.positions[0], spec.positions[-1] + 1)
-        mask_BxK = jnp.ones(tokens_BxL[:, window].shape, bool) if mask_BxL is None else mask_BxL[:, window]
-        return text_rewards.reward_B(spec.text, tokenizer_lib.load(decoder), tokens_BxL[:, window], mask_BxK)
+        return text_rewards.reward_at_B(spec.text, tokenizer_lib.load(decoder), spec.positions, tokens_BxL, mask_BxL)
     tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
     good_BxK = good_mask_V(spec, vocab)[tok_BxK]
     if mask_BxL is not None:

@@ -107,3 +107,14 @@ def reward_B(name: str, tokenizer: Decoder, tokens_BxN: jax.Array, mask_BxN: jax
 
     out = jax.ShapeDtypeStruct(tokens_BxN.shape[:-1], jnp.float32)
     return jax.pure_callback(host, out, tokens_BxN, mask_BxN, prompt_B, vmap_method="broadcast_all")
+
+
+def reward_at_B(name: str, tokenizer: Decoder, positions: Sequence[int], tokens_BxN: jax.Array,
+                mask_BxN: jax.Array | None = None, prompt_B: jax.Array | None = None,
+                prompt_texts: Sequence[str] | None = None) -> jax.Array:
+    """reward_B on the tokens at a reward's positions (a contiguous slice of the response; leading
+    dims, e.g. vmapped runs, pass through). `mask_BxN` None: every position counts."""
+    window = slice(positions[0], positions[-1] + 1)
+    tokens = tokens_BxN[..., window]
+    mask = jnp.ones(tokens.shape, bool) if mask_BxN is None else mask_BxN[..., window]
+    return reward_B(name, tokenizer, tokens, mask, prompt_B, prompt_texts)

@@ -83,9 +83,8 @@ class TextTask:
             if name is None:
                 out.append(task_lib.reward_B(spec, self.task.vocab, tokens_BxN, mask_BxN))
             else:
-                sliced = slice(spec.positions[0], spec.positions[-1] + 1)
-                out.append(text_rewards.reward_B(name, self.tokenizer, tokens_BxN[..., sliced], mask_BxN[..., sliced],
-                                                 prompt_B, self.prompt_texts))
+                out.append(text_rewards.reward_at_B(name, self.tokenizer, spec.positions, tokens_BxN, mask_BxN,
+                                                    prompt_B, self.prompt_texts))
         return out[0], out[1]
 
 

