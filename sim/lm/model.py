@@ -91,8 +91,21 @@ def _rotate(x_BxTxHxDh: jax.Array, cos_sin) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BxTxHxDh.dtype)
 
 
-def _mlp(cfg: LMConfig, p: dict, h_BxTxD: jax.Array) -> jax.Array:
-    return (jax.nn.silu(h_BxTxD @ p["w_gate"]) * (h_BxTxD @ p["w_up"])) @ p["w_down"]
+def _dense(p: dict, name: str, x: jax.Array, lora_scale: float) -> jax.Array:
+    """x @ W, plus the low-rank adapter's (lora_scale) * (x @ A) @ B where the block has one for W
+    (p["lora"][name], LoRA: Hu et al. 2021). B starts at 0, so an untrained adapter adds exactly 0.
+    The adapter is cast to the compute dtype; its float32 master copy stays with the optimizer."""
+    y = x @ p[name]
+    adapter = p.get("lora", {}).get(name)
+    if adapter is not None:
+        a, b = adapter["a"].astype(x.dtype), adapter["b"].astype(x.dtype)
+        y = y + lora_scale * ((x @ a) @ b)
+    return y
+
+
+def _mlp(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, lora_scale: float = 1.0) -> jax.Array:
+    gate, up = _dense(p, "w_gate", h_BxTxD, lora_scale), _dense(p, "w_up", h_BxTxD, lora_scale)
+    return _dense(p, "w_down", jax.nn.silu(gate) * up, lora_scale)
 
 
 def _attend(cfg: LMConfig, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, allowed_BxTxS) -> jax.Array:
@@ -109,9 +122,9 @@ def _attend(cfg: LMConfig, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, allowed_BxTxS) ->
     return o_BxTxKxGxDh.reshape(B, T, H * Dh)
 
 
-def _qkv(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, cos_sin):
+def _qkv(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, cos_sin, lora_scale: float = 1.0):
     B, T, _ = h_BxTxD.shape
-    q, k, v = h_BxTxD @ p["wq"], h_BxTxD @ p["wk"], h_BxTxD @ p["wv"]
+    q, k, v = (_dense(p, w, h_BxTxD, lora_scale) for w in ("wq", "wk", "wv"))
     if cfg.attn_bias:  # Qwen2
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
     q_BxTxHxDh = _rotate(q.reshape(B, T, cfg.heads, cfg.head_dim), cos_sin)
@@ -137,16 +150,16 @@ def _allowed_BxTxS(q_slot_T: jax.Array, kv_mask_BxS: jax.Array) -> jax.Array:
 
 
 def hidden(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
-           mask_BxT: jax.Array, remat: bool = False) -> jax.Array:
+           mask_BxT: jax.Array, remat: bool = False, lora_scale: float = 1.0) -> jax.Array:
     """Final-normed hidden states B x T x D of a whole sequence (training, teacher forcing)."""
     T = ids_BxT.shape[1]
     cos_sin = _rotary(cfg, positions_BxT)
     allowed = _allowed_BxTxS(jnp.arange(T), mask_BxT.astype(bool))
 
     def block(x_BxTxD, p):
-        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin)
-        x_BxTxD = x_BxTxD + _attend(cfg, q, k, v, allowed) @ p["wo"]
-        return x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"])), None
+        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin, lora_scale)
+        x_BxTxD = x_BxTxD + _dense(p, "wo", _attend(cfg, q, k, v, allowed), lora_scale)
+        return x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]), lora_scale), None
 
     if remat:  # keep only each block's input for the backward pass; recompute the rest
         block = jax.checkpoint(block)
@@ -154,10 +167,68 @@ def hidden(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.A
     return _norm(cfg, x_BxTxD, params["final_norm"])
 
 
+def _attend_grouped(cfg: LMConfig, q_BxNxHxDh, k_PxTxKxDh, v_PxTxKxDh, prompt_mask_PxT, k_BxNxKxDh, v_BxNxKxDh
+                    ) -> jax.Array:
+    """Attention of B = P x G continuations (prompt-major) to their prompt's keys and values, held
+    once per prompt (P rows, never repeated G times), and causally to their own. The same softmax
+    as `_attend` over the concatenated [prompt; continuation] slots, computed in two blocks."""
+    B, N, H, Dh = q_BxNxHxDh.shape
+    P, K = k_PxTxKxDh.shape[0], cfg.kv_heads
+    q = q_BxNxHxDh.reshape(P, B // P, N, K, H // K, Dh)  # p g n k h d: h = queries per key/value head
+    k_r, v_r = (x.reshape(P, B // P, N, K, Dh) for x in (k_BxNxKxDh, v_BxNxKxDh))
+    s_prompt = jnp.einsum("pgnkhd,ptkd->pgkhnt", q, k_PxTxKxDh, preferred_element_type=jnp.float32) * Dh ** -0.5
+    s_own = jnp.einsum("pgnkhd,pgmkd->pgkhnm", q, k_r, preferred_element_type=jnp.float32) * Dh ** -0.5
+    s_prompt = jnp.where(prompt_mask_PxT[:, None, None, None, None, :], s_prompt, _MASKED)
+    s_own = jnp.where(jnp.tril(jnp.ones((N, N), bool)), s_own, _MASKED)
+    T = k_PxTxKxDh.shape[1]
+    w = jax.nn.softmax(jnp.concatenate([s_prompt, s_own], -1), -1).astype(v_r.dtype)
+    o = (jnp.einsum("pgkhnt,ptkd->pgnkhd", w[..., :T], v_PxTxKxDh)
+         + jnp.einsum("pgkhnm,pgmkd->pgnkhd", w[..., T:], v_r))
+    return o.reshape(B, N, H * Dh)
+
+
+def hidden_grouped(params: dict, cfg: LMConfig, prompt_ids_PxT: jax.Array, prompt_mask_PxT: jax.Array,
+                   ids_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """Teacher forcing of G continuations per prompt (B = P x G, prompt-major) with each prompt
+    computed once: final-normed hidden states of the prompts (P x T x D, left-padded) and of the
+    continuations (B x N x D). Equal to `hidden` on the concatenated [prompt; continuation]
+    sequences up to float32 rounding, for 1/G of the prompts' work; gradients reach the
+    prompt's keys and values through every continuation that attends to them.
+
+    The dense layers run on the prompts' and continuations' tokens together (one M x D matmul,
+    M = P*T + B*N); only the attention sees the two apart."""
+    P, T = prompt_ids_PxT.shape
+    B, N = ids_BxN.shape
+    D = cfg.d_model
+    pmask_PxT = prompt_mask_PxT.astype(bool)
+    positions_PxT = positions_from_mask(pmask_PxT)
+    positions_BxN = jnp.repeat(positions_PxT[:, -1:] + 1, B // P, 0) + jnp.arange(N)  # last prompt slot is real
+    positions_1xM = jnp.concatenate([positions_PxT.reshape(-1), positions_BxN.reshape(-1)])[None]
+    cos_sin = _rotary(cfg, positions_1xM)
+    allowed_PxTxT = _allowed_BxTxS(jnp.arange(T), pmask_PxT)
+
+    def split(x_1xMx__):
+        return x_1xMx__[0, :P * T].reshape(P, T, *x_1xMx__.shape[2:]), x_1xMx__[0, P * T:].reshape(B, N, *x_1xMx__.shape[2:])
+
+    def block(x_1xMxD, p):
+        q, k, v = (split(a) for a in _qkv(cfg, p, _norm(cfg, x_1xMxD, p["attn_norm"]), cos_sin, lora_scale))
+        o_prompt = _attend(cfg, q[0], k[0], v[0], allowed_PxTxT).reshape(1, P * T, -1)
+        o_cont = _attend_grouped(cfg, q[1], k[0], v[0], pmask_PxT, k[1], v[1]).reshape(1, B * N, -1)
+        x_1xMxD = x_1xMxD + _dense(p, "wo", jnp.concatenate([o_prompt, o_cont], 1), lora_scale)
+        return x_1xMxD + _mlp(cfg, p, _norm(cfg, x_1xMxD, p["mlp_norm"]), lora_scale), None
+
+    if remat:
+        block = jax.checkpoint(block)
+    ids_1xM = jnp.concatenate([prompt_ids_PxT.reshape(-1), ids_BxN.reshape(-1)]).astype(jnp.int32)[None]
+    x_1xMxD, _ = lax.scan(block, _embed(cfg, params, ids_1xM), params["blocks"])
+    h_1xMxD = _norm(cfg, x_1xMxD, params["final_norm"])
+    return h_1xMxD[0, :P * T].reshape(P, T, D), h_1xMxD[0, P * T:].reshape(B, N, D)
+
+
 def forward(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
-            mask_BxT: jax.Array, remat: bool = False) -> jax.Array:
+            mask_BxT: jax.Array, remat: bool = False, lora_scale: float = 1.0) -> jax.Array:
     """Next-token logits B x T x V (float32) at every position."""
-    return head(params, cfg, hidden(params, cfg, ids_BxT, positions_BxT, mask_BxT, remat))
+    return head(params, cfg, hidden(params, cfg, ids_BxT, positions_BxT, mask_BxT, remat, lora_scale))
 
 
 def init_cache(cfg: LMConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
@@ -167,7 +238,7 @@ def init_cache(cfg: LMConfig, batch: int, length: int, dtype=jnp.float32) -> dic
 
 
 def hidden_cached(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
-                  kv_mask_BxS: jax.Array, cache: dict, index) -> tuple[jax.Array, dict]:
+                  kv_mask_BxS: jax.Array, cache: dict, index, lora_scale: float = 1.0) -> tuple[jax.Array, dict]:
     """Hidden states of T new tokens placed at slots index .. index+T-1 of the cache, and the cache
     with their keys/values written. Prefill: index 0 and the whole prompt; decode: T = 1.
 
@@ -180,12 +251,12 @@ def hidden_cached(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT
     def block(carry, p_and_layer):
         x_BxTxD, k_NxBxSxKxDh, v_NxBxSxKxDh = carry
         p, layer = p_and_layer
-        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin)
+        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin, lora_scale)
         k_NxBxSxKxDh = lax.dynamic_update_slice(k_NxBxSxKxDh, k[None].astype(k_NxBxSxKxDh.dtype), (layer, 0, index, 0, 0))
         v_NxBxSxKxDh = lax.dynamic_update_slice(v_NxBxSxKxDh, v[None].astype(v_NxBxSxKxDh.dtype), (layer, 0, index, 0, 0))
         o = _attend(cfg, q, k_NxBxSxKxDh[layer], v_NxBxSxKxDh[layer], allowed)
-        x_BxTxD = x_BxTxD + o @ p["wo"]
-        x_BxTxD = x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]))
+        x_BxTxD = x_BxTxD + _dense(p, "wo", o, lora_scale)
+        x_BxTxD = x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]), lora_scale)
         return (x_BxTxD, k_NxBxSxKxDh, v_NxBxSxKxDh), None
 
     carry = (_embed(cfg, params, ids_BxT), cache["k"], cache["v"])

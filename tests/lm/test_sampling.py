@@ -105,3 +105,64 @@ def test_smollm2_greedy_continuation_of_the_capital_of_france_is_paris(smollm2):
     prompt = np.array([tok.encode("The capital of France is")])
     tokens = sampling.generate(params, cfg, jax.random.key(0), prompt, np.ones_like(prompt, bool), 2, temperature=0.0)
     assert tok.decode(tokens[0]).startswith(" Paris"), tok.decode(tokens[0])
+
+
+# ---------------------------------------------------------------- a group's prompt computed once
+GROUPED_CFG = LMConfig(family="llama", vocab=29, d_model=24, layers=2, heads=4, kv_heads=2, head_dim=6, ffn=40,
+                       rope_theta=500.0, attn_bias=True)
+
+
+def _adapters(cfg: LMConfig, key, rank: int = 3) -> dict:
+    """Random LoRA adapters (A and B both non-zero, so they matter) on every dense matrix."""
+    shapes = {"wq": (cfg.d_model, cfg.heads * cfg.head_dim), "wk": (cfg.d_model, cfg.kv_heads * cfg.head_dim),
+              "wv": (cfg.d_model, cfg.kv_heads * cfg.head_dim), "wo": (cfg.heads * cfg.head_dim, cfg.d_model),
+              "w_gate": (cfg.d_model, cfg.ffn), "w_up": (cfg.d_model, cfg.ffn), "w_down": (cfg.ffn, cfg.d_model)}
+    keys = iter(jax.random.split(key, 2 * len(shapes)))
+    return {name: {"a": 0.3 * jax.random.normal(next(keys), (cfg.layers, i, rank)),
+                   "b": 0.3 * jax.random.normal(next(keys), (cfg.layers, rank, o))} for name, (i, o) in shapes.items()}
+
+
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_shared_prompt_log_probs_and_gradients_equal_the_unshared_computation(group):
+    """Each prompt computed once, its G responses attending to its keys and values, gives the
+    log-probs, and the gradients (of the base weights and of LoRA adapters), of the whole
+    [prompt; response] sequences computed one by one: left-padded prompts of 3 lengths, G = 1, 2, 4."""
+    cfg = GROUPED_CFG
+    params = model.init_params(cfg, jax.random.key(0))
+    params = params | {"blocks": params["blocks"] | {"lora": _adapters(cfg, jax.random.key(1))}}
+    prompts = np.array([[3, 4, 5, 6, 7], [0, 0, 8, 9, 10], [0, 0, 0, 0, 11]], np.int32)
+    pmask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], bool)
+    tokens = np.asarray(jax.random.randint(jax.random.key(2), (3 * group, 6), 0, cfg.vocab), np.int32)
+    weight = np.asarray(jax.random.normal(jax.random.key(3), tokens.shape))
+
+    def loss(p, grouped):
+        if grouped:
+            logp, _ = sampling.group_log_probs(p, cfg, prompts, pmask, tokens, lora_scale=0.7)
+        else:
+            logp, _ = sampling.response_log_probs(p, cfg, np.repeat(prompts, group, 0), np.repeat(pmask, group, 0),
+                                                  tokens, lora_scale=0.7)
+        return jnp.sum(weight * logp), logp
+
+    (l1, logp1), g1 = jax.jit(jax.value_and_grad(lambda p: loss(p, True), has_aux=True))(params)
+    (l0, logp0), g0 = jax.jit(jax.value_and_grad(lambda p: loss(p, False), has_aux=True))(params)
+    np.testing.assert_allclose(logp1, logp0, rtol=1e-5, atol=1e-5)
+    for path, a in jax.tree_util.tree_flatten_with_path(g1)[0]:
+        b = dict(jax.tree_util.tree_flatten_with_path(g0)[0])[path]
+        scale = float(jnp.max(jnp.abs(b)))
+        assert scale > 0, path  # every weight gets a gradient: the comparison has teeth
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5 * max(scale, 1.0), jax.tree_util.keystr(path)
+
+
+def test_generate_with_a_shared_prefill_draws_the_tokens_of_repeated_prompts():
+    """A prompt prefilled once and its cache repeated G times samples the same tokens as the prompt
+    repeated G times (same key): the cache holds the same keys and values."""
+    cfg = GROUPED_CFG
+    params = model.init_params(cfg, jax.random.key(0))
+    prompts = np.array([[3, 4, 5, 6, 7], [0, 0, 8, 9, 10]], np.int32)
+    pmask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool)
+    key = jax.random.key(5)
+    shared = sampling.generate(params, cfg, key, prompts, pmask, 8, per_prompt=3)
+    repeated = sampling.generate(params, cfg, key, np.repeat(prompts, 3, 0), np.repeat(pmask, 3, 0), 8)
+    assert shared.shape == (6, 8)
+    np.testing.assert_array_equal(shared, repeated)
+    assert len({tuple(r) for r in np.asarray(shared)}) > 2  # the group's responses differ
