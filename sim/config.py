@@ -16,7 +16,7 @@ from sim import algos, geometry, policies, reward_model, text_task
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
-from sim.policies.pretrained import DTYPES, Settings
+from sim.policies.pretrained import ADAPTERS, DTYPES, LORA_TARGETS, Settings
 from sim.sft import SFT
 from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
@@ -55,7 +55,7 @@ DERIVED_KEYS: dict[str, str] = {
 # Every key that may be given as a list, an in-process sweep axis (name -> config key).
 SWEEP_KEYS: dict[str, str] = {**HPARAM_KEYS, **DERIVED_KEYS}
 # Static keys whose value is itself a list (they cannot be swept in-process).
-_LIST_KEYS = {f"task.{r}.{k}" for r in ("phi", "phi_prime") for k in ("positions", "good_tokens")}
+_LIST_KEYS = {f"task.{r}.{k}" for r in ("phi", "phi_prime") for k in ("positions", "good_tokens")} | {"policy.lora.targets"}
 
 # What a run keeps of its metrics: every run's rows, or per sweep point the mean and spread over
 # seeds (reduced on device; each run keeps only its first and last rows, for the summary).
@@ -107,8 +107,9 @@ _POLICY_KEYS: dict[str, set[str]] = {
     "mlp": _NEURAL_KEYS | {"layers", "window"},
     "gru": _NEURAL_KEYS,
     "transformer": _NEURAL_KEYS | {"layers", "heads", "positions"},
-    "pretrained": {"kind", "checkpoint", "dtype", "remat", "temperature", "top_k", "top_p", "eval"},
+    "pretrained": {"kind", "checkpoint", "dtype", "remat", "temperature", "top_k", "top_p", "eval", "adapter", "lora"},
 }
+_LORA_KEYS = {"rank", "alpha", "targets", "runs_per_block"}
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class Static:
     # sized to the batch (a run costs what it computes; the numbers depend on config and seed only
     # through the batch it is in). See sim/layout.py.
     batch_invariant: bool = False
+    # a real model's data set (task=text): prompts drawn per step (0: every training prompt, every
+    # step), and held-out prompts the logged metrics are evaluated on (0: the training prompts)
+    prompts_per_step: int = 0
+    eval_prompts: int = 0
 
 
 @dataclass(frozen=True)
@@ -402,7 +407,23 @@ def _pretrained(cfg) -> Settings:
         checkpoint.resolve(source)
     except checkpoint.CheckpointError as e:
         raise ConfigError(f"policy.checkpoint={source}: {e}") from None
-    return Settings(checkpoint=source, dtype=dtype, remat=remat, temperature=temperature, top_k=top_k, top_p=top_p)
+    return Settings(checkpoint=source, dtype=dtype, remat=remat, temperature=temperature, top_k=top_k, top_p=top_p,
+                    **_adapter(cfg))
+
+
+def _adapter(cfg) -> dict:
+    """policy.adapter and, for lora, policy.lora's rank, alpha, targets and runs_per_block."""
+    adapter = choice(cfg, "policy.adapter", ADAPTERS) if "adapter" in lookup(cfg, "policy") else "none"
+    if adapter == "none":
+        return {"adapter": "none"}
+    targets = lookup(cfg, "policy.lora.targets")
+    if isinstance(targets, str) or not is_list(targets) or not targets or any(t not in LORA_TARGETS for t in targets) \
+            or len(set(targets)) != len(targets):
+        raise ConfigError(f"policy.lora.targets={targets if isinstance(targets, str) else list(targets or [])!r}: must be "
+                          f"a non-empty list of distinct matrices from {', '.join(LORA_TARGETS)}")
+    return {"adapter": adapter, "lora_rank": integer(cfg, "policy.lora.rank", 1),
+            "lora_alpha": real(cfg, "policy.lora.alpha", *POSITIVE), "lora_targets": tuple(targets),
+            "runs_per_block": integer(cfg, "policy.lora.runs_per_block", 1)}
 
 
 def task_kind(cfg: Mapping) -> str:
@@ -418,7 +439,8 @@ def parse(cfg: Mapping) -> Experiment:
                           "use -m (Hydra multirun) with comma-separated values")
     kind = choice(cfg, "policy.kind", policies.KINDS)
     is_text = task_kind(cfg) == "text"
-    _check_keys(cfg, {**_KEYS, "policy": _POLICY_KEYS[kind], **(_TEXT_KEYS if is_text else {})})
+    _check_keys(cfg, {**_KEYS, "policy": _POLICY_KEYS[kind], **(_TEXT_KEYS if is_text else {}),
+                      **({"policy.lora": _LORA_KEYS} if kind == "pretrained" else {})})
     if is_text and kind != "pretrained":
         raise ConfigError(f"task.kind=text: needs policy.kind=pretrained (a checkpoint and its tokenizer), "
                           f"not policy.kind={kind}")
@@ -455,7 +477,8 @@ def parse(cfg: Mapping) -> Experiment:
             raise ConfigError("policy.kind=pretrained: needs a text task (task=text); the toy task's tokens are "
                               "not a real model's vocabulary")
         static = replace(static, lm=replace(_pretrained(cfg), mesh=runtime.mesh),
-                         eval_samples=integer(cfg, "policy.eval.samples", 2))
+                         eval_samples=integer(cfg, "policy.eval.samples", 2),
+                         prompts_per_step=text.prompts_per_step, eval_prompts=text.eval_prompts)
     elif runtime.mesh != (1, 1, 1):
         raise ConfigError(f"runtime.mesh={dict(zip(('data', 'fsdp', 'tp'), runtime.mesh))}: shards a real "
                           f"model (policy=pretrained); policy={kind} shards its runs over runtime.cpu_devices instead")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sim import task as task_lib
-from sim.policies.base import Policy, prompt_major
+from sim.policies.base import Policy, group_token_logits, prompt_major
 from sim.task import RewardSpec, Task
 
 NAMES = ("phi", "phi_prime", "reward", "kl", "entropy")
@@ -63,13 +63,20 @@ def _masked(good_prob_BxK: jax.Array, spec: RewardSpec, mask_BxL: jax.Array | No
     return good_prob_BxK if mask_BxL is None else jnp.where(mask_BxL[:, jnp.array(spec.positions)], good_prob_BxK, 0.0)
 
 
-def _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples=False):
-    P = task.prompts
-    prompts_B = prompt_major(P, samples)
-    tokens_BxL = policy.sample(params, key, samples)
+def _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples=False, prompts_P=None):
+    if prompts_P is None:  # the task's prompts
+        P = task.prompts
+        prompts_B = prompt_major(P, samples)
+        tokens_BxL = policy.sample(params, key, samples)
+        prompts_P = jnp.arange(P)
+    else:  # others of the policy's prompt table (a real model's held-out prompts)
+        P = prompts_P.shape[0]
+        prompts_B = jnp.repeat(prompts_P, samples)
+        tokens_BxL = policy.sample(params, key, samples, prompts_P)
     mask_BxL = None if policy.response_mask is None else policy.response_mask(tokens_BxL)
-    logits_BxLxV = policy.token_logits(params, prompts_B, tokens_BxL)
-    kl_B, entropy_B = _step_kl_entropy_B(logits_BxLxV, policy.token_logits(ref_params, prompts_B, tokens_BxL), mask_BxL)
+    logits_BxLxV = group_token_logits(policy, params, prompts_P, tokens_BxL)
+    kl_B, entropy_B = _step_kl_entropy_B(logits_BxLxV, group_token_logits(policy, ref_params, prompts_P, tokens_BxL),
+                                         mask_BxL)
     # per response and position: P(good | its prefix), whose mean over responses is P(good); a
     # position after the response's end (known from the prefix) holds no token, so it is not good
     good_prob_BxK = tuple(_masked(task_lib.good_prob_PxK(spec, logits_BxLxV), spec, mask_BxL) for spec in task.specs)
@@ -94,17 +101,19 @@ def _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples
 
 
 def sequence_metrics(task: Task, policy: Policy, params, ref_params, w: tuple, key: jax.Array,
-                     samples: int, enumerate_max: int, keep_samples: bool = False
+                     samples: int, enumerate_max: int, keep_samples: bool = False, prompts_P: jax.Array | None = None
                      ) -> tuple[dict, tuple[jax.Array, jax.Array]]:
     """E[phi], E[phi_prime], E[w0*phi + w1*phi_prime], KL(pi || ref) and entropy of the response
     distribution, averaged over prompts, plus `<name>_se` when estimated by Monte Carlo, and
     `spill` (task.spill_spec, without a standard error); and for
     each reward the probability of a good token at each of its positions per prompt (PxK).
     `keep_samples` (Monte Carlo only): also the drawn responses, `sample_tokens` BxL (prompt-major),
-    `sample_mask` BxL (Policy.response_mask) and their rewards `sample_phi`, `sample_phi_prime` B."""
+    `sample_mask` BxL (Policy.response_mask) and their rewards `sample_phi`, `sample_phi_prime` B.
+    `prompts_P` (Monte Carlo only): evaluate on these prompts of the policy's table instead of the
+    task's P (a real model's held-out evaluation prompts)."""
     if enumerates(task, enumerate_max):
         return _enumerated(task, policy, params, ref_params, w)
-    return _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples)
+    return _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples, prompts_P)
 
 
 def joint_count_pmf(task: Task, policy: Policy, params, key: jax.Array, samples: int,

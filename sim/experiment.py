@@ -199,7 +199,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
     batch = expand(exp)
     if loaded is not None:
         lm_kw = {"shared": loaded.shared,
-                 "on_samples": lm_setup.SamplesWriter(out / "samples.jsonl", loaded.text, batch, action == "fresh")}
+                 "on_samples": lm_setup.SamplesWriter(out / "samples.jsonl", loaded.text, batch, action == "fresh",
+                                                         exp.static.eval_prompts)}
     refs = reference.prepare(exp, batch.hparams_R) if exp.sft is not None else None  # the SFT stage
     ref_R = refs.params_R if refs is not None else None
     proxies = proxy.prepare(exp, batch) if exp.reward_fit is not None else None  # the reward-model stage
@@ -266,7 +267,7 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
     if exp.static.lm is not None and exp.analysis != "none":  # kappa from the reference's sampled rewards
         from sim import lm_setup
 
-        ref_rewards = lm_setup.reference_rewards(out / "samples.jsonl", exp.static.task.prompts)
+        ref_rewards = lm_setup.reference_rewards(out / "samples.jsonl")
         extras, arrays = analysis.sampled_report(batch, result, ref_rewards), {}
     else:
         extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table

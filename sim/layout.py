@@ -43,12 +43,19 @@ def batch_layout(static: Static, n_runs: int, n_devices: int) -> tuple[int, int]
     """(devices used, runs per block) for a batch of n_runs. Batch-invariant: every device, fixed
     blocks (run_block). Otherwise the fewest blocks of at most run_block(static) runs that hold
     each device's share, on no more devices than runs: padding is under one run per block."""
-    if static.lm is not None:
-        # a pretrained checkpoint's runs go one after another on the first device, in blocks of one:
-        # a real model's run is a large batch of its own, R copies of its parameters and optimizer
+    if static.lm is not None and not static.lm.lora:
+        # a fully fine-tuned checkpoint's runs go one after another on the first device, in blocks of
+        # one: a real model's run is a large batch of its own, R copies of its parameters and optimizer
         # state need not fit at once, and padding 1 seed to the device count would double the work;
         # the other devices are for sharding the model itself (sim/lm/sharding.py), not the runs
         return 1, 1
+    if static.lm is not None:
+        # LoRA runs are a few MB each: vmapped in blocks of policy.lora.runs_per_block against the one
+        # base (its matmuls take every run's batch at once), over every device when they divide the
+        # runs evenly; blocks divide each device's share, so no run is padding
+        devices = n_devices if n_runs % n_devices == 0 else 1
+        share = n_runs // devices
+        return devices, max(d for d in range(1, min(share, static.lm.runs_per_block) + 1) if share % d == 0)
     cap = run_block(static)
     if static.batch_invariant:
         return n_devices, cap

@@ -20,7 +20,6 @@ from sim import text_task
 from sim.config import Experiment
 from sim.config_values import ConfigError
 from sim.lm import checkpoint, tokenizer as tokenizer_lib
-from sim.policies.base import prompt_major
 from sim.policies.pretrained import Frozen
 from sim.sweep import Batch
 
@@ -55,8 +54,11 @@ def check_mesh(static) -> None:
     mesh = sharding.make_mesh(*static.lm.mesh)
     sharding.check_divides(static.lm.model, mesh)
     split = mesh.shape["data"] * mesh.shape["fsdp"]
-    for what, size in (("task.prompts x algo.group_size", static.task.prompts * static.group_size),
-                       ("task.prompts x policy.eval.samples", static.task.prompts * static.eval_samples)):
+    train = ("task.prompts_per_step", static.prompts_per_step) if static.prompts_per_step else ("task.prompts",
+                                                                                                static.task.prompts)
+    held_out = ("task.eval_prompts", static.eval_prompts) if static.eval_prompts else ("task.prompts", static.task.prompts)
+    for what, size in ((f"{train[0]} x algo.group_size", train[1] * static.group_size),
+                       (f"{held_out[0]} x policy.eval.samples", held_out[1] * static.eval_samples)):
         if size % split:
             raise ConfigError(f"runtime.mesh data x fsdp = {split}: must divide the batch {what} = {size}")
 
@@ -67,15 +69,17 @@ class SamplesWriter:
     seed, point, prompt (index and text), response text (up to and without its EOS), whether it
     ended at EOS, phi and phi_prime. Appended as each chunk ends, decoded here on the host."""
 
-    def __init__(self, path: Path, text: text_task.TextTask, batch: Batch, fresh: bool):
+    def __init__(self, path: Path, text: text_task.TextTask, batch: Batch, fresh: bool, eval_prompts: int = 0):
         self.path, self.text, self.batch = path, text, batch
+        P = text.task.prompts  # the logged rows' responses answer the held-out prompts, when there are any
+        self.prompts_P = np.arange(P, P + eval_prompts) if eval_prompts else np.arange(P)
         if fresh:
             path.write_text("")
 
     def __call__(self, steps_C: np.ndarray, samples: dict) -> None:
         tokens_CxRxBxL, mask_CxRxBxL = samples["sample_tokens"], samples["sample_mask"]
         C, R, B, L = tokens_CxRxBxL.shape
-        prompts_B = np.asarray(prompt_major(self.text.task.prompts, B // self.text.task.prompts))
+        prompts_B = np.repeat(self.prompts_P, B // len(self.prompts_P))
         eos = self.text.tokenizer.eos_id
         lines = []
         for c in range(C):
@@ -94,15 +98,16 @@ class SamplesWriter:
             f.write("\n".join(lines) + "\n")
 
 
-def reference_rewards(path: Path, prompts: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_rewards(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(phi_PxS, phi_prime_PxS) of the reference, read back from samples.jsonl: step 0's responses
     of every run pooled per prompt (each run draws its own, so S = runs x policy.eval.samples
-    independent responses). Read from the file so that a resumed run finds them too."""
-    per_prompt = [[] for _ in range(prompts)]
+    independent responses), over the prompts the logged rows answer. Read from the file so that a
+    resumed run finds them too."""
+    per_prompt: dict[int, list] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             s = json.loads(line)
             if s["step"] == 0:
-                per_prompt[s["prompt_index"]].append((s["phi"], s["phi_prime"]))
-    r_PxSx2 = np.array(per_prompt, np.float64)
+                per_prompt.setdefault(s["prompt_index"], []).append((s["phi"], s["phi_prime"]))
+    r_PxSx2 = np.array([per_prompt[p] for p in sorted(per_prompt)], np.float64)
     return r_PxSx2[..., 0], r_PxSx2[..., 1]

@@ -27,7 +27,8 @@ from sim.task import REWARDS, SHAPES, RewardSpec, Task
 RULES = ("regex", "chars", "words")
 # the keys a text task's sections accept (sim/config.py refuses anything else)
 REWARD_KEYS = {"weight", "shape", "positions", "rule", "text"}
-KEYS = {"kind", "prompts_file", "prompts", "new_tokens", "chat_template", "kappa_delta", "phi", "phi_prime"}
+KEYS = {"kind", "prompts_file", "prompts", "prompts_per_step", "eval_prompts", "new_tokens", "chat_template",
+        "kappa_delta", "phi", "phi_prime"}
 SHIPPED_PROMPTS = "instructions.txt"  # sim/data/: our own short English instructions
 
 
@@ -62,11 +63,14 @@ class TextTaskConfig:
     chat_template: bool
     phi: TextRewardConfig
     phi_prime: TextRewardConfig
+    prompts_per_step: int = 0  # training prompts drawn per step with the run's key; 0: all, every step
+    eval_prompts: int = 0  # the file's next prompts, held out for the logged metrics; 0: the training ones
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity (it holds arrays and the tokenizer)
 class TextTask:
     task: Task  # the toy task: rewards on device through task_lib.rewards_B / self.rewards_B
+    # the training prompts (task.prompts), then the held-out evaluation prompts (config.eval_prompts)
     prompt_ids_PxT: np.ndarray  # int32, LEFT-padded
     prompt_mask_PxT: np.ndarray  # bool, False on padding
     prompt_texts: tuple[str, ...]  # the instructions, before any chat template
@@ -145,7 +149,12 @@ def parse(cfg: Mapping) -> TextTaskConfig:
     chat = lookup(cfg, "task").get("chat_template", True)
     if not isinstance(chat, bool):
         raise ConfigError(f"task.chat_template={chat!r}: must be true or false")
-    return TextTaskConfig(pf, integer(cfg, "task.prompts", 1), new_tokens, chat, phi, phi_prime)
+    prompts = integer(cfg, "task.prompts", 1)
+    per_step = lookup(cfg, "task").get("prompts_per_step")
+    per_step = 0 if per_step is None else integer(cfg, "task.prompts_per_step", 1, prompts)
+    held_out = lookup(cfg, "task").get("eval_prompts")
+    held_out = 0 if held_out is None else integer(cfg, "task.eval_prompts", 0)
+    return TextTaskConfig(pf, prompts, new_tokens, chat, phi, phi_prime, per_step, held_out)
 
 
 # ---- token classes ----
@@ -217,9 +226,10 @@ def build(cfg: TextTaskConfig, tokenizer: Tokenizer, vocab: int | None = None) -
     has more rows than the tokenizer has tokens (the extra ids are never good)."""
     texts = read_prompts(cfg.prompts_file)
     where = cfg.prompts_file or f"the shipped {SHIPPED_PROMPTS}"
-    if cfg.prompts > len(texts):
-        raise ConfigError(f"task.prompts={cfg.prompts}: {where} has {len(texts)} prompts; allowed at most that")
-    texts = texts[:cfg.prompts]
+    if cfg.prompts + cfg.eval_prompts > len(texts):
+        held_out = f" + task.eval_prompts={cfg.eval_prompts}" if cfg.eval_prompts else ""
+        raise ConfigError(f"task.prompts={cfg.prompts}{held_out}: {where} has {len(texts)} prompts; allowed at most that")
+    texts = texts[:cfg.prompts + cfg.eval_prompts]
     V = vocab if vocab is not None else len(tokenizer.token_texts())
     specs, names = [], []
     for name, r in zip(REWARDS, (cfg.phi, cfg.phi_prime)):

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sim import estimates, geometry, policies, reward_model, task as task_lib
 from sim.config import Static
 from sim.layout import PointStats, batch_layout, over_runs, point_moments
-from sim.policies.base import Policy
+from sim.policies.base import Policy, reference_params
 from sim.step import BATCH_METRICS, batch_statistics, make_optimizer, no_batch_statistics, train_step
 
 # What every logged row holds (step.BATCH_METRICS: the last update's batch statistics).
@@ -78,7 +78,7 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, 
     if policy.marginals is None:
         out, good_prob_PxK = estimates.sequence_metrics(
             static.task, policy, params, ref_params, (hp["w_phi"], hp["w_phi_prime"]), key, static.eval_samples,
-            static.enumerate_max, keep_samples=static.lm is not None)
+            static.enumerate_max, keep_samples=static.lm is not None, prompts_P=eval_prompts_P(static))
         if static.lm is not None:  # kappa of a real model: from its sampled rewards, after training
             return out
         return out | geometry.marginal_kappas(static.task, good_prob_PxK, hp["kappa_delta"])
@@ -96,6 +96,14 @@ def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, 
         "entropy": jnp.mean(-jnp.sum(p_PxLxV * logp_PxLxV, (-1, -2))),
         "spill": jnp.mean(task_lib.spill_P(static.task, logp_PxLxV)),
     } | geometry.policy_kappas(static.task, logp_PxLxV, hp["kappa_delta"])
+
+
+def eval_prompts_P(static: Static) -> jax.Array | None:
+    """The held-out prompts a real model is evaluated on (they follow the training prompts in its
+    prompt table); None: the training prompts."""
+    if not static.eval_prompts:
+        return None
+    return jnp.arange(static.task.prompts, static.task.prompts + static.eval_prompts)
 
 
 def eval_key(state: RunState) -> jax.Array:
@@ -118,7 +126,8 @@ def init_run(static: Static, hp: dict, key: jax.Array, ref=None, proxy=None, sha
     params = policy.init()
     state = RunState(params, make_optimizer(static, hp).init(params), key, policy_key,
                      step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref, proxy=proxy)
-    row = with_proxy(static, policy, state, exact_metrics(static, policy, params, params, hp, eval_key(state)))
+    row = with_proxy(static, policy, state, exact_metrics(static, policy, params, reference_params(policy), hp,
+                                                          eval_key(state)))
     row.update(no_batch_statistics())
     row["diverged_at_step"] = state.diverged_at
     return state, row
@@ -156,7 +165,7 @@ def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: Ru
 def run_chunk(static: Static, rows: int, state: RunState, hp: dict, shared=None) -> tuple[RunState, dict]:
     """`rows` logged intervals of `log_every` steps each; returns the rows (exact + last batch)."""
     policy = build_policy(static, hp, state.policy_key, state.ref if shared is None else shared)
-    ref_params = policy.init()
+    ref_params = reference_params(policy)
 
     def one_step(carry, i):
         state, _ = carry

@@ -37,6 +37,5 @@ def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax
     if kind == "pretrained":
         if lm is None or ref_params is None:
             raise ValueError("policy.kind='pretrained' needs its settings and the loaded checkpoint")
-        return pretrained.make(lm, ref_params.params, ref_params.prompt_ids_PxT, ref_params.prompt_mask_PxT,
-                               task.length)
+        return pretrained.make(lm, ref_params, task.length, key)
     raise ValueError(f"policy.kind={kind!r}; allowed: {', '.join(KINDS)}")

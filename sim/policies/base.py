@@ -30,6 +30,41 @@ class Policy(NamedTuple):
     # ends at its first EOS (included) and the tokens drawn after it are out of log-probs, KL,
     # entropy, rewards and the loss. None: every token counts (fixed-length responses, the toys)
     response_mask: Callable[[jax.Array], jax.Array] | None = None
+    # (params, prompts_P, tokens_BxL) -> logits_BxLxV for G = B / P responses to each of the P
+    # prompts (prompt-major), each prompt computed once: a real model's prompt is most of a short
+    # response's sequence. None: token_logits on the repeated prompts (see group_token_logits)
+    group_token_logits: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = None
+    # (params, prompts_P, tokens_BxL) -> log-probs BxL as group_log_probs computes them, without
+    # the BxLxV logits (a real model's head in chunks); None: from group_token_logits
+    group_log_probs: Callable[[Params, jax.Array, jax.Array], jax.Array] | None = None
+    # () -> the reference's params when they are not init()'s: a LoRA run's reference is the frozen
+    # base with the adapters off (no adapters at all), not init()'s zero-effect adapters
+    reference: Callable[[], Params] | None = None
+
+
+def reference_params(policy: Policy) -> Params:
+    return policy.init() if policy.reference is None else policy.reference()
+
+
+def _repeat(prompts_P: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    return jnp.repeat(prompts_P, tokens_BxL.shape[0] // prompts_P.shape[0])
+
+
+def group_token_logits(policy: Policy, params: Params, prompts_P: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """token_logits of B = P x G responses, G to each of prompts_P, prompt-major."""
+    if policy.group_token_logits is not None:
+        return policy.group_token_logits(params, prompts_P, tokens_BxL)
+    return policy.token_logits(params, _repeat(prompts_P, tokens_BxL), tokens_BxL)
+
+
+def group_log_probs(policy: Policy, params: Params, prompts_P: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    """log_probs of B = P x G responses, G to each of prompts_P, prompt-major."""
+    if policy.group_log_probs is not None:
+        return policy.group_log_probs(params, prompts_P, tokens_BxL)
+    if policy.group_token_logits is None:
+        return policy.log_probs(params, _repeat(prompts_P, tokens_BxL), tokens_BxL)
+    logp_BxLxV = jax.nn.log_softmax(policy.group_token_logits(params, prompts_P, tokens_BxL))
+    return jnp.take_along_axis(logp_BxLxV, tokens_BxL[..., None], -1)[..., 0]
 
 
 def prompt_major(prompts: int, per_prompt: int) -> jax.Array:

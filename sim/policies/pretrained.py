@@ -14,6 +14,13 @@ family's: per_prompt responses to each prompt, prompt-major; `prompts_B` indexes
   trained (TRL's convention too); the defaults do not truncate.
 - A response ends at its first EOS (included): `response_mask`, so the training step leaves the
   tokens after it out of log-probs, KL, entropy, rewards and the loss.
+- `adapter: lora` trains low-rank adapters instead (x W + (alpha/r) x A B on `lora_targets`, B = 0
+  at the start, A drawn from the run's policy key): params are the adapters alone, the base stays
+  the frozen shared copy and is also the reference (adapters off), as in TRL, verl and Tunix. A run
+  is then a few MB, so runs are vmapped against the one base (train.py, layout.py). Written by hand:
+  the JAX LoRA libraries hook Flax modules (qwix, flax nnx) and this model is a plain pytree.
+- A group's prompt is computed once: the sampler prefills each prompt and repeats its cache, and
+  teacher forcing (`group_token_logits`) lets the group's responses attend to it (model.hidden_grouped).
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ from sim.lm.config import LMConfig
 from sim.policies.base import Params, Policy, prompt_major
 
 DTYPES = ("float32", "bfloat16")
+ADAPTERS = ("none", "lora")
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")  # every dense matrix of a block
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,19 @@ class Settings:
     model: LMConfig | None = None
     eos_id: int | None = None
     mesh: tuple[int, int, int] = (1, 1, 1)  # runtime.mesh (data, fsdp, tp); (1, 1, 1): not sharded
+    adapter: str = "none"  # ADAPTERS: none trains every weight (full fine-tuning); lora trains adapters
+    lora_rank: int = 16
+    lora_alpha: float = 32.0  # the adapter's output is scaled by alpha / rank (peft's convention)
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    runs_per_block: int = 1  # LoRA runs vmapped together (train.py's run blocks): memory vs speed
+
+    @property
+    def lora(self) -> bool:
+        return self.adapter == "lora"
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora else 1.0
 
     @property
     def sharded(self) -> bool:
@@ -63,36 +85,81 @@ def cast(params: Params, dtype: str) -> Params:
     return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
-def make(settings: Settings, ref_params: Params, prompt_ids_PxT: jax.Array, prompt_mask_PxT: jax.Array,
-         new_tokens: int) -> Policy:
-    """The policy of the checkpoint whose frozen params are `ref_params` (stored in settings.dtype)."""
-    cfg, dtype = settings.model, settings.dtype
+def lora_shapes(cfg: LMConfig, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(fan in, fan out) of each targeted matrix of a block."""
+    HD, KD = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    io = {"wq": (cfg.d_model, HD), "wk": (cfg.d_model, KD), "wv": (cfg.d_model, KD), "wo": (HD, cfg.d_model),
+          "w_gate": (cfg.d_model, cfg.ffn), "w_up": (cfg.d_model, cfg.ffn), "w_down": (cfg.ffn, cfg.d_model)}
+    return {name: io[name] for name in targets}
+
+
+def init_lora(cfg: LMConfig, targets: tuple[str, ...], rank: int, key: jax.Array) -> Params:
+    """Adapters of every layer, float32: A ~ U(-1/sqrt(fan in), 1/sqrt(fan in)) (peft's Kaiming
+    init), B = 0, so that the policy starts exactly at the base."""
+    shapes = lora_shapes(cfg, targets)
+    keys = jax.random.split(key, len(shapes))
+    return {name: {"a": jax.random.uniform(k, (cfg.layers, i, rank), jnp.float32, -i ** -0.5, i ** -0.5),
+                   "b": jnp.zeros((cfg.layers, rank, o), jnp.float32)}
+            for k, (name, (i, o)) in zip(keys, shapes.items())}
+
+
+def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | None = None) -> Policy:
+    """The policy of the checkpoint whose frozen params are `frozen.params` (stored in
+    settings.dtype); `key` draws a LoRA run's A matrices."""
+    cfg, dtype, scale = settings.model, settings.dtype, settings.lora_scale
+    ids_PxT, mask_PxT = frozen.prompt_ids_PxT, frozen.prompt_mask_PxT
     batch, weights = lambda x: x, lambda p: p  # noqa: E731  (no mesh: leave placement to the runs' layout)
     if settings.sharded:  # the batch over data x fsdp, the weights by the rules beside the model
         from sim.lm import sharding
 
         mesh = sharding.make_mesh(*settings.mesh)
         batch = lambda x: jax.lax.with_sharding_constraint(x, NamedSharding(mesh, sharding.BATCH))  # noqa: E731
-        weights = lambda p: jax.lax.with_sharding_constraint(p, sharding.param_shardings(cfg, p, mesh))  # noqa: E731
+        if not settings.lora:  # adapters are small: replicated
+            weights = lambda p: jax.lax.with_sharding_constraint(p, sharding.param_shardings(cfg, p, mesh))  # noqa: E731
+
+    def model_params(params):
+        """The model's pytree: the trained copy (full fine-tuning) or the frozen base plus the
+        adapters (none: the reference), in the compute dtype."""
+        if not settings.lora:
+            return cast(params, dtype)
+        if not params:
+            return frozen.params
+        return frozen.params | {"blocks": frozen.params["blocks"] | {"lora": params}}
 
     def token_logits(params, prompts_B, tokens_BxL):
-        _, logits_BxLxV = sampling.response_log_probs(cast(params, dtype), cfg, batch(prompt_ids_PxT[prompts_B]),
-                                                      batch(prompt_mask_PxT[prompts_B]), batch(tokens_BxL),
-                                                      settings.remat)
+        _, logits_BxLxV = sampling.response_log_probs(model_params(params), cfg, batch(ids_PxT[prompts_B]),
+                                                      batch(mask_PxT[prompts_B]), batch(tokens_BxL),
+                                                      settings.remat, scale)
         return logits_BxLxV.astype(jnp.float32) / settings.temperature
+
+    def group_token_logits(params, prompts_P, tokens_BxL):
+        _, logits_BxLxV = sampling.group_log_probs(model_params(params), cfg, ids_PxT[prompts_P], mask_PxT[prompts_P],
+                                                   batch(tokens_BxL), settings.remat, scale)
+        return logits_BxLxV.astype(jnp.float32) / settings.temperature
+
+    def group_log_probs(params, prompts_P, tokens_BxL):
+        return sampling.group_token_log_probs(model_params(params), cfg, ids_PxT[prompts_P], mask_PxT[prompts_P],
+                                              batch(tokens_BxL), settings.remat, scale, settings.temperature)
 
     def log_probs(params, prompts_B, tokens_BxL):
         logp_BxLxV = jax.nn.log_softmax(token_logits(params, prompts_B, tokens_BxL))
         return jnp.take_along_axis(logp_BxLxV, tokens_BxL[..., None], -1)[..., 0]
 
-    def sample(params, key, per_prompt):
-        prompts_B = prompt_major(prompt_ids_PxT.shape[0], per_prompt)
-        return batch(sampling.generate(cast(params, dtype), cfg, key, batch(prompt_ids_PxT[prompts_B]),
-                                       batch(prompt_mask_PxT[prompts_B]), new_tokens, settings.temperature,
-                                       settings.top_k, settings.top_p).astype(jnp.int32))
+    def sample(params, key, per_prompt, prompts_P=None):
+        """per_prompt responses to each of prompts_P (None: all the table's prompts), prompt-major."""
+        ids, mask = (ids_PxT, mask_PxT) if prompts_P is None else (ids_PxT[prompts_P], mask_PxT[prompts_P])
+        return batch(sampling.generate(model_params(params), cfg, key, ids, mask, new_tokens, settings.temperature,
+                                       settings.top_k, settings.top_p, per_prompt, scale).astype(jnp.int32))
+
+    def init():
+        if settings.lora:
+            return init_lora(cfg, settings.lora_targets, settings.lora_rank,
+                             jax.random.key(0) if key is None else key)
+        return weights(cast(frozen.params, "float32"))
 
     response_mask = None
     if settings.eos_id is not None:
         response_mask = lambda tokens_BxL: sampling.response_mask(tokens_BxL, settings.eos_id)  # noqa: E731
-    return Policy(init=lambda: weights(cast(ref_params, "float32")), sample=sample, log_probs=log_probs,
-                  token_logits=token_logits, response_mask=response_mask)
+    return Policy(init=init, sample=sample, log_probs=log_probs, token_logits=token_logits,
+                  response_mask=response_mask, group_token_logits=group_token_logits, group_log_probs=group_log_probs,
+                  reference=(lambda: {}) if settings.lora else None)
