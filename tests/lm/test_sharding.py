@@ -1,4 +1,5 @@
-"""A GRPO step on the tiny checkpoint gives the same parameters sharded as on one device: on a mesh
+"""sim/step.py's GRPO step of policy=pretrained on the tiny checkpoint gives the same parameters
+sharded as on one device: on a mesh
 of 8 CPU devices (data 2 x fsdp 2 x tp 2), and across 2 processes joined by JAX's distributed
 runtime on localhost (gloo collectives, fsdp 2). The one-device step runs here, once; each layout
 runs in a fresh subprocess (the device count and the distributed runtime are fixed when JAX
@@ -25,24 +26,42 @@ def _env(devices: int) -> dict:
                          "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def _problem(tiny_dir: str):
-    """The tiny checkpoint, 4 prompts (2 left-padded) x group 2 x 4 new tokens, adam: (cfg, params,
-    optimizer, step, args); `step` takes the key as raw bits so that processes can share it."""
+def _problem(tiny_dir: str, mesh: tuple[int, int, int] = (1, 1, 1)):
+    """The tiny checkpoint, 4 prompts (2 left-padded) x group 2 x 4 new tokens: sim/step.py's
+    train_step of policy=pretrained (GRPO, k3 KL in the loss), the step `python -m sim.run` runs.
+    Returns (cfg, params, optimizer, step, args); `step` takes the key as raw bits so that
+    processes can share it, and the frozen reference and the prompts as arguments so that they can
+    be placed."""
     import jax
-    import optax
+    import jax.numpy as jnp
 
-    from sim.lm import checkpoint, grpo
+    from sim import step as step_lib
+    from sim.config import Static
+    from sim.lm import checkpoint
+    from sim.policies import pretrained
+    from sim.task import RewardSpec, Task
+
     cfg, params = checkpoint.load(tiny_dir)
     prompts = np.array([[5, 9, 11, 20, 7], [2, 2, 30, 7, 8], [2, 40, 41, 42, 43], [2, 2, 2, 60, 61]], np.int32)
     pmask = prompts != 2  # tiny's pad id is 2 (= EOS); no real prompt token here is 2
-    # Adam's first step is lr * g / (|g| + eps): eps = 1e-4 bounds its sensitivity to float noise in
-    # g (at most lr / eps = 10x; with the default 1e-8, gradients near zero turn rounding
-    # differences into steps of ~lr), while every parameter with a real gradient moves by ~lr = 1e-3
-    opt = optax.adam(1e-3, eps=1e-4)
-    grpo_step = grpo.make_grpo_step(cfg, opt, group=2, new_tokens=4, tokens_out=True)
+    half = cfg.vocab // 2  # phi: lower-half tokens early, phi_prime: upper-half tokens late
+    task = Task(prompts=4, length=4, vocab=cfg.vocab, phi=RewardSpec((0, 1), tuple(range(half))),
+                phi_prime=RewardSpec((2, 3), tuple(range(half, cfg.vocab))))
+    static = Static(task=task, policy="pretrained", width=0, advantage="grpo", group_size=2, std_eps=1e-4,
+                    kl_estimator="k3", kl_placement="loss", optimizer="sgd", steps=1, log_every=1, eval_samples=1,
+                    entropy_bonus=False, lm=pretrained.Settings("tiny", model=cfg, eos_id=2, mesh=mesh))
+    # SGD: an update proportional to the gradient, so float reassociation in a layout moves a weight
+    # by ~1e-7 x its step (Adam's first step, lr * g / |g|, would amplify it where g is near 0)
+    hp = {"w_phi": 4.0, "w_phi_prime": 1.0, "beta": 0.04, "eps_low": 0.2, "eps_high": 0.2, "entropy_coef": 0.0,
+          "lr": 1.0, "max_grad_norm": 1e6}
+    hp = {k: jnp.float32(v) for k, v in hp.items()}
+    opt = step_lib.make_optimizer(static, hp)
 
     def step(params, opt_state, ref_params, key_data, prompts, pmask):
-        return grpo_step(params, opt_state, ref_params, jax.random.wrap_key_data(key_data), prompts, pmask)
+        policy = pretrained.make(static.lm, pretrained.Frozen(ref_params, prompts, pmask), task.length)
+        params, opt_state, (batch, loss_E, _, _) = step_lib.train_step(
+            static, policy, ref_params, hp, params, opt_state, jax.random.wrap_key_data(key_data))
+        return params, opt_state, {"loss": loss_E[0], "tokens": batch.tokens_BxL}
 
     key = jax.random.key_data(jax.random.key(3))
     return cfg, params, opt, step, (params, opt.init(params), params, key, prompts, pmask)
@@ -78,7 +97,7 @@ def _worker(tiny_dir: str, reference: str, out: str, mesh: tuple[int, int, int],
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec
 
-    cfg, params, opt, step, args = _problem(tiny_dir)
+    cfg, params, opt, step, args = _problem(tiny_dir, mesh)
     mesh = sharding.make_mesh(*mesh)
     ps = sharding.param_shardings(cfg, params, mesh)
     os_ = sharding.like_params(jax.eval_shape(opt.init, params), params, ps, mesh)
@@ -96,8 +115,7 @@ def _worker(tiny_dir: str, reference: str, out: str, mesh: tuple[int, int, int],
               "tokens_equal": bool((gather(metrics["tokens"]) == ref["tokens"]).all()),
               "loss": [float(gather(metrics["loss"])), float(ref["loss"])],
               "fraction": {k: sharding.sharded_fraction(v) for k, v in new_params["blocks"].items()}
-              | {"embed": sharding.sharded_fraction(new_params["embed"]),
-                 "adam_mu_wq": sharding.sharded_fraction(new_state[0].mu["blocks"]["wq"])},
+              | {"embed": sharding.sharded_fraction(new_params["embed"])},
               "devices": len(jax.devices()), "processes": jax.process_count()}
     if jax.process_index() == 0:
         Path(out).write_text(json.dumps(result))
@@ -118,7 +136,7 @@ def test_grpo_step_on_8_cpu_devices_equals_one_device(tiny, one_device, tmp_path
     print({k: r[k] for k in ("max_diff", "min_moved", "loss", "fraction")})
     _check(r, 8)
     # data 2 x fsdp 2 x tp 2: a matrix split over fsdp and tp holds 1/4 per device; norms are replicated
-    assert r["fraction"]["wq"] == r["fraction"]["w_down"] == r["fraction"]["adam_mu_wq"] == 0.25
+    assert r["fraction"]["wq"] == r["fraction"]["w_down"] == 0.25
     assert r["fraction"]["embed"] == 0.25 and r["fraction"]["attn_norm"] == 1.0
 
 
