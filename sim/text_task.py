@@ -231,6 +231,7 @@ def build(cfg: TextTaskConfig, tokenizer: Tokenizer, vocab: int | None = None) -
         names.append(r.text)
     pad = next(i for i in (tokenizer.pad_id, tokenizer.eos_id, 0) if i is not None)
     ids_PxT, mask_PxT = left_pad([encode_prompt(tokenizer, t, cfg.chat_template) for t in texts], pad)
-    task = Task(prompts=cfg.prompts, length=cfg.new_tokens, vocab=V, phi=specs[0], phi_prime=specs[1])
+    task = Task(prompts=cfg.prompts, length=cfg.new_tokens, vocab=V, phi=specs[0], phi_prime=specs[1],
+                prompt_texts=tuple(texts))
     return TextTask(task, ids_PxT, mask_PxT, tuple(texts), (names[0], names[1]), tokenizer)
 

@@ -10,6 +10,7 @@ from tokenizers import processors
 from sim import task as T, text_rewards as TR, text_task as TT
 from sim.config import parse
 from sim.config_values import ConfigError
+from sim.lm.config import LMConfig
 from sim.lm.tokenizer import Tokenizer
 from tests.conftest import compose_plain
 from tests.lm import tiny
@@ -211,3 +212,51 @@ def test_config_parse_of_a_text_task():
 def test_a_rule_that_matches_no_token_is_refused(tok):
     with pytest.raises(ConfigError, match=r"^task.phi.rule=\{'regex': 'zzzz'\}: matches 0 of the 300 tokens"):
         TT.build(TT.parse(text_cfg({"regex": "zzzz"})), tok)
+
+
+def test_an_empty_text_reward_window_scores_0_as_the_token_class_version_does(tok):
+    """EOS before a reward's window leaves it empty: the text reward (no_digits) scores 0 there, as
+    the token-class rule for the same property (no token is good after EOS) does; not 1, which
+    would pay a policy for stopping early (docs/text-task.md)."""
+    window = T.RewardSpec(positions=(3, 4, 5), good_tokens=(), shape="all", text="no_digits")
+    plain = [i for i in range(3, 300) if not any(c.isdigit() for c in tok.decode([i]))][:3]
+    rule = T.RewardSpec(positions=(3, 4, 5), good_tokens=tuple(plain), shape="all")  # "no digit" as a token class
+    tokens = jnp.array([[plain[0], EOS] + [plain[0]] * 4,  # EOS at position 1: the window is empty
+                        [plain[0]] * 3 + [EOS] + [plain[0]] * 2,  # EOS first in the window: empty too
+                        [plain[0]] * 6])  # a full window without digits
+    mask = jnp.array([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0], [1] * 6], bool)
+    text = TR.reward_at_B("no_digits", tok, window.positions, tokens, mask)
+    token_class = T.reward_B(rule, 300, tokens, mask)
+    np.testing.assert_array_equal(np.asarray(text), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(token_class), [0.0, 0.0, 1.0])
+
+
+def test_the_training_path_passes_the_prompts_to_text_rewards(tok, tmp_path):
+    """task.rewards_B (what the training step and the logged samples call) gives a text reward the
+    prompt of each row, as TextTask.rewards_B does."""
+    from dataclasses import replace
+
+    seen = []
+
+    @TR.register("_test_prompt_len")
+    def prompt_len(completions, prompts=None, **kw):
+        seen.append(prompts)
+        return [float(len(p)) for p in prompts]
+
+    try:
+        prompts = tmp_path / "p.txt"
+        prompts.write_text("a\nbb\nccc\n")
+        cfg = text_cfg(prompts=3, prompts_file=str(prompts), new_tokens=4,
+                       phi={"weight": 1.0, "positions": {"start": 0, "stop": 2}, "rule": {"chars": "0-9"}},
+                       phi_prime={"positions": {"start": 2, "stop": 4}, "text": "_test_prompt_len"})
+        cfg["task"]["phi_prime"].pop("rule")
+        tt = TT.build(TT.parse(cfg), tok)
+        ckpt = tiny.write_hf(tmp_path / "hf", LMConfig(family="llama", vocab=300, **tiny.SIZES),
+                             tiny.random_params(LMConfig(family="llama", vocab=300, **tiny.SIZES)), tiny.make_tokenizer())
+        task = replace(tt.task, decoder=str(ckpt))
+        tokens = jnp.full((3, 4), 5, jnp.int32)
+        got = jax.jit(lambda t, p: T.rewards_B(task, t, jnp.ones((3, 4), bool), p)[1])(tokens, jnp.array([2, 0, 1]))
+        np.testing.assert_array_equal(np.asarray(got), [3.0, 1.0, 2.0])
+        assert seen[-1] == ["ccc", "a", "bb"]
+    finally:
+        del TR.REGISTRY["_test_prompt_len"]
