@@ -214,6 +214,29 @@ def test_a_rule_that_matches_no_token_is_refused(tok):
         TT.build(TT.parse(text_cfg({"regex": "zzzz"})), tok)
 
 
+@pytest.mark.parametrize("rule", [{"regex": ".*"}, {"regex": "^"}])
+def test_a_rule_that_matches_every_token_is_refused(tok, rule):
+    """'.*' matches every token's text; the special tokens are never good, so it used to pass as
+    'one bad token' (docs/text-task.md promised a refusal): counted over the tokens a rule can match."""
+    with pytest.raises(ConfigError, match=r"^task.phi.rule=\{'regex': '(\.\*|\^)'\}: matches every one of the 297 "
+                                          r"tokens a rule can match \(special tokens never are\); allowed"):
+        TT.build(TT.parse(text_cfg(rule)), tok)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"^task.prompts_file=.*nope.txt: no such file$"),
+    (b"Say hi.\n\xff\xfe caf\xe9\n", r"^task.prompts_file=.*bad.txt: not UTF-8 text \(byte 0xff at offset 8\)$"),
+    (b"# only comments\n\n", r"^task.prompts_file=.*bad.txt: holds no prompt \(one per line; blank lines and '#' "
+                              r"lines are skipped\)$"),
+])
+def test_a_prompts_file_that_is_missing_not_utf8_or_empty_is_one_line(tok, tmp_path, content, message):
+    path = tmp_path / ("nope.txt" if content is None else "bad.txt")
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        TT.build(TT.parse(text_cfg(prompts_file=str(path), prompts=1)), tok)
+
+
 def test_an_empty_text_reward_window_scores_0_as_the_token_class_version_does(tok):
     """EOS before a reward's window leaves it empty: the text reward (no_digits) scores 0 there, as
     the token-class rule for the same property (no token is good after EOS) does; not 1, which
