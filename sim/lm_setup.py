@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import text_task
+from sim import preflight, text_task
 from sim.config import Experiment
 from sim.config_values import ConfigError
 from sim.lm import checkpoint, tokenizer as tokenizer_lib
@@ -34,9 +34,15 @@ class Loaded(NamedTuple):
 def load(exp: Experiment) -> Loaded:
     """Read the checkpoint of exp.static.lm and build exp.text on its tokenizer."""
     settings = exp.static.lm
-    cfg, params = checkpoint.load(settings.checkpoint, dtype=jnp.dtype(settings.dtype))
-    tok = tokenizer_lib.load(settings.checkpoint)
+    try:
+        checkpoint.check_header(*checkpoint.read_header(settings.checkpoint))  # a wrong shape, before reading any
+        cfg, params = checkpoint.load(settings.checkpoint, dtype=jnp.dtype(settings.dtype))
+        tok = tokenizer_lib.load(settings.checkpoint)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"policy.checkpoint={settings.checkpoint}: {e}") from None
     text = text_task.build(exp.text, tok, vocab=cfg.vocab)
+    preflight.check_context(f"policy.checkpoint={settings.checkpoint}", cfg, int(text.prompt_ids_PxT.shape[1]),
+                            exp.text.new_tokens)
     eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
     task = replace(text.task, decoder=settings.checkpoint)  # its text rewards decode with this tokenizer
     static = replace(exp.static, task=task, lm=replace(settings, model=cfg, eos_id=eos))

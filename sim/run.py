@@ -102,7 +102,12 @@ def configure_runtime(plain: dict) -> None:
     if settings.distributed and not jax_distributed_ready():
         from sim.lm import sharding
 
-        sharding.initialize_distributed()  # coordinator, process count and id from the launcher's environment
+        try:
+            sharding.initialize_distributed()  # coordinator, process count and id from the launcher's environment
+        except (ValueError, RuntimeError) as e:  # no coordinator found, or none answering
+            raise ConfigError(f"runtime.distributed=true: cannot join JAX's distributed runtime "
+                              f"({' '.join(str(e).split())}); start each process from a launcher that sets the "
+                              "coordinator (SLURM, Open MPI), or pass runtime.distributed=false") from None
 
 
 def jax_distributed_ready() -> bool:
@@ -156,6 +161,10 @@ def preflight(argv: list[str], claim: bool = False) -> Experiment | None:
         if holder:
             raise rundir.in_use(run_dir, holder)
         action = rundir.plan(run_dir, rundir.config_hash(plain), exp.resume, exp.overwrite)
+        if action != "done":  # the files the config names, the machine, the packages (sim/preflight.py)
+            from sim import preflight as inputs
+
+            inputs.check(exp, plain)
         if claim and action != "done":
             _claimed.append(rundir.claim(run_dir, rundir.config_hash(plain)))
     except ConfigError as e:
