@@ -212,6 +212,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
     try:
         start = (_resume_from(exp, batch, out, checkpoints, ref_R, lm_kw.get("proxy_R"), lm_kw.get("shared"))
                  if action == "resume" else None)
+        if action == "resume" and "on_samples" in lm_kw:  # drop the samples drawn after the checkpoint
+            lm_kw["on_samples"].reset(start.rows_done * exp.static.log_every if start is not None else -1)
         table = tracker = None  # record=points reduces rows as they come: no per-run table to stream
         if exp.record == "points":
             lm_kw = lm_kw | {"points_R": batch.points_R}

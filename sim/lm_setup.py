@@ -8,6 +8,7 @@ completes `Static.lm`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -77,6 +78,21 @@ class SamplesWriter:
         self.path, self.text, self.batch = path, text, batch
         if fresh:
             path.write_text("")
+
+    def reset(self, last_step: int) -> None:
+        """Cut the file back to the lines of steps <= last_step (a resumed run's checkpoint; -1:
+        none), atomically: the steps after it are drawn again, identically, as metrics.csv's rows are."""
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text("utf-8").splitlines(keepends=True):
+                try:
+                    if line.endswith("\n") and json.loads(line)["step"] <= last_step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):  # a line cut short by a kill: after the checkpoint
+                    pass
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(kept), "utf-8")
+        os.replace(tmp, self.path)
 
     def __call__(self, steps_C: np.ndarray, samples: dict) -> None:
         tokens_CxRxBxL, mask_CxRxBxL = samples["sample_tokens"], samples["sample_mask"]
