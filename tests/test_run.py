@@ -97,6 +97,22 @@ def test_bad_input_is_one_line_no_traceback_nonzero_exit(tmp_path, args, message
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["algo.kl.bta=0.1"], "algo.kl.bta=0.1: unknown key; allowed keys here are beta, estimator, placement"),
+    (["policy=lowrank", "policy.widht=3"], "policy.widht=3: unknown key; allowed keys here are kind, overlap, width"),
+    (["seedz=1"], "seedz=1: unknown key; allowed keys here are algo, analysis, batch_invariant,"),
+    (["bogus.x=1"], "bogus: unknown key; allowed keys here are algo,"),
+    (["algo.kl.beta.x=1"], "algo.kl.beta.x=1: algo.kl.beta is a value, not a section"),
+])
+def test_an_unknown_key_names_the_keys_its_section_allows_not_hydras_plus_hint(tmp_path, args, message):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as refused:
+        preflight(args + [f"hydra.run.dir={tmp_path / 'x'}"])
+    text = err.getvalue()
+    assert refused.value.code == 2 and text.count("\n") == 1 and "+" not in text, text
+    assert text.startswith(f"sim: error: {message}"), text
+
+
 # 20 chunks of 5 steps, each followed by a checkpoint: long enough to be killed in the middle.
 KILLABLE = ["seeds=4", "steps=100", "log_every=5", "task.prompts=4", "plots=false", "chunk_steps=5",
             "checkpoint_seconds=0"]
