@@ -283,3 +283,51 @@ def test_the_training_path_passes_the_prompts_to_text_rewards(tok, tmp_path):
         assert seen[-1] == ["ccc", "a", "bb"]
     finally:
         del TR.REGISTRY["_test_prompt_len"]
+
+
+# Runs in a fresh process with 2 CPU devices (the device count is fixed when JAX starts).
+_ON_A_MESH = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from sim import text_rewards as TR
+from sim.lm import sharding
+from tests.test_text_task import tiny_tokenizer
+
+tok = tiny_tokenizer()
+rng = np.random.default_rng(0)
+tokens = rng.integers(3, 300, (2, 8, 6)).astype(np.int32)  # 2 runs x 8 responses x 6 tokens
+tokens[:, ::3, 2] = 2  # EOS at position 2 in every third response: its window (3..5) is empty
+mask = np.cumsum(tokens == 2, -1) - (tokens == 2) == 0  # up to and with the EOS
+prompt = np.arange(8, dtype=np.int32) % 3
+texts = ("a", "bb", "ccc")
+mesh = sharding.make_mesh(data=2)
+batch = NamedSharding(mesh, P(None, "data"))  # the responses split over the devices, as the step splits them
+f = jax.jit(jax.vmap(lambda t, m: jnp.stack([TR.reward_at_B(name, tok, (3, 4, 5), t, m, jnp.asarray(prompt), texts)
+                                             for name in ("no_digits", "at_most_20_words")])))
+got = np.asarray(f(jax.device_put(tokens, batch), jax.device_put(mask, batch)))
+want = np.stack([[TR.host_values(TR.REGISTRY[name], tok, tokens[r, :, 3:], mask[r, :, 3:], [texts[p] for p in prompt])
+                  for name in ("no_digits", "at_most_20_words")] for r in range(2)])
+json.dump({"devices": len(jax.devices()), "equal": bool((got == want).all()), "shape": list(got.shape),
+           "empty_zero": bool((got[:, :, ::3] == 0).all()), "some_one": bool((got == 1).any())}, sys.stdout)
+"""
+
+
+def test_a_text_reward_under_a_2_device_mesh_equals_it_on_the_host():
+    """A text reward is a host callback inside the jitted step; with runtime.mesh the step's batch
+    is split over the devices. On 2 CPU devices, with the responses split over them and the runs
+    vmapped, the callback sees every response and gives what the function gives on the host."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ | {"JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu",
+                        "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", _ON_A_MESH], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == {"devices": 2, "equal": True, "shape": [2, 2, 8], "empty_zero": True, "some_one": True}, result
