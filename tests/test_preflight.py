@@ -68,11 +68,11 @@ def test_the_checks_list_is_run_last_with_the_checkpoint_and_text_task_known(fau
 
 
 def test_faults_found_after_hydra_started_are_one_line_exit_2_and_write_nothing_in_a_process(faults, tmp_path):
-    """`python -m sim.run` itself: model_type qwen2 used to write provenance.json, config.yaml, run.log
+    """`python -m sim.run` itself: a model_type outside FAMILIES (gpt2) used to write provenance.json, config.yaml, run.log
     and .hydra/ and then refuse after loading the model; runtime.distributed=true with no coordinator
     was a traceback. Both are one line and exit 2 now, and the directory is never created."""
     _, cases = faults
-    for name in ("model_type qwen2", "no coordinator"):
+    for name in ("model_type gpt2", "no coordinator"):
         out = tmp_path / name.replace(" ", "_")
         proc = subprocess.run([sys.executable, "-m", "sim.run", *overrides(cases[name][0]), f"hydra.run.dir={out}"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
