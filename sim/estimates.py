@@ -82,7 +82,7 @@ def _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples
     good_prob_BxK = tuple(_masked(task_lib.good_prob_PxK(spec, logits_BxLxV), spec, mask_BxL) for spec in task.specs)
     phi_B, phi_prime_B = (jnp.mean(g_BxK, -1) if spec.shape == "mean" and spec.text is None else indicator_B
                           for spec, g_BxK, indicator_B in zip(task.specs, good_prob_BxK,
-                                                              task_lib.rewards_B(task, tokens_BxL, mask_BxL)))
+                                                              task_lib.rewards_B(task, tokens_BxL, mask_BxL, prompts_B)))
     values = {"phi": phi_B, "phi_prime": phi_prime_B, "reward": w[0] * phi_B + w[1] * phi_prime_B,
               "kl": kl_B, "entropy": entropy_B}
     out = {}
@@ -93,7 +93,7 @@ def _monte_carlo(task, policy, params, ref_params, w, key, samples, keep_samples
     spill = task_lib.spill_spec(task)
     out["spill"] = jnp.mean(_masked(task_lib.good_prob_PxK(spill, logits_BxLxV), spill, mask_BxL))  # P(token | prefix)
     if keep_samples:  # the responses themselves, with their rewards (indicators, not Rao-Blackwellised)
-        reward_B = task_lib.rewards_B(task, tokens_BxL, mask_BxL)
+        reward_B = task_lib.rewards_B(task, tokens_BxL, mask_BxL, prompts_B)
         out |= {"sample_tokens": tokens_BxL, "sample_phi": reward_B[0], "sample_phi_prime": reward_B[1],
                 "sample_mask": jnp.ones(tokens_BxL.shape, bool) if mask_BxL is None else mask_BxL}
     uniform_B = jnp.full(prompts_B.shape, 1.0 / samples)

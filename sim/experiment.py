@@ -1,6 +1,7 @@
 """Run a validated Experiment and write its outputs (the file-writing edge, no Hydra here).
 
-Order of writes: provenance.json and config.yaml first; for neural policies the SFT stage
+Order of writes: nothing until a pretrained checkpoint is read (its refusals write nothing);
+then provenance.json and config.yaml; for neural policies the SFT stage
 (reference.prepare: its cache, not the run directory); metrics.csv rows and a checkpoint after
 every chunk (record=points: checkpoints only, with the per-point moments; points.csv at the end);
 rewards.png and sweep.png; summary.json last (its presence marks the run complete); then the checkpoints
@@ -20,7 +21,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir, trackers
+from sim import (analysis, diagnostics, hacking, interrupt, plots, preflight, proxy, reference, results, rundir,
+                 trackers)
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -183,6 +185,13 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         print(f"sim: {out} already holds this completed run; left alone (overwrite=true runs it again)",
               file=sys.stderr)
         return json.loads((out / "summary.json").read_text())
+    preflight.check_tracker(exp)
+    loaded, lm_kw = None, {}
+    if exp.static.lm is not None:  # a pretrained checkpoint: read it, and its tokenizer's text task
+        from sim import lm_setup
+
+        loaded = lm_setup.load(exp)  # before anything is written: its refusals leave the directory alone
+        exp = loaded.exp
     out.mkdir(parents=True, exist_ok=True)
     if action == "fresh":
         rundir.clear(out)
@@ -190,12 +199,6 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         rundir.write_atomic(out / "config.yaml", yaml.safe_dump(plain_cfg, sort_keys=False))
     else:
         _check_provenance(out, prov)
-    loaded, lm_kw = None, {}
-    if exp.static.lm is not None:  # a pretrained checkpoint: read it, and its tokenizer's text task
-        from sim import lm_setup
-
-        loaded = lm_setup.load(exp)
-        exp = loaded.exp
     batch = expand(exp)
     if loaded is not None:
         lm_kw = {"shared": loaded.shared,
@@ -210,6 +213,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
     try:
         start = (_resume_from(exp, batch, out, checkpoints, ref_R, lm_kw.get("proxy_R"), lm_kw.get("shared"))
                  if action == "resume" else None)
+        if action == "resume" and "on_samples" in lm_kw:  # drop the samples drawn after the checkpoint
+            lm_kw["on_samples"].reset(start.rows_done * exp.static.log_every if start is not None else -1)
         table = tracker = None  # record=points reduces rows as they come: no per-run table to stream
         if exp.record == "points":
             lm_kw = lm_kw | {"points_R": batch.points_R}

@@ -8,6 +8,7 @@ completes `Static.lm`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import text_task
+from sim import preflight, text_task
 from sim.config import Experiment
 from sim.config_values import ConfigError
 from sim.lm import checkpoint, tokenizer as tokenizer_lib
@@ -33,9 +34,15 @@ class Loaded(NamedTuple):
 def load(exp: Experiment) -> Loaded:
     """Read the checkpoint of exp.static.lm and build exp.text on its tokenizer."""
     settings = exp.static.lm
-    cfg, params = checkpoint.load(settings.checkpoint, dtype=jnp.dtype(settings.dtype))
-    tok = tokenizer_lib.load(settings.checkpoint)
+    try:
+        checkpoint.check_header(*checkpoint.read_header(settings.checkpoint))  # a wrong shape, before reading any
+        cfg, params = checkpoint.load(settings.checkpoint, dtype=jnp.dtype(settings.dtype))
+        tok = tokenizer_lib.load(settings.checkpoint)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"policy.checkpoint={settings.checkpoint}: {e}") from None
     text = text_task.build(exp.text, tok, vocab=cfg.vocab)
+    preflight.check_context(f"policy.checkpoint={settings.checkpoint}", cfg, int(text.prompt_ids_PxT.shape[1]),
+                            exp.text.new_tokens)
     eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
     task = replace(text.task, decoder=settings.checkpoint)  # its text rewards decode with this tokenizer
     static = replace(exp.static, task=task, lm=replace(settings, model=cfg, eos_id=eos))
@@ -75,6 +82,21 @@ class SamplesWriter:
         self.prompts_P = np.arange(P, P + eval_prompts) if eval_prompts else np.arange(P)
         if fresh:
             path.write_text("")
+
+    def reset(self, last_step: int) -> None:
+        """Cut the file back to the lines of steps <= last_step (a resumed run's checkpoint; -1:
+        none), atomically: the steps after it are drawn again, identically, as metrics.csv's rows are."""
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text("utf-8").splitlines(keepends=True):
+                try:
+                    if line.endswith("\n") and json.loads(line)["step"] <= last_step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):  # a line cut short by a kill: after the checkpoint
+                    pass
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(kept), "utf-8")
+        os.replace(tmp, self.path)
 
     def __call__(self, steps_C: np.ndarray, samples: dict) -> None:
         tokens_CxRxBxL, mask_CxRxBxL = samples["sample_tokens"], samples["sample_mask"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -102,7 +103,12 @@ def configure_runtime(plain: dict) -> None:
     if settings.distributed and not jax_distributed_ready():
         from sim.lm import sharding
 
-        sharding.initialize_distributed()  # coordinator, process count and id from the launcher's environment
+        try:
+            sharding.initialize_distributed()  # coordinator, process count and id from the launcher's environment
+        except (ValueError, RuntimeError) as e:  # no coordinator found, or none answering
+            raise ConfigError(f"runtime.distributed=true: cannot join JAX's distributed runtime "
+                              f"({' '.join(str(e).split())}); start each process from a launcher that sets the "
+                              "coordinator (SLURM, Open MPI), or pass runtime.distributed=false") from None
 
 
 def jax_distributed_ready() -> bool:
@@ -131,9 +137,34 @@ def validate(argv: list[str]) -> tuple[Experiment, dict, Path]:
     except OverrideParseException as e:
         raise ConfigError(f"{e.override}: cannot parse this override: {' '.join(e.message.split())}")
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise ConfigError(" ".join(str(e).split()))
+        unknown = re.match(r"Could not override '([^']+)'", str(e))
+        raise ConfigError(unknown_key(unknown.group(1), argv) if unknown else " ".join(str(e).split())) from None
     configure_runtime(plain)
     return parse(plain), plain, run_dir
+
+
+def unknown_key(key: str, argv: list[str]) -> str:
+    """Hydra's "Could not override 'a.b.c'" in the house format: the key, its value and the keys its
+    section allows (read from the config composed without it), instead of a hint to add it with '+'."""
+    from hydra import compose, initialize_config_dir
+
+    value = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] == key and "=" in a), None)
+    rest = [a for a in argv if a.split("=", 1)[0] != key]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            section = OmegaConf.to_container(compose("config", overrides=rest), resolve=False)
+    except Exception:  # another override is wrong too: Hydra's own text for this one
+        return f"{key}: unknown key (to add a key the config does not have, write +{key}=...)"
+    parts, where = key.split("."), []
+    for part in parts[:-1]:  # down to the deepest section that exists
+        if part in section and not isinstance(section[part], dict):
+            return f"{key}={value}: {'.'.join(where + [part])} is a value, not a section"
+        if part not in section:
+            break
+        section, where = section[part], where + [part]
+    bad = ".".join(parts[:len(where) + 1])
+    shown = f"{key}={value}" if bad == key and value is not None else bad
+    return f"{shown}: unknown key; allowed keys here are {', '.join(sorted(str(k) for k in section))}"
 
 
 # The run directory's locked lock file, open for this process's life (preflight with claim=True).
@@ -156,6 +187,10 @@ def preflight(argv: list[str], claim: bool = False) -> Experiment | None:
         if holder:
             raise rundir.in_use(run_dir, holder)
         action = rundir.plan(run_dir, rundir.config_hash(plain), exp.resume, exp.overwrite)
+        if action != "done":  # the files the config names, the machine, the packages (sim/preflight.py)
+            from sim import preflight as inputs
+
+            inputs.check(exp, plain)
         if claim and action != "done":
             _claimed.append(rundir.claim(run_dir, rundir.config_hash(plain)))
     except ConfigError as e:

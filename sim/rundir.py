@@ -40,7 +40,7 @@ EXECUTION_KEYS = ("runtime", "checkpoint_seconds", "resume", "overwrite", "logge
 # Files and folders a run writes (overwrite=true removes these and nothing else).
 RUN_OUTPUTS = ("provenance.json", "config.yaml", "metrics.csv", "points.csv", "summary.json", "rewards.png",
                "kl_cost.png", "diagnostics.png", "orthogonality.png", "sweep.png", "sft_loss.png", "checkpoints",
-               "tensorboard")
+               "tensorboard", "samples.jsonl")
 
 Action = Literal["fresh", "resume", "done"]
 

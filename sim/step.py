@@ -117,7 +117,7 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
     if static.mode == "exact":  # population statistics: each response weighted by pi_old(y|p)
         u_PxG = jax.nn.softmax(jnp.sum(logp_old_BxL, -1).reshape(P, -1), -1)
         weight_B = u_PxG.reshape(-1) / P
-    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL, mask_BxL)
+    phi_B, phi_prime_B = task_lib.rewards_B(static.task, tokens_BxL, mask_BxL, prompts_B)
     batch = StepBatch(prompts_P, prompts_B, tokens_BxL, weight_B, logp_old_BxL, logp_ref_BxL, phi_B, phi_prime_B,
                       None, None, mask_BxL)
     components, weights = [phi_B, phi_prime_B], [hp["w_phi"], hp["w_phi_prime"]]

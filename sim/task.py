@@ -34,6 +34,7 @@ class Task:
     seed: int = 0  # fixes per-prompt difficulty offsets; the same for every run
     # a text task: the checkpoint whose tokenizer decodes responses for its text rewards (RewardSpec.text)
     decoder: str | None = None
+    prompt_texts: tuple[str, ...] | None = None  # a text task: its prompts (a text reward's `prompts`)
 
     @property
     def specs(self) -> tuple[RewardSpec, RewardSpec]:
@@ -86,16 +87,20 @@ def reward_of_count_J(spec: RewardSpec) -> jax.Array:
     return _aggregate(good_JxK, spec.shape)
 
 
-def rewards_B(task: Task, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def rewards_B(task: Task, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None,
+              prompt_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """(phi, phi_prime) of each sampled response. A position where `mask_BxL` is False (a real
     model's tokens after its end-of-sequence token) is never good: it still counts in a `mean`'s
-    denominator and fails an `all`. None: every position counts (the toy's case, unchanged)."""
-    phi_B, phi_prime_B = (reward_B(spec, task.vocab, tokens_BxL, mask_BxL, task.decoder) for spec in task.specs)
+    denominator and fails an `all`. None: every position counts (the toy's case, unchanged).
+    `prompt_B`: each row's prompt index, which a text reward gets as its prompts' text."""
+    phi_B, phi_prime_B = (reward_B(spec, task.vocab, tokens_BxL, mask_BxL, task.decoder, prompt_B, task.prompt_texts)
+                          for spec in task.specs)
     return phi_B, phi_prime_B
 
 
 def reward_B(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array, mask_BxL: jax.Array | None = None,
-             decoder: str | None = None) -> jax.Array:
+             decoder: str | None = None, prompt_B: jax.Array | None = None,
+             prompt_texts: tuple[str, ...] | None = None) -> jax.Array:
     """One reward of each response (see rewards_B). A text reward (spec.text) is a host function of
     the response's tokens at its positions, decoded by `decoder`'s tokenizer (sim/text_rewards.py:
     a callback out of the jitted code)."""
@@ -105,7 +110,10 @@ def reward_B(spec: RewardSpec, vocab: int, tokens_BxL: jax.Array, mask_BxL: jax.
         from sim import text_rewards
         from sim.lm import tokenizer as tokenizer_lib  # cached: one tokenizer per checkpoint
 
-        return text_rewards.reward_at_B(spec.text, tokenizer_lib.load(decoder), spec.positions, tokens_BxL, mask_BxL)
+        if prompt_texts is None:
+            prompt_B = None
+        return text_rewards.reward_at_B(spec.text, tokenizer_lib.load(decoder), spec.positions, tokens_BxL, mask_BxL,
+                                        prompt_B, prompt_texts)
     tok_BxK = tokens_BxL[:, jnp.array(spec.positions)]
     good_BxK = good_mask_V(spec, vocab)[tok_BxK]
     if mask_BxL is not None:

@@ -80,12 +80,16 @@ def response_text(tokenizer: Decoder, ids_N: np.ndarray, mask_N: np.ndarray) -> 
 
 def host_values(f: TextReward, tokenizer: Decoder, tokens_BxN: np.ndarray, mask_BxN: np.ndarray,
                 prompts: Sequence[str] | None = None) -> np.ndarray:
-    """f on each decoded response, float32 B; on the host (numpy in, numpy out)."""
+    """f on each decoded response, float32 B; on the host (numpy in, numpy out). An empty window
+    (no token of the response in it: EOS came before it) scores 0 whatever f says, as a token-class
+    reward does (no token is good after EOS): otherwise a rule such as no_digits would pay a policy
+    for stopping early."""
     completions = [response_text(tokenizer, t, m) for t, m in zip(tokens_BxN, mask_BxN)]
     values = f(completions, prompts=list(prompts) if prompts is not None else None)
     if len(values) != len(completions):
         raise ValueError(f"a text reward returned {len(values)} values for {len(completions)} completions")
-    return np.asarray(values, np.float32)
+    empty_B = ~np.any(np.asarray(mask_BxN, bool) & (np.asarray(tokens_BxN) != tokenizer.eos_id), -1)
+    return np.where(empty_B, np.float32(0), np.asarray(values, np.float32))
 
 
 def reward_B(name: str, tokenizer: Decoder, tokens_BxN: jax.Array, mask_BxN: jax.Array,

@@ -186,13 +186,33 @@ def good_tokens(rule: tuple[str, object], tokenizer: Tokenizer) -> tuple[int, ..
     return tuple(i for i in match if not texts[i] or tokenizer.decode([i], skip_special_tokens=True))
 
 
+def rule_candidates(tokenizer: Tokenizer) -> int:
+    """How many ids a rule can match at all: every token but the special ones (good_tokens)."""
+    return len(good_tokens(("regex", ""), tokenizer))  # the empty pattern matches every text
+
+
 # ---- prompts ----
 
 def read_prompts(path: str | None) -> list[str]:
-    """One prompt per line; blank lines and lines starting with '#' are skipped."""
-    text = (resources.files("sim.data") / SHIPPED_PROMPTS).read_text("utf-8") if path is None \
-        else Path(path).expanduser().read_text("utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    """One prompt per line; blank lines and lines starting with '#' are skipped. A file that is
+    missing, unreadable, not UTF-8 or holds no prompt is a ConfigError naming task.prompts_file."""
+    if path is None:
+        text = (resources.files("sim.data") / SHIPPED_PROMPTS).read_text("utf-8")
+    else:
+        key = f"task.prompts_file={path}"
+        try:
+            text = Path(path).expanduser().read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{key}: no such file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{key}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot be read ({e.strerror or e})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"task.prompts_file={path}: holds no prompt (one per line; blank lines and '#' lines are "
+                          "skipped)")
+    return prompts
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str, chat_template: bool) -> list[int]:
@@ -234,13 +254,17 @@ def build(cfg: TextTaskConfig, tokenizer: Tokenizer, vocab: int | None = None) -
     specs, names = [], []
     for name, r in zip(REWARDS, (cfg.phi, cfg.phi_prime)):
         good = good_tokens(r.rule, tokenizer) if r.rule is not None else ()
-        if r.rule is not None and not 0 < len(good) < V:
-            raise ConfigError(f"task.{name}.rule={dict([r.rule])!r}: matches {len(good)} of the {V} tokens; "
+        if r.rule is not None and not good:
+            raise ConfigError(f"task.{name}.rule={dict([r.rule])!r}: matches 0 of the {V} tokens; "
                               "allowed: at least one token good and one bad")
+        if r.rule is not None and len(good) == (n := rule_candidates(tokenizer)):
+            raise ConfigError(f"task.{name}.rule={dict([r.rule])!r}: matches every one of the {n} tokens a rule can "
+                              "match (special tokens never are); allowed: at least one token good and one bad")
         specs.append(RewardSpec(tuple(range(r.start, r.stop)), good, r.shape, text=r.text))
         names.append(r.text)
     pad = next(i for i in (tokenizer.pad_id, tokenizer.eos_id, 0) if i is not None)
     ids_PxT, mask_PxT = left_pad([encode_prompt(tokenizer, t, cfg.chat_template) for t in texts], pad)
-    task = Task(prompts=cfg.prompts, length=cfg.new_tokens, vocab=V, phi=specs[0], phi_prime=specs[1])
+    task = Task(prompts=cfg.prompts, length=cfg.new_tokens, vocab=V, phi=specs[0], phi_prime=specs[1],
+                prompt_texts=tuple(texts))
     return TextTask(task, ids_PxT, mask_PxT, tuple(texts), (names[0], names[1]), tokenizer)
 

@@ -267,3 +267,37 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_one_before_and_rewrites_la
     (out / "checkpoints" / "10" / "meta" / "metadata").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"no checkpoint can be read .*; pass overwrite=true to start again"):
         run_experiment(parse(plain), plain, out)
+
+
+def test_every_artefact_of_a_pretrained_run_is_cut_back_to_the_checkpoint_on_resume(tmp_path, monkeypatch, capsys):
+    """A tiny pretrained run (steps=6, a chunk and a checkpoint per step) crashes after writing step
+    4's rows and samples but before checkpointing them; rerun, it resumes from step 3, and its
+    samples.jsonl, like metrics.csv, is byte-identical to an uninterrupted run's (step 4's samples
+    used to appear twice)."""
+    from tests.faults import overrides
+    from tests.lm.tiny import write_tiny
+
+    ckpt = write_tiny(tmp_path / "ckpt")["hf_dir"]
+    plain = compose_plain(overrides({"policy.checkpoint": str(ckpt), "steps": "6", "chunk_steps": "1",
+                                     "checkpoint_seconds": "0", "analysis": "none"}))
+    out = tmp_path / "run"
+    save, calls = Checkpoints.maybe_save, []
+
+    def crash_at_chunk_4(self, snap):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("crash")
+        return save(self, snap)
+
+    monkeypatch.setattr(Checkpoints, "maybe_save", crash_at_chunk_4)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_experiment(parse(plain), plain, out)
+    monkeypatch.setattr(Checkpoints, "maybe_save", save)
+    steps = [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert max(steps) == 4 and max(int(p.name) for p in (out / "checkpoints").iterdir()) == 3
+    capsys.readouterr()
+    run_experiment(parse(plain), plain, out)
+    assert "from step 3" in capsys.readouterr().err
+    run_experiment(parse(plain), plain, tmp_path / "reference")
+    for name in ("metrics.csv", "samples.jsonl"):
+        assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sim.config import Experiment, parse
@@ -94,6 +95,22 @@ def test_bad_input_is_one_line_no_traceback_nonzero_exit(tmp_path, args, message
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["algo.kl.bta=0.1"], "algo.kl.bta=0.1: unknown key; allowed keys here are beta, estimator, placement"),
+    (["policy=lowrank", "policy.widht=3"], "policy.widht=3: unknown key; allowed keys here are kind, overlap, width"),
+    (["seedz=1"], "seedz=1: unknown key; allowed keys here are algo, analysis, batch_invariant,"),
+    (["bogus.x=1"], "bogus: unknown key; allowed keys here are algo,"),
+    (["algo.kl.beta.x=1"], "algo.kl.beta.x=1: algo.kl.beta is a value, not a section"),
+])
+def test_an_unknown_key_names_the_keys_its_section_allows_not_hydras_plus_hint(tmp_path, args, message):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as refused:
+        preflight(args + [f"hydra.run.dir={tmp_path / 'x'}"])
+    text = err.getvalue()
+    assert refused.value.code == 2 and text.count("\n") == 1 and "+" not in text, text
+    assert text.startswith(f"sim: error: {message}"), text
 
 
 # 20 chunks of 5 steps, each followed by a checkpoint: long enough to be killed in the middle.
@@ -318,6 +335,45 @@ def test_hostile_configs_are_accepted_or_refused_in_one_line(tmp_path):
     assert not nowhere.exists()
     assert seen["refused"] + seen["accepted"] >= 200 and seen["refused, invalid value"] >= 100, seen
     assert seen["accepted"] >= 30, seen
+
+
+def test_hostile_real_model_faults_are_refused_in_one_line_touching_nothing(tmp_path, monkeypatch):
+    """The property test's real-model half: a tiny `task=text policy=pretrained` config with one
+    fault drawn from tests/faults.py (a damaged or foreign checkpoint, a wrong tensor shape, a bad
+    prompts file, a rule matching no token or every token, a context too short, a mesh, a missing
+    tracker or coordinator), in a random order with valid overrides of other keys, through the
+    command line's path (claim=True): exit 2, one line naming the fault, the directory never created."""
+    from tests.faults import VALID, overrides, write_faults
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
+    good, faults = write_faults(tmp_path / "faults")
+    extra = {"seed": KEYS["seed"][0], "optim.lr": KEYS["optim.lr"][0], "algo.kl.beta": KEYS["algo.kl.beta"][0],
+             "task.phi.weight": KEYS["task.phi.weight"][0]}
+    seen = Counter()
+
+    @settings(max_examples=len(faults), deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(st.sampled_from(sorted(faults)), st.lists(st.sampled_from(sorted(extra)), max_size=2, unique=True)
+           .flatmap(lambda keys: st.tuples(*[extra[k].map(lambda v, k=k: f"{k}={v}") for k in keys])), st.randoms())
+    def check(name, valid, rng):
+        changes, words = faults[name]
+        argv = overrides(changes) + list(valid)
+        rng.shuffle(argv)
+        out = tmp_path / "run"
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as refused:
+            preflight(argv + [f"hydra.run.dir={out}"], claim=True)
+        text = err.getvalue()
+        assert refused.value.code == 2 and text.startswith("sim: error: ") and text.count("\n") == 1, (argv, text)
+        assert words in text and "Traceback" not in text, (name, text)
+        assert not out.exists(), name
+        seen[name] += 1
+
+    for name in faults:  # every fault at least once, in VALID's order; the drawn examples shuffle and add keys
+        check = example(name, (), random.Random(0))(check)
+    check()
+    assert set(seen) == set(faults) and sum(seen.values()) >= 2 * len(faults), seen
+    assert VALID["task"] == "text"
 
 
 # A few valid small configs run end to end. Only hparams values vary (the shapes are SMALL's), so

@@ -10,6 +10,7 @@ from tokenizers import processors
 from sim import task as T, text_rewards as TR, text_task as TT
 from sim.config import parse
 from sim.config_values import ConfigError
+from sim.lm.config import LMConfig
 from sim.lm.tokenizer import Tokenizer
 from tests.conftest import compose_plain
 from tests.lm import tiny
@@ -211,3 +212,122 @@ def test_config_parse_of_a_text_task():
 def test_a_rule_that_matches_no_token_is_refused(tok):
     with pytest.raises(ConfigError, match=r"^task.phi.rule=\{'regex': 'zzzz'\}: matches 0 of the 300 tokens"):
         TT.build(TT.parse(text_cfg({"regex": "zzzz"})), tok)
+
+
+@pytest.mark.parametrize("rule", [{"regex": ".*"}, {"regex": "^"}])
+def test_a_rule_that_matches_every_token_is_refused(tok, rule):
+    """'.*' matches every token's text; the special tokens are never good, so it used to pass as
+    'one bad token' (docs/text-task.md promised a refusal): counted over the tokens a rule can match."""
+    with pytest.raises(ConfigError, match=r"^task.phi.rule=\{'regex': '(\.\*|\^)'\}: matches every one of the 297 "
+                                          r"tokens a rule can match \(special tokens never are\); allowed"):
+        TT.build(TT.parse(text_cfg(rule)), tok)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"^task.prompts_file=.*nope.txt: no such file$"),
+    (b"Say hi.\n\xff\xfe caf\xe9\n", r"^task.prompts_file=.*bad.txt: not UTF-8 text \(byte 0xff at offset 8\)$"),
+    (b"# only comments\n\n", r"^task.prompts_file=.*bad.txt: holds no prompt \(one per line; blank lines and '#' "
+                              r"lines are skipped\)$"),
+])
+def test_a_prompts_file_that_is_missing_not_utf8_or_empty_is_one_line(tok, tmp_path, content, message):
+    path = tmp_path / ("nope.txt" if content is None else "bad.txt")
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        TT.build(TT.parse(text_cfg(prompts_file=str(path), prompts=1)), tok)
+
+
+def test_an_empty_text_reward_window_scores_0_as_the_token_class_version_does(tok):
+    """EOS before a reward's window leaves it empty: the text reward (no_digits) scores 0 there, as
+    the token-class rule for the same property (no token is good after EOS) does; not 1, which
+    would pay a policy for stopping early (docs/text-task.md)."""
+    window = T.RewardSpec(positions=(3, 4, 5), good_tokens=(), shape="all", text="no_digits")
+    plain = [i for i in range(3, 300) if not any(c.isdigit() for c in tok.decode([i]))][:3]
+    rule = T.RewardSpec(positions=(3, 4, 5), good_tokens=tuple(plain), shape="all")  # "no digit" as a token class
+    tokens = jnp.array([[plain[0], EOS] + [plain[0]] * 4,  # EOS at position 1: the window is empty
+                        [plain[0]] * 3 + [EOS] + [plain[0]] * 2,  # EOS first in the window: empty too
+                        [plain[0]] * 6])  # a full window without digits
+    mask = jnp.array([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0], [1] * 6], bool)
+    text = TR.reward_at_B("no_digits", tok, window.positions, tokens, mask)
+    token_class = T.reward_B(rule, 300, tokens, mask)
+    np.testing.assert_array_equal(np.asarray(text), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(np.asarray(token_class), [0.0, 0.0, 1.0])
+
+
+def test_the_training_path_passes_the_prompts_to_text_rewards(tok, tmp_path):
+    """task.rewards_B (what the training step and the logged samples call) gives a text reward the
+    prompt of each row, as TextTask.rewards_B does."""
+    from dataclasses import replace
+
+    seen = []
+
+    @TR.register("_test_prompt_len")
+    def prompt_len(completions, prompts=None, **kw):
+        seen.append(prompts)
+        return [float(len(p)) for p in prompts]
+
+    try:
+        prompts = tmp_path / "p.txt"
+        prompts.write_text("a\nbb\nccc\n")
+        cfg = text_cfg(prompts=3, prompts_file=str(prompts), new_tokens=4,
+                       phi={"weight": 1.0, "positions": {"start": 0, "stop": 2}, "rule": {"chars": "0-9"}},
+                       phi_prime={"positions": {"start": 2, "stop": 4}, "text": "_test_prompt_len"})
+        cfg["task"]["phi_prime"].pop("rule")
+        tt = TT.build(TT.parse(cfg), tok)
+        ckpt = tiny.write_hf(tmp_path / "hf", LMConfig(family="llama", vocab=300, **tiny.SIZES),
+                             tiny.random_params(LMConfig(family="llama", vocab=300, **tiny.SIZES)), tiny.make_tokenizer())
+        task = replace(tt.task, decoder=str(ckpt))
+        tokens = jnp.full((3, 4), 5, jnp.int32)
+        got = jax.jit(lambda t, p: T.rewards_B(task, t, jnp.ones((3, 4), bool), p)[1])(tokens, jnp.array([2, 0, 1]))
+        np.testing.assert_array_equal(np.asarray(got), [3.0, 1.0, 2.0])
+        assert seen[-1] == ["ccc", "a", "bb"]
+    finally:
+        del TR.REGISTRY["_test_prompt_len"]
+
+
+# Runs in a fresh process with 2 CPU devices (the device count is fixed when JAX starts).
+_ON_A_MESH = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from sim import text_rewards as TR
+from sim.lm import sharding
+from tests.test_text_task import tiny_tokenizer
+
+tok = tiny_tokenizer()
+rng = np.random.default_rng(0)
+tokens = rng.integers(3, 300, (2, 8, 6)).astype(np.int32)  # 2 runs x 8 responses x 6 tokens
+tokens[:, ::3, 2] = 2  # EOS at position 2 in every third response: its window (3..5) is empty
+mask = np.cumsum(tokens == 2, -1) - (tokens == 2) == 0  # up to and with the EOS
+prompt = np.arange(8, dtype=np.int32) % 3
+texts = ("a", "bb", "ccc")
+mesh = sharding.make_mesh(data=2)
+batch = NamedSharding(mesh, P(None, "data"))  # the responses split over the devices, as the step splits them
+f = jax.jit(jax.vmap(lambda t, m: jnp.stack([TR.reward_at_B(name, tok, (3, 4, 5), t, m, jnp.asarray(prompt), texts)
+                                             for name in ("no_digits", "at_most_20_words")])))
+got = np.asarray(f(jax.device_put(tokens, batch), jax.device_put(mask, batch)))
+want = np.stack([[TR.host_values(TR.REGISTRY[name], tok, tokens[r, :, 3:], mask[r, :, 3:], [texts[p] for p in prompt])
+                  for name in ("no_digits", "at_most_20_words")] for r in range(2)])
+json.dump({"devices": len(jax.devices()), "equal": bool((got == want).all()), "shape": list(got.shape),
+           "empty_zero": bool((got[:, :, ::3] == 0).all()), "some_one": bool((got == 1).any())}, sys.stdout)
+"""
+
+
+def test_a_text_reward_under_a_2_device_mesh_equals_it_on_the_host():
+    """A text reward is a host callback inside the jitted step; with runtime.mesh the step's batch
+    is split over the devices. On 2 CPU devices, with the responses split over them and the runs
+    vmapped, the callback sees every response and gives what the function gives on the host."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ | {"JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu",
+                        "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-c", _ON_A_MESH], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result == {"devices": 2, "equal": True, "shape": [2, 2, 8], "empty_zero": True, "some_one": True}, result

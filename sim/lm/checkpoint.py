@@ -169,6 +169,52 @@ def param_shapes(cfg: LMConfig) -> dict:
     return shapes
 
 
+def hf_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> the shape `cfg` expects of that tensor in HF's layout (nn.Linear: out x in)."""
+    want = param_shapes(cfg)
+    out = {}
+    for key, (hf, _, transposed) in TOP_NAMES.items():
+        if key in want:
+            out[hf] = tuple(reversed(want[key])) if transposed else want[key]
+    for key, (hf, _, transposed) in BLOCK_NAMES.items():
+        if key in want["blocks"]:
+            shape = want["blocks"][key][1:]
+            for i in range(cfg.layers):
+                out[f"model.layers.{i}.{hf}"] = tuple(reversed(shape)) if transposed else shape
+    return out
+
+
+def read_header(source: str) -> tuple[LMConfig, dict[str, tuple[int, ...]]]:
+    """(config, HF name -> shape in HF's layout) of a checkpoint, from its headers only (config.json
+    and the safetensors headers, or the GGUF's metadata and tensor table): no tensor is read."""
+    path = resolve(source)
+    if path.suffix == ".gguf":
+        reader = gguf_reader(path)
+        cfg = config_from_gguf(reader)
+        by_gguf = {t.name: tuple(int(s) for s in reversed(t.shape)) for t in reader.tensors}
+        return cfg, {hf: by_gguf[gg] for hf, (gg, _) in _gguf_hf_names(cfg).items() if gg in by_gguf}
+    from safetensors import safe_open
+
+    cfg = _hf_config(path)
+    shapes = {}
+    for file, names in _weight_files(path).items():
+        try:
+            with safe_open(path / file, framework="numpy") as f:
+                shapes |= {n: tuple(f.get_slice(n).get_shape()) for n in names or f.keys()}
+        except Exception as e:  # safetensors' own errors: a damaged or truncated header
+            raise CheckpointError(f"{path / file}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    return cfg, shapes
+
+
+def check_header(cfg: LMConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every tensor the config needs is there with the shape it expects (CheckpointError if not)."""
+    for name, want in hf_shapes(cfg).items():
+        if name not in shapes:
+            raise CheckpointError(f"tensor {name} is missing from the checkpoint")
+        if shapes[name] != want:
+            raise CheckpointError(f"tensor {name} has shape {shapes[name]}; expected {want} from the config's sizes")
+
+
 def _check_shapes(cfg: LMConfig, params: dict) -> None:
     want = param_shapes(cfg)
     for key in [k for k in want if k != "blocks"]:
@@ -196,8 +242,12 @@ def config_from_hf(hf: dict) -> LMConfig:
         raise CheckpointError(f"config.json hidden_act={hf['hidden_act']!r} is not supported; allowed: silu")
     if hf.get("mlp_bias"):
         raise CheckpointError("config.json mlp_bias=true is not supported; allowed: false")
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                           "intermediate_size") if not isinstance(hf.get(k), int)]
+    if missing:
+        raise CheckpointError(f"config.json lacks an integer {missing[0]}")
     heads = hf["num_attention_heads"]
-    return LMConfig(
+    return _config(
         family=model_type, vocab=hf["vocab_size"], d_model=hf["hidden_size"],
         layers=hf["num_hidden_layers"], heads=heads,
         kv_heads=hf.get("num_key_value_heads") or heads,
@@ -208,6 +258,43 @@ def config_from_hf(hf: dict) -> LMConfig:
         attn_bias=bool(hf.get("attention_bias", False)),
         max_positions=hf.get("max_position_embeddings", 2048),
         bos_id=hf.get("bos_token_id"), eos_id=_first(hf.get("eos_token_id")), pad_id=hf.get("pad_token_id"))
+
+
+def _config(**fields) -> LMConfig:
+    try:
+        return LMConfig(**fields)
+    except ValueError as e:  # sizes that do not fit together (heads vs kv_heads)
+        raise CheckpointError(str(e)) from None
+
+
+def _hf_config(directory: Path) -> LMConfig:
+    try:
+        hf = json.loads((directory / "config.json").read_text("utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{directory / 'config.json'} is not valid JSON ({' '.join(str(e).split())})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{directory / 'config.json'} is not a JSON object")
+    return config_from_hf(hf)
+
+
+def _weight_files(directory: Path) -> dict[str, list[str] | None]:
+    """safetensors file -> the tensor names the index assigns it (None: every tensor in it)."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
+        except (ValueError, OSError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index ({' '.join(str(e).split())})") from None
+        files = {}
+        for name, file in weight_map.items():
+            files.setdefault(file, []).append(name)
+        for file in files:
+            if not (directory / file).is_file():
+                raise CheckpointError(f"{directory}: shard {file} named in the index is missing")
+        return files
+    if (directory / "model.safetensors").is_file():
+        return {"model.safetensors": None}
+    raise CheckpointError(f"{directory}: no model.safetensors nor model.safetensors.index.json")
 
 
 def _first(x):
@@ -233,20 +320,15 @@ def config_to_hf(cfg: LMConfig, dtype=jnp.float32) -> dict:
 def _load_hf(directory: Path, dtype) -> tuple[LMConfig, dict]:
     from safetensors import safe_open
 
-    cfg = config_from_hf(json.loads((directory / "config.json").read_text()))
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-    elif (directory / "model.safetensors").is_file():
+    cfg = _hf_config(directory)
+    files = _weight_files(directory)
+    if files == {"model.safetensors": None}:
         with safe_open(directory / "model.safetensors", framework="numpy") as f:
-            weight_map = {k: "model.safetensors" for k in f.keys()}
-    else:
-        raise CheckpointError(f"{directory}: no model.safetensors nor model.safetensors.index.json")
+            files = {"model.safetensors": list(f.keys())}
+    weight_map = {name: file for file, names in files.items() for name in names}
     handles = {}
     try:
-        for file in sorted(set(weight_map.values())):
-            if not (directory / file).is_file():
-                raise CheckpointError(f"{directory}: shard {file} named in the index is missing")
+        for file in sorted(files):
             handles[file] = safe_open(directory / file, framework="numpy").__enter__()
         if not cfg.tied_embeddings and "lm_head.weight" not in weight_map:
             raise CheckpointError(f"{directory}: tie_word_embeddings is false but lm_head.weight is missing")
@@ -307,8 +389,16 @@ def gguf_reader(path):
     return _reader(path, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=4)
 def _reader(path: Path, mtime_ns: int, size: int):
+    try:
+        return _parsed(path, mtime_ns, size)
+    except (ValueError, IndexError, KeyError, OSError) as e:  # what gguf raises on a truncated or damaged file
+        raise CheckpointError(f"{path}: not a readable GGUF file, truncated or damaged "
+                              f"({' '.join(str(e).split())[:200]})") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(path: Path, mtime_ns: int, size: int):
     import gguf
 
     class Reader(gguf.GGUFReader):
@@ -349,7 +439,7 @@ def config_from_gguf(reader) -> LMConfig:
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
     vocab = v("vocab_size") or (len(tokens.data) if tokens is not None else int(embed.shape[-1]))
-    return LMConfig(
+    return _config(
         family=arch, vocab=int(vocab), d_model=d, layers=v("block_count"), heads=heads,
         kv_heads=v("attention.head_count_kv") or heads, head_dim=head_dim,
         ffn=v("feed_forward_length"), rope_theta=_f32(v("rope.freq_base", 10_000.0)),

@@ -100,8 +100,13 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     """Join JAX's multi-process runtime: one process per host, before any computation. With no
     arguments JAX reads them from the launcher's environment (SLURM, Open MPI, TPU/Cloud); on
     CPUs the collectives go through gloo."""
+    before = jax.config.jax_cpu_collectives_implementation
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    except Exception:
+        jax.config.update("jax_cpu_collectives_implementation", before)  # not joined: as it was
+        raise
 
 
 def sharded_fraction(x: jax.Array) -> float:

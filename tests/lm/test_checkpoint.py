@@ -183,3 +183,41 @@ def test_smollm2_facts(smollm2):
     shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), params)
     assert shapes == ck.param_shapes(cfg)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def _copy_hf(tiny, directory, config_text=None, **config):
+    """The tiny HF directory (files linked) with its config.json replaced or changed."""
+    directory.mkdir()
+    for f in tiny["hf_dir"].iterdir():
+        if f.name != "config.json":
+            (directory / f.name).symlink_to(f)
+    hf = json.loads((tiny["hf_dir"] / "config.json").read_text())
+    (directory / "config.json").write_text(config_text if config_text is not None else json.dumps(hf | config))
+    return str(directory)
+
+
+def test_a_damaged_file_is_a_one_line_checkpoint_error_from_load_and_from_the_header(tiny, tmp_path):
+    """config.json that is not JSON, and a .gguf cut short (its first half: a download that stopped):
+    one line, from the header reader (the preflight) and from load alike, not a traceback."""
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(tiny["gguf"].read_bytes()[:tiny["gguf"].stat().st_size // 2])
+    for source, words in [(_copy_hf(tiny, tmp_path / "notjson", config_text="{'model_type': llama"),
+                           "config.json is not valid JSON"),
+                          (str(truncated), "not a readable GGUF file, truncated or damaged")]:
+        for read in (ck.read_header, ck.load):
+            with pytest.raises(ck.CheckpointError) as e:
+                read(source)
+            assert words in one_line(e), one_line(e)
+
+
+def test_the_header_gives_every_tensor_shape_and_a_wrong_one_is_named_with_the_expected(tiny, tmp_path):
+    for source in (tiny["hf_dir"], tiny["gguf"], tiny["gguf_quant"]):
+        cfg, shapes = ck.read_header(str(source))
+        assert cfg == tiny["cfg"] and shapes == ck.hf_shapes(cfg)
+        ck.check_header(cfg, shapes)
+    wrong = _copy_hf(tiny, tmp_path / "wrong", intermediate_size=96)  # the tensors are 128 wide
+    cfg, shapes = ck.read_header(wrong)
+    with pytest.raises(ck.CheckpointError) as e:
+        ck.check_header(cfg, shapes)
+    assert one_line(e) == ("tensor model.layers.0.mlp.gate_proj.weight has shape (128, 64); expected (96, 64) "
+                           "from the config's sizes")

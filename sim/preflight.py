@@ -1,0 +1,102 @@
+"""The checks that need more than the config's values: the files it names, the machine, the
+installed packages. `check` runs them all before anything is written (sim/run.py calls it before
+Hydra creates the run directory; sim/experiment.py's edge reads the same files again), so a run
+that cannot start is refused in one line (a ConfigError) with nothing written, and the corrected
+command reruns into the same directory.
+
+What is checked, from the config and the files' headers only (no tensor is read):
+- logger=tensorboard: tensorboardX is installed;
+- policy=pretrained: the checkpoint's format and family (config.json / GGUF metadata), every
+  tensor's shape against the config's sizes, the tokenizer; the text task built on it (prompts
+  file readable, UTF-8, holding enough prompts; each rule matching some token and not every one);
+  the context length against the longest prompt + task.new_tokens; runtime.mesh against the device
+  count, the model's widths and the batch;
+- then every function in CHECKS (the memory estimate hooks in there).
+runtime.distributed's coordinator is checked where the runtime is configured (sim/run.py), as
+JAX's distributed runtime must be joined before any other check touches a device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from sim.config import Experiment
+from sim.config_values import ConfigError
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the checks know: the parsed experiment and its plain config; for policy=pretrained also
+    the checkpoint's architecture (from its header), its tensor shapes and the built text task
+    (exp.static.task and exp.static.lm.model filled in, as sim/lm_setup.py fills them)."""
+    exp: Experiment
+    plain: dict
+    model: object | None = None  # sim.lm.config.LMConfig
+    shapes: dict | None = None  # HF name -> shape (HF layout)
+    text: object | None = None  # sim.text_task.TextTask
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The longest prompt, in tokens (after the chat template): 0 without a text task."""
+        return 0 if self.text is None else int(self.text.prompt_ids_PxT.shape[1])
+
+
+Check = Callable[[Context], None]
+
+# ---- THE HOOK: further checks, run in order after the built-in ones, each given the Context and
+# raising ConfigError (one line, naming the key) to refuse. The memory estimate of a pretrained run
+# (peak bytes from its config, against the machine's memory) is appended here:
+#     preflight.CHECKS.append(check_memory)
+CHECKS: list[Check] = []
+
+
+def check(exp: Experiment, plain: dict) -> Context:
+    """Every check above; raises ConfigError (one line) for the first that fails."""
+    check_tracker(exp)
+    ctx = Context(exp, plain)
+    if exp.static.lm is not None:
+        ctx = check_pretrained(ctx)
+    for extra in CHECKS:
+        extra(ctx)
+    return ctx
+
+
+def check_tracker(exp: Experiment) -> None:
+    if exp.logger == "tensorboard":
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            raise ConfigError("logger=tensorboard: needs the tensorboardX package "
+                              "(pip install -e \".[tensorboard]\"); allowed without it: logger=none") from None
+
+
+def check_pretrained(ctx: Context) -> Context:
+    from sim import lm_setup, text_task
+    from sim.lm import checkpoint, tokenizer as tokenizer_lib
+
+    exp = ctx.exp
+    source = exp.static.lm.checkpoint
+    path = checkpoint.resolve(source)
+    where = f"policy.checkpoint={source}" + (f" ({path})" if str(path) != source else "")
+    try:
+        model, shapes = checkpoint.read_header(source)
+        checkpoint.check_header(model, shapes)
+        tok = tokenizer_lib.load(source)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    text = text_task.build(exp.text, tok, vocab=model.vocab)  # prompts file, prompt count, rules
+    ctx = replace(ctx, model=model, shapes=shapes, text=text)
+    check_context(where, model, ctx.prompt_tokens, exp.text.new_tokens)
+    static = replace(exp.static, task=text.task, lm=replace(exp.static.lm, model=model))
+    if static.lm.sharded:
+        lm_setup.check_mesh(static)
+    return replace(ctx, exp=replace(exp, static=static))
+
+
+def check_context(where: str, model, prompt_tokens: int, new_tokens: int) -> None:
+    """The longest prompt and its response must fit the model's context (its rotary positions are
+    trained up to max_positions; JAX would otherwise allocate the attention of any length asked)."""
+    if prompt_tokens + new_tokens > model.max_positions:
+        raise ConfigError(f"task.new_tokens={new_tokens}: the longest prompt ({prompt_tokens} tokens) and its response "
+                          f"need {prompt_tokens + new_tokens} positions; {where} has a context of "
+                          f"{model.max_positions}; allowed: task.new_tokens <= {model.max_positions - prompt_tokens}")
