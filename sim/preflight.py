@@ -11,7 +11,8 @@ What is checked, from the config and the files' headers only (no tensor is read)
   file readable, UTF-8, holding enough prompts; each rule matching some token and not every one);
   the context length against the longest prompt + task.new_tokens; runtime.mesh against the device
   count, the model's widths and the batch;
-- then every function in CHECKS (the memory estimate hooks in there).
+- policy=pretrained: the run's peak memory, estimated from all this (sim/lm/memory.py), against
+  the machine's memory.
 runtime.distributed's coordinator is checked where the runtime is configured (sim/run.py), as
 JAX's distributed runtime must be joined before any other check touches a device.
 """
@@ -43,21 +44,13 @@ class Context:
 
 Check = Callable[[Context], None]
 
-# ---- THE HOOK: further checks, run in order after the built-in ones, each given the Context and
-# raising ConfigError (one line, naming the key) to refuse. The memory estimate of a pretrained run
-# (peak bytes from its config, against the machine's memory) is appended here:
-#     preflight.CHECKS.append(check_memory)
-CHECKS: list[Check] = []
-
-
 def check(exp: Experiment, plain: dict) -> Context:
     """Every check above; raises ConfigError (one line) for the first that fails."""
     check_tracker(exp)
     ctx = Context(exp, plain)
     if exp.static.lm is not None:
         ctx = check_pretrained(ctx)
-    for extra in CHECKS:
-        extra(ctx)
+        check_memory(ctx)
     return ctx
 
 
@@ -91,6 +84,19 @@ def check_pretrained(ctx: Context) -> Context:
     if static.lm.sharded:
         lm_setup.check_mesh(static)
     return replace(ctx, exp=replace(exp, static=static))
+
+
+def check_memory(ctx: Context) -> None:
+    """The estimated peak of the whole run (every run's state, a block of runs computing at once)
+    against the machine's memory: refused in one line before the model is read."""
+    from sim import runtime
+    from sim.layout import batch_layout
+    from sim.lm import memory
+
+    exp = ctx.exp
+    devices, block = batch_layout(exp.static, exp.n_runs, runtime.cpu_device_count(exp.runtime.cpu_devices))
+    concurrent = devices * block if exp.static.lm.lora else 1
+    memory.check_fits(ctx.model, exp.static, exp.n_runs, ctx.prompt_tokens, concurrent)
 
 
 def check_context(where: str, model, prompt_tokens: int, new_tokens: int) -> None:

@@ -50,21 +50,16 @@ def test_each_real_model_fault_is_one_line_exit_2_nothing_written_and_the_correc
             os.close(run._claimed.pop())
 
 
-def test_the_checks_list_is_run_last_with_the_checkpoint_and_text_task_known(faults, tmp_path, monkeypatch):
-    """The hook for further checks (the memory estimate): it sees the checkpoint's architecture,
-    the built text task and the longest prompt, and its ConfigError is the run's one-line refusal."""
+def test_a_run_over_the_machines_memory_is_refused_before_anything_is_read_or_written(faults, tmp_path):
+    """The memory estimate (sim/lm/memory.py) runs last, with the checkpoint's architecture and the
+    built text task known: 200,000 fully fine-tuned runs of the tiny checkpoint (each its own float32
+    weights and Adam moments) are refused in one line that gives the estimate and the machine's
+    memory; nothing is written."""
     good, _ = faults
-    seen = []
-
-    def refuse(ctx: preflight.Context) -> None:
-        seen.append((ctx.model.layers, ctx.text.task.prompts, ctx.prompt_tokens, ctx.exp.static.lm.model.d_model))
-        raise ConfigError("seeds=1: would need 1 TB; this machine has 1 GB")
-
-    monkeypatch.setattr(preflight, "CHECKS", [refuse])
     out = tmp_path / "run"
-    code, text = _refusal(overrides({"policy.checkpoint": good}) + [f"hydra.run.dir={out}"])
-    assert code == 2 and text == "sim: error: seeds=1: would need 1 TB; this machine has 1 GB\n"
-    assert seen == [(2, 2, seen[0][2], 64)] and seen[0][2] > 0 and not out.exists()
+    code, text = _refusal(overrides({"policy.checkpoint": good, "seeds": 200_000}) + [f"hydra.run.dir={out}"])
+    assert code == 2 and len(text.splitlines()) == 1, text
+    assert "needs about" in text and "this machine has" in text and not out.exists()
 
 
 def test_faults_found_after_hydra_started_are_one_line_exit_2_and_write_nothing_in_a_process(faults, tmp_path):
