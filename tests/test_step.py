@@ -290,3 +290,24 @@ def test_per_token_quantities_from_the_marginals_table_equal_the_teacher_forced_
     general = per_token_BxL(pol._replace(marginals=None), algos.entropy_BxL, (theta,), prompts_B, tokens_BxL)
     np.testing.assert_allclose(fast, general, rtol=1e-6)
     assert fast.shape == (3, 2)
+
+
+def test_trl_batch_statistics_by_hand():
+    """TRL's rewards/<name>/std, reward_std, entropy and frac_reward_zero_std, as sim logs them
+    (phi_std_sampled, ..., entropy_sampled): the batch's spreads of each reward and of the total,
+    pi_old's entropy per token, and the share of prompt groups of one total reward, from the
+    batch's own tables."""
+    exp = _tiny("algo.group_size=8")
+    hp, pol, ref, theta = _setup(exp)
+    batch = make_step_batch(exp.static, pol, ref, hp, theta, jax.random.key(3))
+    zero_E = jnp.zeros(1)
+    m = batch_statistics(exp.static, pol, ref, hp, theta, batch, zero_E, zero_E, {"clip_frac": zero_E})
+    phi, phi_prime = np.asarray(batch.phi_B, np.float64), np.asarray(batch.phi_prime_B, np.float64)
+    reward = float(hp["w_phi"]) * phi + float(hp["w_phi_prime"]) * phi_prime
+    for name, x in (("phi", phi), ("phi_prime", phi_prime), ("reward", reward)):
+        assert float(m[f"{name}_std_sampled"]) == pytest.approx(np.std(x), rel=1e-5, abs=1e-7), name
+    logp = jax.nn.log_softmax(theta)  # P x L x V table; every response has L valid tokens
+    entropy_PxL = -jnp.sum(jnp.exp(logp) * logp, -1)
+    assert float(m["entropy_sampled"]) == pytest.approx(float(jnp.mean(entropy_PxL[batch.prompts_B])), rel=1e-5)
+    groups = reward.reshape(exp.static.task.prompts, -1)
+    assert float(m["frac_reward_zero_std"]) == np.mean(np.ptp(groups, -1) == 0)
