@@ -10,7 +10,9 @@ when the config is parsed, before anything is written.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -116,6 +118,8 @@ class TensorBoard:
         from tensorboardX import SummaryWriter
         from tensorboardX.summary import hparams
 
+        # NaN is a value here, as in metrics.csv (batch statistics at step 0): not a warning per scalar
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
         self.steps_T = steps_T
         config = flat_config(plain_cfg)
         self.writers = []
@@ -177,7 +181,9 @@ class WandB:
         run = self.wandb.init(name="summary", job_type="summary", config=self.plain_cfg, **self.init)
         self.runs.append(run)
         run.log({f"figures/{png.stem}": self.wandb.Image(str(png)) for png in sorted(Path(out).glob("*.png"))})
-        run.save(str(Path(out) / "summary.json"), base_path=str(out), policy="now")
+        # a copy in the run's own files (a path outside it is symlinked there, with a warning)
+        shutil.copy(Path(out) / "summary.json", Path(run.dir) / "summary.json")
+        run.save(str(Path(run.dir) / "summary.json"), base_path=run.dir, policy="now")
 
     def close(self, ok: bool) -> None:
         for run in self.runs:
