@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.config_values import ConfigError
+from sim.config_values import ConfigError, choice, lookup
 
 # kind -> (the module it imports, the pip extra that installs it)
 PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb"),
@@ -57,21 +57,23 @@ def parse_logger(cfg: dict) -> dict[str, dict]:
             continue
         options = dict(section[kind] or {})
         if kind == "wandb":
-            if options.get("mode") not in WANDB_MODES:
-                raise ConfigError(f"logger.wandb.mode={options.get('mode')}: allowed values are "
-                                  f"{', '.join(WANDB_MODES)}")
-            if not isinstance(options.get("project"), str) or not options["project"]:
-                raise ConfigError(f"logger.wandb.project={options.get('project')}: must be a non-empty name")
+            choice(cfg, "logger.wandb.mode", WANDB_MODES)
+            _text(cfg, "logger.wandb.project")
+            _text(cfg, "logger.wandb.entity", nullable=True)
         if kind == "mlflow":
-            if not isinstance(options.get("experiment"), str) or not options["experiment"]:
-                raise ConfigError(f"logger.mlflow.experiment={options.get('experiment')}: must be a non-empty name")
-            if options.get("tracking_uri") is not None and not isinstance(options["tracking_uri"], str):
-                raise ConfigError(f"logger.mlflow.tracking_uri={options['tracking_uri']}: must be a URI or null")
+            _text(cfg, "logger.mlflow.experiment")
+            _text(cfg, "logger.mlflow.tracking_uri", nullable=True)
         module, extra = PACKAGES[kind]
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"logger={kind}: needs the {module} package (pip install -e \".[{extra}]\")")
         out[kind] = options
     return out
+
+
+def _text(cfg: dict, key: str, nullable: bool = False) -> None:
+    v = lookup(cfg, key)
+    if not (isinstance(v, str) and v) and not (nullable and v is None):
+        raise ConfigError(f"{key}={v!r}: must be a non-empty name{' or null' if nullable else ''}")
 
 
 def shown(logger: dict) -> str:
@@ -180,7 +182,9 @@ class WandB:
     def finish(self, out: Path) -> None:
         run = self.wandb.init(name="summary", job_type="summary", config=self.plain_cfg, **self.init)
         self.runs.append(run)
-        run.log({f"figures/{png.stem}": self.wandb.Image(str(png)) for png in sorted(Path(out).glob("*.png"))})
+        figures = {f"figures/{png.stem}": self.wandb.Image(str(png)) for png in sorted(Path(out).glob("*.png"))}
+        if figures:  # plots=false: none
+            run.log(figures)
         # a copy in the run's own files (a path outside it is symlinked there, with a warning)
         shutil.copy(Path(out) / "summary.json", Path(run.dir) / "summary.json")
         run.save(str(Path(run.dir) / "summary.json"), base_path=run.dir, policy="now")

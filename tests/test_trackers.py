@@ -67,8 +67,10 @@ def test_logger_takes_a_list_and_refuses_what_it_cannot_do(monkeypatch):
     assert list(parse(compose_plain(SMALL + ["logger=[mlflow,tensorboard]"])).logger) == ["tensorboard", "mlflow"]
     with pytest.raises(ConfigError, match=r"logger=\[tensorboard,wandb\]: .* record=points"):
         parse(compose_plain(SMALL + ["logger=[tensorboard,wandb]", "record=points"]))
-    with pytest.raises(ConfigError, match=r"logger.wandb.mode=cloud: allowed values are offline, online"):
+    with pytest.raises(ConfigError, match=r"^logger.wandb.mode='cloud': allowed values are offline, online$"):
         parse(compose_plain(SMALL + ["logger=wandb", "logger.wandb.mode=cloud"]))
+    with pytest.raises(ConfigError, match=r"^logger.mlflow.experiment='': must be a non-empty name$"):
+        parse(compose_plain(SMALL + ["logger=mlflow", "logger.mlflow.experiment=''"]))
     with pytest.raises(ConfigError, match=r"logger.kind: unknown key; allowed keys here are mlflow, tensorboard, wan"):
         parse(compose_plain(SMALL + ["+logger.kind=tensorboard"]))
     # a tracker whose package is missing: the house's one line, naming logger and the extra
