@@ -7,6 +7,8 @@ import io
 import json
 import math
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,7 +167,12 @@ def test_every_tracker_holds_the_numbers_of_metrics_csv_under_trls_names(tmp_pat
     assert b"optim.lr" in content and b"algo.kl.beta" in content and b"seed" in content
 
     # W&B, offline: one run per training run and one summary run, in <run dir>/wandb/ for `wandb sync`
-    runs = [wandb_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]
+    dirs = sorted((out / "wandb").glob("offline-run-*"))
+    runs = [wandb_run(d) for d in dirs]
+    # what `wandb sync` would upload: all five (--dry-run reaches no server)
+    sync = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", *map(str, dirs)], capture_output=True,
+                          text=True, timeout=120)
+    assert "Would sync 5 run(s)" in sync.stdout + sync.stderr, sync.stdout + sync.stderr
     assert sorted(run["name"] for run in runs) == ["run_0000", "run_0001", "run_0002", "run_0003", "summary"]
     assert {run["group"] for run in runs} == {"sweep"}
     for run in runs:
