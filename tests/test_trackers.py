@@ -239,3 +239,45 @@ def test_a_tracker_that_fails_mid_run_warns_once_and_the_run_goes_on(tmp_path, m
     for run in client.search_runs([client.get_experiment_by_name("sim").experiment_id]):
         if "mlflow.parentRunId" in run.data.tags:
             assert len(client.get_metric_history(run.info.run_id, "reward")) == 5
+
+
+def test_a_resumed_run_shows_each_row_once_in_tensorboard_and_whole_new_runs_in_mlflow(tmp_path, monkeypatch):
+    """A run that crashed after its 4th chunk (step 20 logged, checkpoint at 15) resumes: TensorBoard
+    purges the crashed process's events after the checkpoint, so each step appears once; MLflow's
+    runs of the crashed process end FAILED, and the resumed process's runs hold every row."""
+    pytest.importorskip("tensorboardX")
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    mlflow_tracking = pytest.importorskip("mlflow.tracking")
+    from sim.checkpoint import Checkpoints
+
+    plain = compose_plain(RUN + ["logger=[tensorboard,mlflow]", "checkpoint_seconds=0"])
+    out = tmp_path / "run"
+    save, calls = Checkpoints.maybe_save, []
+
+    def crash_at_chunk_4(self, snap):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("crash")
+        return save(self, snap)
+
+    monkeypatch.setattr(Checkpoints, "maybe_save", crash_at_chunk_4)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_experiment(parse(plain), plain, out)
+    monkeypatch.setattr(Checkpoints, "maybe_save", save)
+    run_experiment(parse(plain), plain, out)
+    rows, _ = _rows(out)
+    mine = [row for row in rows if row["run"] == "1"]
+    acc = event_accumulator.EventAccumulator(str(out / "tensorboard" / "run_0001"),
+                                             size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    events = acc.Scalars("policy/phi")
+    assert [e.step for e in events] == [0, 5, 10, 15, 20]
+    assert all(_same(e.value, row["phi"]) for e, row in zip(events, mine))
+    client = mlflow_tracking.MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    found = client.search_runs([client.get_experiment_by_name("sim").experiment_id])
+    assert sorted(run.info.status for run in found) == ["FAILED"] * 5 + ["FINISHED"] * 5
+    for run in found:
+        if run.info.status == "FINISHED" and run.info.run_name == "run_0001":
+            history = sorted(client.get_metric_history(run.info.run_id, "policy/phi"), key=lambda m: m.step)
+            assert [m.step for m in history] == [0, 5, 10, 15, 20]
+            assert all(_same(m.value, row["phi"]) for m, row in zip(history, mine))
