@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from sim import algos, geometry, policies, reward_model, text_task
+from sim import algos, geometry, policies, reward_model, text_task, trackers
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
@@ -61,7 +61,6 @@ _LIST_KEYS = {f"task.{r}.{k}" for r in ("phi", "phi_prime") for k in ("positions
 # seeds (reduced on device; each run keeps only its first and last rows, for the summary).
 # 'auto' keeps every run's rows up to RUN_ROWS_LIMIT rows (runs x logged steps).
 RECORD_MODES = ("auto", "runs", "points")
-LOGGERS = ("none", "tensorboard")  # experiment trackers (sim/trackers.py); conf/logger/
 
 # The analysis after training (analysis.py): none; basic = the reference's KL-cost curves and kappa
 # over all policies (the tilt), the orthogonality certificate and the quadrant table; full = also
@@ -78,7 +77,7 @@ _KEYS: dict[str, set[str]] = {
     "reward_model": reward_model.KEYS,
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache", "mesh", "distributed"},
     "runtime.mesh": {"data", "fsdp", "tp"},
-    "logger": {"kind"},
+    "logger": set(trackers.KINDS), **{f"logger.{k}": keys for k, keys in trackers.KEYS.items()},
     "task": {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"},
     "task.phi": _REWARD_KEYS,
     "task.phi_prime": _REWARD_KEYS | {"relative_weight"},
@@ -183,7 +182,9 @@ class Experiment:
     analysis: str = "basic"  # ANALYSIS_MODES
     text: text_task.TextTaskConfig | None = None  # task.kind=text: the task's config (built at the edge)
     reward_fit: reward_model.Fit | None = None  # with Static.reward_model: how its proxies are fit
-    logger: str = "none"  # LOGGERS: where every logged row also streams (changes no number)
+    # trackers.parse_logger: kind -> options of the trackers every logged row also streams to
+    # ({}: none; changes no number)
+    logger: dict[str, dict] = field(default_factory=dict)
 
     @property
     def n_runs(self) -> int:
@@ -503,8 +504,8 @@ def parse(cfg: Mapping) -> Experiment:
                      text=text, reward_fit=rm_fit)
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
-    logger = choice(cfg, "logger.kind", LOGGERS) if "logger" in cfg else "none"
-    if logger != "none" and record == "points":
-        raise ConfigError(f"logger={logger}: streams every run's rows, which record=points does not keep; "
-                          "pass record=runs")
+    logger = trackers.parse_logger(cfg)
+    if logger and record == "points":
+        raise ConfigError(f"logger={trackers.shown(logger)}: streams every run's rows, which record=points does not "
+                          "keep; pass record=runs")
     return replace(exp, record=record, logger=logger)

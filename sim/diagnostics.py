@@ -17,7 +17,7 @@ from sim.task import Task
 
 QUADRANTS = ("uu", "ud", "du", "dd")
 BATCH_METRICS = (tuple(f"quad_frac_{q}" for q in QUADRANTS) + tuple(f"quad_adv_{q}" for q in QUADRANTS)
-                 + ("adv_share_phi", "adv_share_phi_prime"))
+                 + ("adv_share_phi", "adv_share_phi_prime", "frac_reward_zero_std"))
 # Rewards are multiples of 1/K, so a real deviation from a group mean is >= 1/(K G) >> TIE;
 # anything smaller is float rounding of a tie and counts as 'at the mean'.
 TIE = 1e-6
@@ -67,10 +67,20 @@ def advantage_split(phi_PxG: jax.Array, phi_prime_PxG: jax.Array, adv_PxG: jax.A
     return {"adv_share_phi": share_2[0], "adv_share_phi_prime": share_2[1]}
 
 
-def batch_metrics(phi_PxG: jax.Array, phi_prime_PxG: jax.Array, adv_PxG: jax.Array,
-                  w_PxG: jax.Array) -> dict[str, jax.Array]:
+def frac_zero_std(reward_PxG: jax.Array, w_PxG: jax.Array) -> jax.Array:
+    """TRL's frac_reward_zero_std: the share of prompt groups whose total reward is the same for
+    every response, so that GRPO's group-centred advantage is 0 there and the group teaches
+    nothing (binary rewards on prompts that are too easy or too hard). Sample groups, or in exact
+    mode the prompts whose whole weighted population is one reward value (TIE: float rounding)."""
+    spread_P = jnp.max(jnp.where(w_PxG > 0, jnp.abs(_centred_PxG(reward_PxG, w_PxG)), 0.0), -1)
+    return jnp.mean(spread_P <= TIE)
+
+
+def batch_metrics(phi_PxG: jax.Array, phi_prime_PxG: jax.Array, adv_PxG: jax.Array, w_PxG: jax.Array,
+                  reward_PxG: jax.Array) -> dict[str, jax.Array]:
     return (quadrant_metrics(phi_PxG, phi_prime_PxG, adv_PxG, w_PxG)
-            | advantage_split(phi_PxG, phi_prime_PxG, adv_PxG, w_PxG))
+            | advantage_split(phi_PxG, phi_prime_PxG, adv_PxG, w_PxG)
+            | {"frac_reward_zero_std": frac_zero_std(reward_PxG, w_PxG)})
 
 
 def joint_pmf(task: Task, logits_PxLxV: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -185,7 +185,6 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
         print(f"sim: {out} already holds this completed run; left alone (overwrite=true runs it again)",
               file=sys.stderr)
         return json.loads((out / "summary.json").read_text())
-    preflight.check_tracker(exp)
     loaded, lm_kw = None, {}
     if exp.static.lm is not None:  # a pretrained checkpoint: read it, and its tokenizer's text task
         from sim import lm_setup
@@ -210,12 +209,13 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
     if proxies is not None:
         lm_kw = lm_kw | {"proxy_R": proxies.params_R}
     checkpoints = Checkpoints(out / "checkpoints", prov["config_hash"], exp.static.log_every, exp.checkpoint_seconds)
+    tracker = None
     try:
         start = (_resume_from(exp, batch, out, checkpoints, ref_R, lm_kw.get("proxy_R"), lm_kw.get("shared"))
                  if action == "resume" else None)
         if action == "resume" and "on_samples" in lm_kw:  # drop the samples drawn after the checkpoint
             lm_kw["on_samples"].reset(start.rows_done * exp.static.log_every if start is not None else -1)
-        table = tracker = None  # record=points reduces rows as they come: no per-run table to stream
+        table = None  # record=points reduces rows as they come: no per-run table to stream
         if exp.record == "points":
             lm_kw = lm_kw | {"points_R": batch.points_R}
         else:
@@ -224,8 +224,8 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                                       run_columns(batch))
             if start is not None:
                 table.reset(start.rows)  # drop rows written after the checkpoint; they are recomputed identically
-            tracker = trackers.open_tracker(exp.logger, out / "tensorboard", plain_cfg, run_columns(batch), steps_T,
-                                            start.rows_done if start is not None else 0)
+            tracker = trackers.open_trackers(exp.logger, out, plain_cfg, run_columns(batch), steps_T,
+                                             start.rows_done if start is not None else 0)
 
         # the newest snapshot in metrics.csv, and the rows done of the newest one checkpointed
         last = {"snap": None, "saved": start.rows_done if start is not None else 0}
@@ -252,13 +252,17 @@ def run_experiment(exp: Experiment, plain_cfg: dict, out: Path, overrides=()) ->
                 checkpoints.close()
             raise interrupt.Interrupted(last["saved"] * exp.static.log_every) from None
         finally:
-            if tracker is not None:
-                tracker.close()
-    finally:
+            checkpoints.close()
+        if exp.record == "points":
+            write_points_csv(out / "points.csv", result.point_stats, batch)
+        info = _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs, proxies)
+        if tracker is not None:
+            tracker.finish(out)  # the figures and summary.json, now written
+        return info
+    finally:  # a run that failed or was interrupted closes its trackers too, marked unfinished
         checkpoints.close()
-    if exp.record == "points":
-        write_points_csv(out / "points.csv", result.point_stats, batch)
-    return _finish(exp, plain_cfg, batch, result, prov, out, overrides, refs, proxies)
+        if tracker is not None:
+            tracker.close()
 
 
 def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult, prov: dict, out: Path,

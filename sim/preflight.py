@@ -5,7 +5,6 @@ that cannot start is refused in one line (a ConfigError) with nothing written, a
 command reruns into the same directory.
 
 What is checked, from the config and the files' headers only (no tensor is read):
-- logger=tensorboard: tensorboardX is installed;
 - policy=pretrained: the checkpoint's format and family (config.json / GGUF metadata), every
   tensor's shape against the config's sizes, the tokenizer; the text task built on it (prompts
   file readable, UTF-8, holding enough prompts; each rule matching some token and not every one);
@@ -46,21 +45,11 @@ Check = Callable[[Context], None]
 
 def check(exp: Experiment, plain: dict) -> Context:
     """Every check above; raises ConfigError (one line) for the first that fails."""
-    check_tracker(exp)
     ctx = Context(exp, plain)
     if exp.static.lm is not None:
         ctx = check_pretrained(ctx)
         check_memory(ctx)
     return ctx
-
-
-def check_tracker(exp: Experiment) -> None:
-    if exp.logger == "tensorboard":
-        try:
-            import tensorboardX  # noqa: F401
-        except ImportError:
-            raise ConfigError("logger=tensorboard: needs the tensorboardX package "
-                              "(pip install -e \".[tensorboard]\"); allowed without it: logger=none") from None
 
 
 def check_pretrained(ctx: Context) -> Context:

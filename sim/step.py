@@ -19,8 +19,11 @@ from sim.config import Static
 from sim.policies.base import Policy, group_log_probs, group_token_logits, prompt_major, token_log_probs
 
 # Statistics of the last training batch before a logged step (NaN at step 0: no batch yet).
-BATCH_METRICS = ("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampled",
-                 "adv_mean", "adv_std", "grad_norm", "loss", "clip_frac") + diagnostics.BATCH_METRICS
+# The *_std_sampled and entropy_sampled are TRL's rewards/<name>/std, reward_std and entropy
+# (docs/outputs.md maps sim's names to TRL's); appended so that every earlier column keeps its place.
+BATCH_METRICS = (("phi_sampled", "phi_prime_sampled", "reward_sampled", "kl_sampled",
+                  "adv_mean", "adv_std", "grad_norm", "loss", "clip_frac") + diagnostics.BATCH_METRICS
+                 + ("phi_std_sampled", "phi_prime_std_sampled", "reward_std_sampled", "entropy_sampled"))
 
 
 def make_optimizer(static: Static, hp: dict) -> optax.GradientTransformation:
@@ -208,9 +211,15 @@ def batch_statistics(static: Static, policy: Policy, ref_params, hp: dict, param
         "grad_norm": grad_norm_E[0], "loss": loss_E[0],  # the first epoch's: the on-policy update
         "clip_frac": aux_E["clip_frac"][-1],  # the last epoch's: how much of the batch clipping froze
     }
-    P = batch.prompts_P.shape[0]  # the blog's Table 1 and the advantage split, per prompt group
+    P = batch.prompts_P.shape[0]  # the blog's Table 1, the advantage split and zero-spread groups, per prompt group
     metrics |= diagnostics.batch_metrics(*(x.reshape(P, -1) for x in (batch.phi_B, batch.phi_prime_B,
-                                                                         batch.adv_B, w_B)))
+                                                                         batch.adv_B, w_B, reward_B)))
+    # spreads over the whole batch, as TRL's rewards/<name>/std and reward_std (weighted: exact in exact mode)
+    for name, x_B in (("phi", batch.phi_B), ("phi_prime", batch.phi_prime_B), ("reward", reward_B)):
+        metrics[f"{name}_std_sampled"] = _weighted_mean_std(x_B, w_B)[1]
+    # TRL's entropy: pi_old's entropy per valid token of the batch (the exact `entropy` is per response)
+    entropy_BxL = per_token_BxL(policy, algos.entropy_BxL, (params_old,), batch.prompts_P, batch.tokens_BxL)
+    metrics["entropy_sampled"] = algos.aggregate(entropy_BxL, "token_mean", w_B, mask_BxL=batch.mask_BxL)
     return metrics
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import diagnostics as D, task as T
+from sim import algos, diagnostics as D, task as T
 
 
 def test_quadrant_fractions_and_advantages_match_a_direct_count():
@@ -101,8 +101,26 @@ def test_weights_act_as_repeated_samples():
     """Exact mode weights responses by probability: weights (2, 1, 1)/4 must give what the
     batch with the first response drawn twice gives at uniform weights."""
     phi, phi_prime, adv = jnp.array([[1.0, 0.0, 0.5]]), jnp.array([[0.0, 1.0, 1.0]]), jnp.array([[1.5, -1.0, 0.2]])
-    weighted = D.batch_metrics(phi, phi_prime, adv, jnp.array([[0.5, 0.25, 0.25]]))
+    weighted = D.batch_metrics(phi, phi_prime, adv, jnp.array([[0.5, 0.25, 0.25]]), phi + phi_prime)
     rep = lambda x: jnp.concatenate([x[:, :1], x], 1)
-    repeated = D.batch_metrics(rep(phi), rep(phi_prime), rep(adv), jnp.full((1, 4), 0.25))
+    repeated = D.batch_metrics(rep(phi), rep(phi_prime), rep(adv), jnp.full((1, 4), 0.25), rep(phi + phi_prime))
     for k in D.BATCH_METRICS:
         np.testing.assert_allclose(weighted[k], repeated[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_frac_reward_zero_std_counts_the_groups_where_grpo_learns_nothing():
+    """A hand-built batch of 4 prompt groups of 4 (r = phi + phi_prime): all right, mixed, one
+    constant total from different parts (phi and phi_prime trade off), and mixed again. Two
+    groups have zero spread, and there, exactly, GRPO's advantage is 0."""
+    phi = jnp.array([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.5]])
+    phi_prime = jnp.array([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    w = jnp.full((4, 4), 1 / 16)
+    m = D.batch_metrics(phi, phi_prime, jnp.zeros((4, 4)), w, phi + phi_prime)
+    assert float(m["frac_reward_zero_std"]) == 0.5
+    adv = algos.advantages_PxG("grpo", jnp.stack([phi, phi_prime], -1), jnp.ones(2))
+    adv = np.asarray(adv)
+    assert np.all(adv[[0, 2]] == 0) and np.all(np.any(adv[[1, 3]] != 0, -1))
+    # exact mode: a prompt whose other rewards have probability 0 has no spread; a tiny one does
+    w_exact = jnp.array([[0.5, 0.5, 0.0], [0.5, 0.499, 0.001]]) / 2
+    r = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    assert float(D.frac_zero_std(r, w_exact)) == 0.5

@@ -43,7 +43,8 @@ def test_run_experiment_writes_every_output(tmp_path):
     cells = point["quadrants"]["cells"]
     assert sum(c["frac"] for c in cells.values()) == pytest.approx(1.0)
     assert isinstance(point["quadrants"]["blog_inequality"]["holds"], bool)
-    assert {"kappa_phi", "quad_frac_ud", "adv_share_phi_prime"} <= set(rows[0])
+    assert {"kappa_phi", "quad_frac_ud", "adv_share_phi_prime", "frac_reward_zero_std",
+            "reward_std_sampled"} <= set(rows[0])
 
 
 def test_basic_analysis_has_no_family_solve_and_none_has_no_analysis(tmp_path):

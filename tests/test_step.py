@@ -256,7 +256,8 @@ def test_inner_epochs_move_the_policy_monotonically_until_clipping_stops_them():
 def test_kl_sampled_is_the_batch_kl_whether_the_step_or_the_statistics_compute_it(estimator):
     """With the KL in the reward the step needs each response's KL; in the loss only the logged
     kl_sampled metric does, so the batch leaves it to batch_statistics. Both give the weighted
-    batch mean of the estimator summed over tokens, computed here from the tables by hand."""
+    batch mean of the estimator summed over tokens, computed here from the tables by hand. On the
+    same batch (one program less to build), TRL's statistics by hand: _check_trl_statistics."""
     got = {}
     for placement in ("loss", "reward"):
         if placement == "reward" and estimator == "exact":
@@ -266,8 +267,10 @@ def test_kl_sampled_is_the_batch_kl_whether_the_step_or_the_statistics_compute_i
         batch = make_step_batch(exp.static, pol, ref, hp, theta, jax.random.key(5))
         assert (batch.kl_B is None) == (placement == "loss")
         zero_E = jnp.zeros(1)
-        got[placement] = float(batch_statistics(exp.static, pol, ref, hp, theta, batch, zero_E, zero_E,
-                                                {"clip_frac": zero_E})["kl_sampled"])
+        stats = batch_statistics(exp.static, pol, ref, hp, theta, batch, zero_E, zero_E, {"clip_frac": zero_E})
+        got[placement] = float(stats["kl_sampled"])
+        if estimator == "k1" and placement == "loss":
+            _check_trl_statistics(exp, hp, theta, batch, stats)
         logp, logq = jax.nn.log_softmax(theta), jax.nn.log_softmax(ref)  # P x L x V tables
         if estimator == "exact":
             tok_BxL = jnp.sum(jnp.exp(logp) * (logp - logq), -1)[batch.prompts_B]
@@ -290,3 +293,18 @@ def test_per_token_quantities_from_the_marginals_table_equal_the_teacher_forced_
     general = per_token_BxL(pol._replace(marginals=None), algos.entropy_BxL, (theta,), prompts_B, tokens_BxL)
     np.testing.assert_allclose(fast, general, rtol=1e-6)
     assert fast.shape == (3, 2)
+
+
+def _check_trl_statistics(exp, hp, theta, batch, m):
+    """TRL's rewards/<name>/std, reward_std, entropy and frac_reward_zero_std as sim logs them
+    (phi_std_sampled, ..., entropy_sampled): the batch's spreads of each reward and of the total,
+    pi_old's entropy per token, and the share of prompt groups of one total reward."""
+    phi, phi_prime = np.asarray(batch.phi_B, np.float64), np.asarray(batch.phi_prime_B, np.float64)
+    reward = float(hp["w_phi"]) * phi + float(hp["w_phi_prime"]) * phi_prime
+    for name, x in (("phi", phi), ("phi_prime", phi_prime), ("reward", reward)):
+        assert float(m[f"{name}_std_sampled"]) == pytest.approx(np.std(x), rel=1e-5, abs=1e-7), name
+    logp = jax.nn.log_softmax(theta)  # P x L x V table; every response has L valid tokens
+    entropy_PxL = -jnp.sum(jnp.exp(logp) * logp, -1)
+    assert float(m["entropy_sampled"]) == pytest.approx(float(jnp.mean(entropy_PxL[batch.prompts_B])), rel=1e-5)
+    groups = reward.reshape(exp.static.task.prompts, -1)
+    assert float(m["frac_reward_zero_std"]) == np.mean(np.ptp(groups, -1) == 0)
