@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from sim import algos, geometry, policies, reward_model, text_task
+from sim import algos, geometry, policies, reward_model, stats, text_task
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
@@ -74,7 +74,8 @@ _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "ka
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model",
-         "batch_invariant", "logger"},
+         "batch_invariant", "logger", "verdict"},
+    "verdict": {"margin"},
     "reward_model": reward_model.KEYS,
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache", "mesh", "distributed"},
     "runtime.mesh": {"data", "fsdp", "tp"},
@@ -179,6 +180,8 @@ class Experiment:
     text: text_task.TextTaskConfig | None = None  # task.kind=text: the task's config (built at the edge)
     reward_fit: reward_model.Fit | None = None  # with Static.reward_model: how its proxies are fit
     logger: str = "none"  # LOGGERS: where every logged row also streams (changes no number)
+    # summary.json's verdicts: "equivalent" needs |delta| < margin by TOST (sim/stats.py); changes no metric
+    verdict_margin: float = stats.DEFAULT_MARGIN
 
     @property
     def n_runs(self) -> int:
@@ -411,6 +414,12 @@ def task_kind(cfg: Mapping) -> str:
     return choice(cfg, "task.kind", TASK_KINDS) if isinstance(task, Mapping) and "kind" in task else "toy"
 
 
+def _verdict_margin(cfg) -> float:
+    if "verdict" not in cfg or "margin" not in cfg["verdict"]:
+        return stats.DEFAULT_MARGIN
+    return real(cfg, "verdict.margin", *POSITIVE)
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     if is_list(kind := lookup(cfg, "policy.kind")):  # read before the keys are checked: say so here too
@@ -477,7 +486,7 @@ def parse(cfg: Mapping) -> Experiment:
                      resume=flag(cfg, "resume", True), overwrite=flag(cfg, "overwrite", False),
                      axes=axes, derived=derived, sft=_sft(cfg) if neural else None,
                      analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic",
-                     text=text, reward_fit=rm_fit)
+                     text=text, reward_fit=rm_fit, verdict_margin=_verdict_margin(cfg))
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     logger = choice(cfg, "logger.kind", LOGGERS) if "logger" in cfg else "none"

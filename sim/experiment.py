@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir, trackers
+from sim import analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir, stats, trackers
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -69,7 +69,7 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
             overrides=()) -> dict:
     diverged = diverged_runs(batch, result)
     points = results.point_summaries(result.metrics, batch.points_R, batch.point_values, result.diverged_at_step_R,
-                                     result.steps_T)
+                                     result.steps_T, exp.verdict_margin)
     for point, hp in zip(points, batch.point_hparams):
         point["hparams"] = hp  # what the point trained with (derived settings resolved)
     return {
@@ -86,6 +86,9 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
         # healthy runs whose policy ended (near-)deterministic; per point in points[*]
         "n_deterministic": sum(p["n_deterministic"] or 0 for p in points),
         "deterministic_entropy": results.DETERMINISTIC_ENTROPY,
+        # each metric's verdict per point (sim/stats.py): its family is the metric's sweep points
+        "verdict_rules": {"margin": exp.verdict_margin, "alpha": stats.ALPHA, "correction": "holm",
+                          "contrast": "end - start per seed, Student t", "equivalence": "TOST"},
         "points": points,
         "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds,

@@ -128,3 +128,29 @@ def test_point_summaries_count_the_healthy_runs_that_ended_deterministic():
     m = {"entropy": np.array([[5.0, 5.0, 5.0, 5.0], [0.0, t, t / 2, t / 10]])}
     out = results.point_summaries(m, np.array([0, 0, 0, 1]), [{}, {}], diverged_R=np.array([-1, -1, 1, -1]))
     assert [p["n_deterministic"] for p in out] == [1, 1] and t == 0.01
+
+
+def test_point_summaries_give_each_metric_a_holm_corrected_verdict_per_point():
+    """Deltas (end - start) over 8 seeds at 3 points: a clear rise, a clear fall, and a change
+    within +-0.002 (equivalent at margin 0.02). The family is the metric's 3 points: the Holm-
+    adjusted p of the smallest p is 3 times it (scipy's ttest_1samp gives the raw p)."""
+    rng = np.random.default_rng(0)
+    end = np.concatenate([0.5 + 0.05 * rng.normal(size=8), -0.5 + 0.05 * rng.normal(size=8),
+                          0.001 * rng.normal(size=8)])
+    m = {"phi": np.stack([np.zeros(24), end])}
+    out = results.point_summaries(m, np.repeat([0, 1, 2], 8), [{"lr": v} for v in (1, 2, 3)], margin=0.02)
+    assert [p["metrics"]["phi"]["verdict"] for p in out] == ["up", "down", "equivalent"]
+    p_raw = [stats.ttest_1samp(end[i * 8:(i + 1) * 8], 0.0).pvalue for i in range(3)]
+    tests = [p["metrics"]["phi"]["test"] for p in out]
+    np.testing.assert_allclose([t["p"] for t in tests], p_raw, rtol=1e-9)
+    smallest = int(np.argmin(p_raw))
+    np.testing.assert_allclose(tests[smallest]["p_holm"], 3 * p_raw[smallest], rtol=1e-9)
+    assert tests[0]["family_size"] == 3 and tests[0]["margin"] == 0.02
+
+
+def test_a_quantised_metric_every_seed_read_alike_is_flagged_not_called_no_effect():
+    m = {"phi_prime": np.array([[0.5] * 4, [0.5] * 4])}  # every seed 8/16 at start and at end
+    (point,) = results.point_summaries(m, np.zeros(4, int), [{}])
+    s = point["metrics"]["phi_prime"]
+    assert s["delta_ci95"] == [0.0, 0.0]  # what the summary showed before, as a measurement
+    assert s["test"]["degenerate"] and s["verdict"] == "inconclusive"
