@@ -156,9 +156,11 @@ def one_line_diagnostics(point: dict) -> str:
     if "teacher" in geo["phi"]:  # a neural policy: the runs start from the SFT reference, not the teacher
         kappa = f"{kappa} (SFT reference; teacher {kappas('teacher')})"
     held = "n/a (no healthy run)" if quadrants is None else (
-        "held" if quadrants["blog_inequality"]["holds"] else "did not hold")
-    return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime not up) > p(both up) "
-            f"over training: {held}")
+        {"up": "held", "down": "reversed", "equivalent": "no difference (equivalent)",
+         "inconclusive": "inconclusive"}[quadrants["blog_inequality"]["verdict"]]
+        + f", ties {quadrants['blog_inequality']['tie_share']:.0%} of samples")
+    return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime down) > p(both up) "
+            f"among untied samples over training: {held}")
 
 
 def _sft_label(point: dict) -> str:
@@ -270,7 +272,7 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
         from sim import lm_setup
 
         ref_rewards = lm_setup.reference_rewards(out / "samples.jsonl", exp.static.task.prompts)
-        extras, arrays = analysis.sampled_report(batch, result, ref_rewards), {}
+        extras, arrays = analysis.sampled_report(batch, result, ref_rewards, exp.verdict_margin), {}
     else:
         extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
     for point, extra in zip(info["points"], extras):
