@@ -20,7 +20,8 @@ What holds in the simulator (numbers and figures: experiments/REPORT.md):
 4. holds.
 5. holds, at width 16, where the same κ′ < 1 rises without the systematic overlap; it differs
    from claim 1 in the measured κ′ (< 1 vs > 1) and in the quadrant table (the blog's
-   p(φ↑φ′↓) > p(φ↑φ′↑) holds here and is reversed in claim 1's setting).
+   p(φ↑φ′↓) − p(φ↑φ′↑) among untied samples is higher here than in claim 1's setting, where it is
+   reversed; here it is barely above 0).
 """
 from __future__ import annotations
 
@@ -176,22 +177,29 @@ def test_claim5_systematic_spillover_lowers_phi_prime_at_kappa_below_one(wide_po
     phi' falls (measured -0.16 [-0.17, -0.14]) where without it phi' rises (+0.06 [+0.03, +0.09]).
     What tells it apart from claim 1's mechanism (kappa' 1.37, same policy, no overlap): the
     tilt-measured kappa' is below 1 instead of above, and the quadrant table of the first batches
-    (steps 10-30, each seed's mean) has the blog's p(phi up, phi' down) > p(phi up, phi' up):
-    ud - uu measured +0.05 [+0.03, +0.06], where claim 1's setting has it reversed, -0.10
-    [-0.12, -0.08]. Both CIs exclude 0 by more than 0.03. The table does not tell spill-over from
-    its absence at the same kappa' (+0.05 without the overlap too): it follows kappa', not the
-    mechanism."""
+    (steps 10-30, each seed's mean) read among untied samples (a tie with the group's mean is
+    neither up nor down; ties are 11% of these samples): p(phi up, phi' down) - p(phi up, phi' up)
+    measured +0.021 [+0.002, +0.041] here and -0.132 [-0.154, -0.110] in claim 1's setting (counting
+    ties as down, as the table once did, gave +0.047 and -0.103). Thresholds: claim 1's setting
+    below 0 (its CI's upper end is 0.11 from 0) and the paired contrast by seed between the two,
+    measured +0.153 [+0.122, +0.184], above 0.05 at its lower end (0.07 below the measured one).
+    The table does not tell spill-over from its absence at the same kappa' (+0.021 without the
+    overlap too): it follows kappa', not the mechanism."""
     t = wide_policy
     spill = t.series("phi_prime", kappa=0.94, overlap=0.8)
     clean = t.series("phi_prime", kappa=0.94, overlap=0.0)
     assert _delta(spill, -1)[2] < 0, _delta(spill, -1)
     assert _delta(clean, -1)[1] > 0, _delta(clean, -1)
 
-    def ud_minus_uu(k: float, overlap: float) -> tuple[float, float, float]:
-        ud, uu = (t.series(f"quad_frac_{q}", kappa=k, overlap=overlap)[1:4].mean(0) for q in ("ud", "uu"))
-        return mean_ci95(ud - uu)
+    def ud_minus_uu_N(k: float, overlap: float) -> np.ndarray:
+        """Each seed's mean over steps 10-30, among untied samples."""
+        frac = {q: t.series(f"quad_frac_{q}", kappa=k, overlap=overlap)[1:4] for q in ("uu", "ud", "du", "dd")}
+        return ((frac["ud"] - frac["uu"]) / sum(frac.values())).mean(0)
+
+    ud_minus_uu = lambda k, overlap: mean_ci95(ud_minus_uu_N(k, overlap))  # noqa: E731
 
     assert np.all(t.series("kappa_phi_prime", kappa=0.94, overlap=0.8)[0] < 1)
     assert np.all(t.series("kappa_phi_prime", kappa=1.37, overlap=0.0)[0] > 1)
-    assert ud_minus_uu(0.94, 0.8)[1] > 0, ud_minus_uu(0.94, 0.8)
     assert ud_minus_uu(1.37, 0.0)[2] < 0, ud_minus_uu(1.37, 0.0)
+    paired = mean_ci95(ud_minus_uu_N(0.94, 0.8) - ud_minus_uu_N(1.37, 0.0))  # sweep points share seeds
+    assert paired[1] > 0.05, paired
