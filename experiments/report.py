@@ -214,7 +214,11 @@ def phase_section(out: Path, run: Run) -> tuple[str, dict]:
         + "\nSmallest κ′ at which φ′ falls (↓ after the Holm correction), per weight ratio: "
         + ", ".join(f"w₁/w₂ = {x}: {'none' if boundary[r] is None else f'{boundary[r]:g}'}" for x, r in zip(ratio, rels))
         + ".\n\n")
-    return text, {"grid": grid, "verdict": verdict, "boundary": boundary, "kappas": kappas, "rels": rels}
+    # does more phi' in the reward keep more phi'? each kappa' row: largest w2/w1 minus w2 = 0, paired by seed
+    w2_effect = judge({k: delta_N(run.metric("phi_prime", pts[(k, rels[-1])]))
+                       - delta_N(run.metric("phi_prime", pts[(k, rels[0])])) for k in kappas})
+    return text, {"grid": grid, "verdict": verdict, "boundary": boundary, "kappas": kappas, "rels": rels,
+                  "w2_effect": w2_effect}
 
 
 def sharing_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
@@ -394,13 +398,15 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
         + f"With the blog's setup Δφ′ is {fmt(f_blog['d_pp'])} ({WORDS[f_blog['verdict']['phi_prime']]}) "
         f"while Δφ is {fmt(f_blog['d_phi'])} ({WORDS[f_blog['verdict']['phi']]}) in 200 steps (section 1); "
         f"κ′ = {f_blog['kappa']:.2f}.\n"
-        f"- **The fall grows with κ′, up to a point** (claim 2, first half): at w₁/w₂ = 4, Δφ′ goes "
+        f"- **The fall grows with κ′, and with c′ alongside** (claim 2, first half): at w₁/w₂ = 4, Δφ′ goes "
         + ", ".join(f"{column[k][0]:+.2f}" for k in ks) + f" over κ′ = " + ", ".join(f"{k:g}" for k in ks)
-        + f" (section 4); it is deepest at κ′ = {deepest:g} and then eases off a little as c′ nears 1.\n"
+        + f" (section 4); it is deepest at κ′ = {deepest:g}. Here κ′ and c′ move one to one (c′ is solved from "
+        "κ′), so this does not tell a fall that grows with κ′ from one that grows with how much φ′ there is to "
+        "lose; no run here holds c′ and varies κ′.\n"
         f"- **κ′ > 1 is not needed for the fall with the blog's sharing** (claim 2, second half, fails): with "
         f"the default lowrank policy (d = 4: 128 (prompt, position) slots share one 4 × 16 matrix) φ′ also falls "
         f"at κ′ ≤ 1 ({_list(d4, d4_falls)})"
-        + (f", though not at the lowest κ′ ({_list(d4, d4_holds, v4)})" if d4_holds else "")
+        + (f"; at the lowest κ′ a fall is not shown ({_list(d4, d4_holds, v4)})" if d4_holds else "")
         + f" (section 5). κ′ decides the sign only when sharing is weaker: with d = 16, {_list(d16, ks, v16)}. "
         "With less φ′ in the reward the fall reaches further down in κ′, and with more it needs a larger κ′ "
         f"(section 4: smallest κ′ where φ′ falls after the Holm correction over all {len(grid)} cells: "
@@ -440,7 +446,10 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
         f"({SLOPE_WORDS[f_floor['slope_verdict']['w1']]}), ending at "
         f"{f_floor['end_w1']:.3f} at step 1000. Without it the last-quarter slope is {fmt(f_floor['slope_w0'])} "
         f"({SLOPE_WORDS[f_floor['slope_verdict']['w0']]}), at {f_floor['end_w0']:.3f}: what w₂·φ′ buys is the level. "
-        "Every row of the phase diagram rises with w₂/w₁.\n"
+        + f"In the phase diagram Δφ′ ends higher at w₂/w₁ = {max(rels):g} than at w₂ = 0 (paired by seed, Holm over "
+        f"its {len(ks)} rows) at {sum(v == 'up' for v in f_phase['w2_effect'].values())} of {len(ks)} κ′"
+        + (f"; not shown at κ′ = {', '.join(f'{k:g}' for k, v in f_phase['w2_effect'].items() if v != 'up')}"
+           if any(v != "up" for v in f_phase["w2_effect"].values()) else "") + ".\n"
         "- **Why φ′ falls at κ′ < 1 with d = 4** (section 6, κ′ = 0.94; the default falls by "
         f"{fmt(mech['GRPO (default)'])}, {mech['GRPO (default) per φ']:+.2f} per unit of φ gained). Removing one "
         "candidate at a time, each paired by seed with the default run: " + "; ".join(
