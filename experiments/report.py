@@ -130,13 +130,19 @@ def blog_section(out: Path, run: Run) -> tuple[str, dict]:
 def controls_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     panels, rows, facts = [], [], {}
     verdicts = judge({label: delta_N(run.metric("phi_prime")) for label, run in runs.items()})  # family: the controls
-    facts["verdict"] = verdicts
+    blog = next(iter(runs))  # the first control is the blog's run; the others share its seeds
+    paired = {label: delta_N(run.metric("phi_prime")) - delta_N(runs[blog].metric("phi_prime"))
+              for label, run in runs.items() if label != blog}
+    paired_verdicts = judge(paired)  # family: the controls against the blog's run
+    facts |= {"verdict": verdicts, "paired verdict": paired_verdicts,
+              "paired": {label: stats.contrast(d)[:3] for label, d in paired.items()}}
     for label, run in runs.items():
         panels.append((label, run.steps_T, {k: run.metric(k) for k in ("phi", "phi_prime")}))
         d_pp = change(run.metric("phi_prime"))
         facts[label] = d_pp
         rows.append([label, f"`{' '.join(run.overrides[1:]) or '(defaults)'}`", f"{kappa_ref(run):.3f}",
                      f"{change(run.metric('phi'))[0]:+.3f}", fmt(d_pp), WORDS[verdicts[label]],
+                     "—" if label == blog else f"{fmt(facts['paired'][label])} {MARKS[paired_verdicts[label]]}",
                      f"{run.metric('spill')[0].mean():.3f} → {run.metric('spill')[-1].mean():.3f}"])
     figures.rewards_panels(out / "controls.png", panels, "Controls: one change at a time from the blog's setup "
                                                          "(mean and 95% band over 16 seeds)")
@@ -144,8 +150,11 @@ def controls_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         "## 2. Controls side by side\n\n"
         f"All with `{' '.join(next(iter(runs.values())).overrides[:1])}`, 200 steps; otherwise the blog's setup.\n\n"
         "![controls](controls.png)\n\n"
-        + table(["control", "overrides", "κ′ at ref", "Δφ", "Δφ′", "φ′", "spill start → end"], rows)
-        + f"\nφ′'s verdict: Holm-corrected over the {len(runs)} controls; \"no change\" needs TOST within ±{MARGIN:g}.\n\n")
+        + table(["control", "overrides", "κ′ at ref", "Δφ", "Δφ′", "φ′", f"Δφ′ − {blog}'s (paired)",
+                 "spill start → end"], rows)
+        + f"\nφ′'s verdict: Holm-corrected over the {len(runs)} controls; \"no change\" needs TOST within ±{MARGIN:g}. "
+        f"Each control against the blog's run, paired by seed (Holm over the {len(paired)}): ↑ ends higher, ↓ lower, "
+        f"= the same within ±{MARGIN:g}, ? inconclusive.\n\n")
     return text, facts
 
 
@@ -362,6 +371,20 @@ def _ineq_word(summary: dict) -> str:
             "inconclusive": "inconclusive"}[summary["verdict"]]
 
 
+def _kl_sentence(f_ctl: dict) -> str:
+    """Whether the KL term is needed for the fall at kappa' > 1 with shared features: beta = 0 against
+    the blog's run, paired by seed (the controls' family)."""
+    keys = [(k, name) for k, name in (("no KL (β = 0), κ′ > 1", "d = 4"), ("wide, no KL (β = 0), κ′ > 1", "d = 16"))
+            if k in f_ctl["paired"]]
+    if not keys:
+        return ""
+    words = {"up": "ends higher than with it", "down": "ends lower than with it",
+             "equivalent": f"ends the same within ±{MARGIN:g} (TOST)", "inconclusive": "is not told apart from it"}
+    return ("- **The KL term at κ′ > 1 with shared features** (section 2): without it (β = 0) " + "; ".join(
+        f"{name}: Δφ′ {fmt(f_ctl[k])} ({WORDS[f_ctl['verdict'][k]]}), minus the blog's run "
+        f"{fmt(f_ctl['paired'][k])}: φ′ {words[f_ctl['paired verdict'][k]]}" for k, name in keys) + ".\n")
+
+
 def _list(cis: dict, keys, verdicts: dict | None = None) -> str:
     word = lambda k: f" ({WORDS[verdicts[k]]})" if verdicts else ""  # noqa: E731
     return ", ".join(f"κ′ = {k:g}: {fmt(cis[k])}{word(k)}" for k in keys if k in cis)
@@ -436,6 +459,7 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
         "group's mean), not a KL cost. And the table does not decide the outcome: the tabular run starts "
         f"with the same table as the blog run (ud/uu = {f_quad[('tabular', 10)]:.2f}) and φ′ rises; within a "
         "prompt φ and φ′ are independent, so advantages that reward φ cannot by themselves push φ′ down.\n"
+        + _kl_sentence(f_ctl)
         + ("- **The floor holds** (claim 3): without φ′ in the reward it falls further "
            if f_floor["paired200_verdict"] == "down" else
            f"- **The floor is not shown** (claim 3; paired, {WORDS[f_floor['paired200_verdict']]}): without φ′ in the "
