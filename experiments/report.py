@@ -52,10 +52,7 @@ WORDS = {"down": "falls", "up": "rises", "equivalent": f"no change (within ±{MA
 MARKS = {"down": "↓", "up": "↑", "equivalent": "=", "inconclusive": "?"}
 
 
-def judge(family: dict, margin: float = MARGIN) -> dict:
-    """key -> verdict (up / down / equivalent / inconclusive) of each per-seed contrast of one
-    declared family, Holm-corrected over it (stats.family_verdicts)."""
-    return dict(zip(family, (v["verdict"] for v in stats.family_verdicts(list(family.values()), margin))))
+judge = stats.verdicts_of  # key -> verdict of each per-seed contrast of one declared family (Holm over it)
 
 
 def delta_N(x_TxN: np.ndarray, row: int = -1, start: int = 0) -> np.ndarray:

@@ -157,3 +157,8 @@ def family_verdicts(x: Sequence[np.ndarray], margin: float, alpha: float = ALPHA
 
 def _finite(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
+
+
+def verdicts_of(family: dict, margin: float = DEFAULT_MARGIN, alpha: float = ALPHA) -> dict:
+    """key -> verdict of each per-seed contrast of one declared family (family_verdicts by name)."""
+    return dict(zip(family, (v["verdict"] for v in family_verdicts(list(family.values()), margin, alpha))))
