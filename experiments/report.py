@@ -215,6 +215,11 @@ def phase_section(out: Path, run: Run) -> tuple[str, dict]:
     for r in rels:
         falling = [k for k in kappas if verdict[(k, r)] == "down"]
         boundary[r] = min(falling) if falling else None
+    # kappa' and c' move one to one here: the fall relative to what there is to lose, Δφ′ / c′, at the
+    # blog's weights (c' is the same for every seed of a point, so the per-seed ratio keeps the pairing)
+    blog_rel = min(rels, key=lambda r: abs(r - 0.25))
+    relative = {k: stats.contrast(delta_N(run.metric("phi_prime", pts[(k, blog_rel)]))
+                                  / hparam(run, "competence_phi_prime", pts[(k, blog_rel)]))[:3] for k in kappas}
     text = (
         "## 4. Phase diagram: Δφ′ over κ′ × w₁/w₂\n\n"
         f"`{run.command}`\n\n![phase diagram](phase_diagram.png)\n\n"
@@ -223,11 +228,16 @@ def phase_section(out: Path, run: Run) -> tuple[str, dict]:
         + table(["κ′", "c′"] + [f"w₁/w₂ = {x}" for x in ratio], rows)
         + "\nSmallest κ′ at which φ′ falls (↓ after the Holm correction), per weight ratio: "
         + ", ".join(f"w₁/w₂ = {x}: {'none' if boundary[r] is None else f'{boundary[r]:g}'}" for x, r in zip(ratio, rels))
-        + ".\n\n")
+        + f".\n\nκ′ is solved into c′ here, so κ′ and c′ move one to one and this diagram cannot say which of the two "
+        f"the fall follows. Relative to what there is to lose, Δφ′/c′ at w₁/w₂ = {1 / blog_rel:g} (mean and 95% CI over "
+        "seeds): " + ", ".join(f"κ′ = {k:g}: {fmt(relative[k])}" for k in kappas)
+        + f"; its largest fall is at κ′ = {min(relative, key=lambda k: relative[k][0]):g}. Runs that hold c′ and vary κ′ "
+        "(through the reward's shape or its number of positions) are not made yet.\n\n")
     # does more phi' in the reward keep more phi'? each kappa' row: largest w2/w1 minus w2 = 0, paired by seed
     w2_effect = judge({k: delta_N(run.metric("phi_prime", pts[(k, rels[-1])]))
                        - delta_N(run.metric("phi_prime", pts[(k, rels[0])])) for k in kappas})
     return text, {"grid": grid, "verdict": verdict, "boundary": boundary, "kappas": kappas, "rels": rels,
+                  "relative": relative,
                   "w2_effect": w2_effect}
 
 
@@ -433,7 +443,8 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
         + ", ".join(f"{column[k][0]:+.2f}" for k in ks) + f" over κ′ = " + ", ".join(f"{k:g}" for k in ks)
         + f" (section 4); it is deepest at κ′ = {deepest:g}. Here κ′ and c′ move one to one (c′ is solved from "
         "κ′), so this does not tell a fall that grows with κ′ from one that grows with how much φ′ there is to "
-        "lose; no run here holds c′ and varies κ′.\n"
+        "lose: divided by c′ the fall is deepest at κ′ = "
+        f"{min(f_phase['relative'], key=lambda k: f_phase['relative'][k][0]):g}, and no run here holds c′ and varies κ′.\n"
         f"- **κ′ > 1 is not needed for the fall with the blog's sharing** (claim 2, second half, fails): with "
         f"the default lowrank policy (d = 4: 128 (prompt, position) slots share one 4 × 16 matrix) φ′ also falls "
         f"at κ′ ≤ 1 ({_list(d4, d4_falls)})"
