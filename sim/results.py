@@ -190,19 +190,24 @@ def points_table(stats_steps_T: np.ndarray, count_N: np.ndarray, mean: dict, m2:
     return header, np.stack(cols, 1)
 
 
-SUMMARY_FIELDS = ("start", "end", "delta_mean", "delta_lo", "delta_hi")
+SUMMARY_FIELDS = ("start", "end", "delta_mean", "delta_lo", "delta_hi", "verdict")
 
 
-def summary_table(points: list[dict], axes: list[str], metrics: tuple[str, ...]) -> tuple[list[str], list[list]]:
+def summary_table(points: list[dict], axes: list[str], metrics: tuple[str, ...],
+                  margin: float = stats.DEFAULT_MARGIN) -> tuple[list[str], list[list]]:
     """Flat table of point summaries (as in summary.json): axis values, n_seeds, then per metric
-    start, end, delta mean and 95% CI. Axis values may be numbers or strings (static axes)."""
+    start, end, delta mean and 95% CI, and the delta's verdict with the table's rows as the family
+    (Holm over every row, e.g. every job of a multirun, not per job; stats.interval_verdicts). Axis
+    values may be numbers or strings (static axes)."""
     header = list(axes) + ["n_seeds"] + [f"{m}_{f}" for m in metrics for f in SUMMARY_FIELDS]
+    verdicts = {m: stats.interval_verdicts([(p["metrics"][m]["delta_mean"], *p["metrics"][m]["delta_ci95"],
+                                             p["metrics"][m]["n_seeds"]) for p in points], margin) for m in metrics}
     rows = []
-    for point in points:
+    for i, point in enumerate(points):
         row = [point["values"].get(a) for a in axes]
         row.append(next(iter(point["metrics"].values()))["n_seeds"])
         for m in metrics:
             s = point["metrics"][m]
-            row += [s["start"], s["end"], s["delta_mean"], *s["delta_ci95"]]
+            row += [s["start"], s["end"], s["delta_mean"], *s["delta_ci95"], verdicts[m][i]]
         rows.append(row)
     return header, rows

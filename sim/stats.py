@@ -162,3 +162,28 @@ def _finite(v: float) -> float | None:
 def verdicts_of(family: dict, margin: float = DEFAULT_MARGIN, alpha: float = ALPHA) -> dict:
     """key -> verdict of each per-seed contrast of one declared family (family_verdicts by name)."""
     return dict(zip(family, (v["verdict"] for v in family_verdicts(list(family.values()), margin, alpha))))
+
+
+def interval_tests(mean: float, lo: float, hi: float, n: int, margin: float,
+                   alpha: float = ALPHA) -> tuple[float, float]:
+    """(two-sided p, TOST p) of a contrast known only by its stored 1 - alpha Student-t interval
+    over n seeds (a summary.json's delta_ci95): the interval gives the standard error back,
+    se = (hi - lo) / (2 t_{n-1, 1 - alpha/2}), so both tests are exactly those of the per-seed values.
+    nan for no interval or a zero-width one (degenerate)."""
+    if n is None or n < 2 or not all(v is not None and np.isfinite(v) for v in (mean, lo, hi)) or not hi > lo:
+        return float("nan"), float("nan")
+    df = n - 1
+    se = (hi - lo) / (2 * stdtrit(df, 1 - alpha / 2))
+    p = float(2 * stdtr(df, -abs(mean) / se))
+    p_tost = float(max(stdtr(df, -(mean + margin) / se), stdtr(df, (mean - margin) / se)))
+    return p, p_tost
+
+
+def interval_verdicts(rows: Sequence[tuple], margin: float = DEFAULT_MARGIN, alpha: float = ALPHA) -> list[str]:
+    """family_verdicts' verdicts for a family of stored contrasts (mean, lo, hi, n), e.g. the sweep
+    points of every job of a multirun: Holm over all of them, not per job."""
+    tests = [interval_tests(*row, margin=margin, alpha=alpha) for row in rows]
+    p_holm, _ = holm([t[0] for t in tests], alpha)
+    p_eq_holm, _ = holm([t[1] for t in tests], alpha)
+    return [verdict(Contrast(row[0], row[1], row[2], float(ph), row[3] or 0, False), float(pe), alpha)
+            for row, ph, pe in zip(rows, p_holm, p_eq_holm)]

@@ -139,3 +139,21 @@ def test_no_effect_is_never_called_an_effect_beyond_alpha(quantised):
     family = [stats.family_verdicts(dataset(10_000 + s, 10), margin=0.02) for s in range(NULL_DATASETS // 4)]
     fwer = np.mean([any(v["verdict"] in ("up", "down") for v in f) for f in family])
     assert fwer <= 0.05 + 4 * np.sqrt(0.05 * 0.95 / (NULL_DATASETS // 4))
+
+
+def test_stored_intervals_give_back_the_tests_of_the_per_seed_values():
+    """A summary.json keeps only mean, 95% CI and n: the t-test's and TOST's p-values recovered from
+    them equal scipy's on the per-seed values, and so do the verdicts of a family."""
+    rng = np.random.default_rng(3)
+    family = [0.08 + 0.02 * rng.standard_normal(8), 0.004 * rng.standard_normal(8), 0.03 * rng.standard_normal(8)]
+    rows = []
+    for x in family:
+        lo, hi = sp.ttest_1samp(x, 0.0).confidence_interval(0.95)
+        rows.append((x.mean(), lo, hi, 8))
+        p, p_tost = stats.interval_tests(x.mean(), lo, hi, 8, margin=0.02)
+        np.testing.assert_allclose(p, sp.ttest_1samp(x, 0.0).pvalue, rtol=1e-9)
+        np.testing.assert_allclose(p_tost, max(sp.ttest_1samp(x, -0.02, alternative="greater").pvalue,
+                                               sp.ttest_1samp(x, 0.02, alternative="less").pvalue), rtol=1e-9)
+    got = stats.interval_verdicts(rows, margin=0.02)
+    assert got == [v["verdict"] for v in stats.family_verdicts(family, margin=0.02)] == ["up", "equivalent", "inconclusive"]
+    assert stats.interval_verdicts([(0.5, 0.5, 0.5, 8), (0.1, None, None, 1)]) == ["inconclusive"] * 2
