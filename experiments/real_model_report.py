@@ -3,7 +3,8 @@
 Reads each experiments/real_model/runs/<name>/ (metrics.csv, summary.json, run.json) that
 experiments/real_model.py wrote; trains nothing. Every number is computed here with the report's
 statistics (experiments/report.py: mean over seeds of end - start, 95% Student-t interval), and
-every sentence of the verdict is chosen by those numbers, so the text follows the results.
+every sentence of the verdict is chosen by the verdicts of sim/stats.py (a family per statistic,
+Holm-corrected over the runs; "no change" only by TOST), so the text follows the results.
 """
 from __future__ import annotations
 
@@ -18,12 +19,22 @@ import yaml
 
 from experiments import figures
 from experiments.real_model import command, overrides
-from experiments.report import fmt, mean_ci95, sign, table
-from sim.diagnostics import QUADRANTS
+from experiments.report import MARGIN, fmt, judge, mean_ci95, table
+from sim import stats
+from sim.diagnostics import CELLS, TIE
 
 # The roles the verdict reads; experiments/real_model.yaml names its configurations so.
 MAIN, NO_FLOOR, STRONG_KL, RARE = "main", "no_phi_prime", "beta_x10", "rare_phi_prime"
-QUAD_NAMES = {"uu": "φ↑ φ′↑", "ud": "φ↑ φ′↓", "du": "φ↓ φ′↑", "dd": "φ↓ φ′↓"}
+QUAD_COLUMNS = ("uu", "ud", "ut", "du", "dd", "dt")  # the rows with phi tied (tu, td, tt) are counted in "tied"
+
+
+def _cell_name(c: str) -> str:
+    arrow = {"u": "↑", "d": "↓", "t": "‖"}
+    return f"φ{arrow[c[0]]} φ′{arrow[c[1]]}"
+
+
+# a verdict (sim/stats.py) as the sentences below read it
+WORD = {"up": "rises", "down": "falls", "equivalent": "no change", "inconclusive": "inconclusive"}
 
 
 @dataclass(frozen=True)
@@ -37,19 +48,24 @@ class Stored:
     info: dict  # run.json ({} when absent)
     path: Path | None = None  # the run directory
 
-    def change(self, metric: str) -> tuple[float, float, float]:
-        return mean_ci95(self.metrics[metric][-1] - self.metrics[metric][0])
+    def delta_N(self, metric: str) -> np.ndarray:
+        return self.metrics[metric][-1] - self.metrics[metric][0]
 
-    def paired_change(self, other: "Stored", metric: str) -> tuple[float, float, float]:
+    def change(self, metric: str) -> tuple[float, float, float]:
+        return mean_ci95(self.delta_N(metric))
+
+    def paired_delta_N(self, other: "Stored", metric: str) -> np.ndarray:
         """Δmetric here minus Δmetric in `other`, paired by seed over the seeds both have."""
         common = np.intersect1d(self.seeds_N, other.seeds_N)
-        if len(common) == 0:
-            return (math.nan, math.nan, math.nan)
 
         def delta(s: Stored):
             x = s.metrics[metric]
             return np.array([x[-1, i] - x[0, i] for i in (int(np.flatnonzero(s.seeds_N == c)[0]) for c in common)])
-        return mean_ci95(delta(self) - delta(other))
+        return delta(self) - delta(other) if len(common) else np.zeros(0)
+
+    def paired_change(self, other: "Stored", metric: str) -> tuple[float, float, float]:
+        d_N = self.paired_delta_N(other, metric)
+        return mean_ci95(d_N) if d_N.size else (math.nan, math.nan, math.nan)
 
 
 def read_metrics(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
@@ -104,24 +120,62 @@ def kappa_side(k: float | None, se: float | None) -> str:
     return "> 1" if k - 2 * se > 1 else "< 1" if k + 2 * se < 1 else "indistinguishable from 1"
 
 
-def _inequality(s: Stored) -> tuple[float, float, float] | None:
-    """p(ud) - p(uu) over training with its 95% CI, as summary.json reports it (None: not there)."""
-    ineq = (s.summary["points"][0].get("quadrants") or {}).get("blog_inequality")
-    if not ineq:
+def sample_quadrants(path: Path) -> dict | None:
+    """The quadrant table with ties in their own cells, from the responses samples.jsonl stored at
+    each logged step after step 0 (policy.eval.samples per prompt: each prompt's samples are a group,
+    compared with their mean as diagnostics.quadrant_metrics does). The stored batch table
+    (quad_frac_*) of runs made before ties had their own cells counts a tie as down, which with a
+    φ′ nearly every response gets right makes the blog's inequality hold by construction; these are
+    the stored numbers that tell ties apart. Per seed, pooled over steps: p(ud) − p(uu) among untied
+    samples (`gap_N`) and the share of ties; `cells`: each cell's share of all samples."""
+    if not path.exists():
         return None
-    return tuple(math.nan if v is None else float(v) for v in (ineq["ud_minus_uu_mean"], *ineq["ud_minus_uu_ci95"]))
+    groups: dict[tuple, list] = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r["step"] > 0:
+            groups.setdefault((r["seed"], r["step"], r["prompt_index"]), []).append((r["phi"], r["phi_prime"]))
+    side = lambda c: np.where(c > TIE, "u", np.where(c < -TIE, "d", "t"))  # noqa: E731
+    counts: dict[int, dict[str, int]] = {}
+    for (seed, _, _), values in groups.items():
+        v = np.array(values, np.float64)
+        c = side(v - v.mean(0))
+        for a, b in c:
+            counts.setdefault(seed, dict.fromkeys(CELLS, 0))[a + b] += 1
+    if not counts:
+        return None
+    seeds = sorted(counts)
+    untied = np.array([sum(counts[s][q] for q in ("uu", "ud", "du", "dd")) for s in seeds], np.float64)
+    total = np.array([sum(counts[s].values()) for s in seeds], np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap_N = np.array([counts[s]["ud"] - counts[s]["uu"] for s in seeds]) / untied
+    return {"gap_N": gap_N[untied > 0], "tie_share": float(1 - untied.sum() / total.sum()),
+            "cells": {c: sum(counts[s][c] for s in seeds) / total.sum() for c in CELLS}}
 
 
 def facts_of(runs: dict[str, Stored]) -> dict:
-    f = {}
+    """Each run's changes (mean and CI) and their verdicts ("v"): one family per statistic over the
+    runs (Δφ, Δφ′, Δspill, the paired Δφ′ against the main run, the quadrant gap), Holm-corrected."""
+    f, family = {}, {k: {} for k in ("d_phi", "d_pp", "d_spill", "paired_d_pp", "ineq")}
     for name, s in runs.items():
+        quads = sample_quadrants(s.path / "samples.jsonl") if s.path is not None else None
         f[name] = {"d_phi": s.change("phi"), "d_pp": s.change("phi_prime"),
                    "d_spill": s.change("spill") if "spill" in s.metrics else (math.nan,) * 3,
-                   "kappa": kappa(s), "seeds": len(s.seeds_N), "ineq": _inequality(s)}
+                   "kappa": kappa(s), "seeds": len(s.seeds_N), "quadrants": quads,
+                   "ineq": None if quads is None or not quads["gap_N"].size else stats.contrast(quads["gap_N"])[:3]}
+        family["d_phi"][name], family["d_pp"][name] = s.delta_N("phi"), s.delta_N("phi_prime")
+        if "spill" in s.metrics:
+            family["d_spill"][name] = s.delta_N("spill")
+        if quads is not None:
+            family["ineq"][name] = quads["gap_N"]
     if MAIN in runs:
         for other in (NO_FLOOR, STRONG_KL):
             if other in runs:
                 f[other]["paired_d_pp"] = runs[other].paired_change(runs[MAIN], "phi_prime")
+                family["paired_d_pp"][other] = runs[other].paired_delta_N(runs[MAIN], "phi_prime")
+    verdicts = {k: judge(v) for k, v in family.items()}
+    for name in runs:
+        f[name]["v"] = {k: v[name] for k, v in verdicts.items() if name in v}
     return f
 
 
@@ -139,7 +193,8 @@ def verdict(f: dict) -> str:
              f"{_k(*m['kappa'])}, {k_side}" + (" (the premise holds).\n" if k_side.startswith("> 1") else
                                               " (the premise cannot be checked).\n" if m["kappa"][0] is None else
                                               " (the premise does not hold for this φ′).\n")]
-    phi_rises, pp = sign(m["d_phi"]) == "rises", sign(m["d_pp"])
+    v = m.get("v", {})
+    phi_rises, pp = v.get("d_phi") == "up", WORD[v.get("d_pp", "inconclusive")]
     if not phi_rises:
         lines.append(f"- **The blog's claim is not tested by this run**: φ does not clearly rise "
                      f"(Δφ {fmt(m['d_phi'])} over {m['seeds']} seeds), so nothing can ride along with its gains; "
@@ -150,15 +205,21 @@ def verdict(f: dict) -> str:
     elif pp == "rises":
         lines.append(f"- **The blog's picture does not reproduce on the real model**: φ rises by {fmt(m['d_phi'])} "
                      f"and φ′ rises too, by {fmt(m['d_pp'])} ({m['seeds']} seeds).\n")
+    elif pp == "no change":
+        lines.append(f"- **φ′ does not move on the real model**: φ rises by {fmt(m['d_phi'])} while "
+                     f"Δφ′ = {fmt(m['d_pp'])} ({m['seeds']} seeds) is within ±{MARGIN:g} (TOST).\n")
     else:
         lines.append(f"- **The blog's picture is not seen at this precision**: φ rises by {fmt(m['d_phi'])} but "
-                     f"Δφ′ = {fmt(m['d_pp'])} ({m['seeds']} seeds) is not distinguishable from 0.\n")
+                     f"Δφ′ = {fmt(m['d_pp'])} ({m['seeds']} seeds) is inconclusive: neither a change nor its "
+                     f"absence (within ±{MARGIN:g}) is shown.\n")
     # the toy's prediction: phi_prime falls only through shared features (spill); toy networks raise both
-    spill = sign(m["d_spill"]) if all(map(math.isfinite, m["d_spill"])) else "not measured"
+    spill = WORD[v["d_spill"]] if "d_spill" in v else "not measured"
     if phi_rises and pp == "falls":
         lines.append("- **The toy's mechanism** (φ′ falls only through shared features, so φ's tokens spread to φ′'s "
                      f"positions): the probability of φ's tokens there (`spill`) changes by {fmt(m['d_spill'])}, "
                      + ("consistent with it" if spill == "rises" else
+                        "inconclusive, so this run neither supports nor rules out the toy's mechanism"
+                        if spill == "inconclusive" else
                         "so the fall is NOT carried by spill-over: against the toy's mechanism")
                      + ". The real model behaves like the toy's lowrank policy, not like its networks (which raised "
                      "both rewards). (Spill lowers φ′ only where φ's tokens are bad for φ′: not so for the default "
@@ -168,39 +229,50 @@ def verdict(f: dict) -> str:
                      "positions indistinguishable from φ′'s) raised both rewards; here φ′ "
                      + ("rises too: the real model behaves like the toy's networks, not like the lowrank policy the "
                         "blog's picture needs.\n" if pp == "rises" else
-                        "does not clearly move: neither the toy networks' rise nor the lowrank policy's fall is seen.\n")
+                        f"does not clearly move ({pp}): neither the toy networks' rise nor the lowrank policy's fall "
+                        "is seen.\n")
                      + f"  `spill` changes by {fmt(m['d_spill'])}.\n")
     ineq = m.get("ineq")
     if ineq is not None:
-        lines.append(f"- **The quadrant table** (main run): p(φ↑φ′↓) − p(φ↑φ′↑) averaged over training is {fmt(ineq)}: "
-                     + {"rises": "the blog's inequality holds.\n", "falls": "the blog's inequality is reversed.\n"}.get(
-                         sign(ineq), "not distinguishable from 0.\n"))
+        lines.append(f"- **The quadrant table** (main run, the stored samples of every logged step; a tie with the "
+                     f"group's mean is neither up nor down): p(φ↑φ′↓) − p(φ↑φ′↑) among untied samples is {fmt(ineq)}, "
+                     f"with {m['quadrants']['tie_share']:.0%} of samples tied: "
+                     + {"up": "the blog's inequality holds.\n", "down": "the blog's inequality is reversed.\n",
+                        "equivalent": f"no difference within ±{MARGIN:g}.\n"}.get(
+                         v.get("ineq"), "inconclusive.\n"))
     if RARE in f:
         r = f[RARE]
         r_side = kappa_side(*r["kappa"])
-        what = sign(r["d_pp"])
+        what = WORD[r.get("v", {}).get("d_pp", "inconclusive")]
         lines.append(f"- **κ′ < 1 control** (a φ′ the reference rarely meets: κ′ = {_k(*r['kappa'])}, {r_side}): Δφ′ = "
                      f"{fmt(r['d_pp'])}, {what}. "
                      + ("With κ′ below 1 the blog predicts no fall; a fall here means κ′ > 1 is not needed, as with "
                         "the toy's shared features.\n" if what == "falls" else
+                        f"Neither a fall nor its absence (within ±{MARGIN:g}) is shown, so this control tests nothing "
+                        "yet.\n" if what == "inconclusive" else
                         "As the blog's κ account predicts for κ′ < 1, it does not fall"
                         + (" (the control's κ′ is not below 1, so it does not test that)" if not r_side.startswith("< 1") else "")
                         + ".\n"))
     if NO_FLOOR in f:
         d = f[NO_FLOOR]
         diff = d.get("paired_d_pp", (math.nan,) * 3)
-        lines.append(f"- **φ′ not rewarded** (w₂ = 0): Δφ′ = {fmt(d['d_pp'])}, {sign(d['d_pp'])}; against the main "
-                     f"run, paired by seed, {fmt(diff)}: "
-                     + ({"falls": "φ′ ends lower without its reward, so w₂·φ′ acts as a floor.\n",
-                         "rises": "φ′ ends higher without its reward: no floor effect.\n"}.get(
-                         sign(diff), "no clear difference, so no floor effect is measurable here.\n")))
+        dv = d.get("v", {})
+        lines.append(f"- **φ′ not rewarded** (w₂ = 0): Δφ′ = {fmt(d['d_pp'])}, {WORD[dv.get('d_pp', 'inconclusive')]}; "
+                     f"against the main run, paired by seed, {fmt(diff)}: "
+                     + ({"down": "φ′ ends lower without its reward, so w₂·φ′ acts as a floor.\n",
+                         "up": "φ′ ends higher without its reward: no floor effect.\n",
+                         "equivalent": f"the same within ±{MARGIN:g} (TOST): no floor effect.\n"}.get(
+                         dv.get("paired_d_pp"), "inconclusive, so no floor effect is measurable here.\n")))
     if STRONG_KL in f:
         d = f[STRONG_KL]
         diff = d.get("paired_d_pp", (math.nan,) * 3)
-        lines.append(f"- **β × 10**: Δφ = {fmt(d['d_phi'])}, Δφ′ = {fmt(d['d_pp'])}, {sign(d['d_pp'])}; against "
-                     f"the main run, paired by seed, Δφ′ differs by {fmt(diff)} "
-                     + ({"rises": "(the stronger penalty keeps φ′ higher).\n",
-                         "falls": "(the stronger penalty makes φ′ end lower).\n"}.get(sign(diff), "(no clear difference).\n")))
+        dv = d.get("v", {})
+        lines.append(f"- **β × 10**: Δφ = {fmt(d['d_phi'])}, Δφ′ = {fmt(d['d_pp'])}, {WORD[dv.get('d_pp', 'inconclusive')]}; "
+                     f"against the main run, paired by seed, Δφ′ differs by {fmt(diff)} "
+                     + ({"up": "(the stronger penalty keeps φ′ higher).\n",
+                         "down": "(the stronger penalty makes φ′ end lower).\n",
+                         "equivalent": f"(the same within ±{MARGIN:g}, TOST).\n"}.get(
+                         dv.get("paired_d_pp"), "(inconclusive).\n")))
     return "".join(lines)
 
 
@@ -280,12 +352,12 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
             + [_k(*kappa(s, "phi")), _k(*kappa(s)), kappa_side(*kappa(s)),
                "n/a" if ortho.get("corr") is None else f"{ortho['corr']:+.3f} ({ortho['samples']} samples)"])
         fn = f[n]
-        res_rows.append([label(n), fmt(fn["d_phi"]), fmt(fn["d_pp"]), sign(fn["d_pp"]), fmt(fn["d_spill"]),
+        res_rows.append([label(n), fmt(fn["d_phi"]), fmt(fn["d_pp"]), WORD[fn["v"]["d_pp"]], fmt(fn["d_spill"]),
                          f"{np.mean(s.metrics['kl'][-1]):.4f}" if "kl" in s.metrics else "n/a"])
-        first = 1 if len(s.steps_T) > 1 else 0  # step 0 has no training batch (its quadrant row is empty)
-        frac = lambda q, i: np.nanmean(s.metrics[f"quad_frac_{q}"][i]) if f"quad_frac_{q}" in s.metrics else math.nan  # noqa: E731
-        quad_rows.append([label(n)] + [f"{frac(q, first):.3f} → {frac(q, -1):.3f}" for q in QUADRANTS]
-                         + ["n/a" if fn["ineq"] is None else fmt(fn["ineq"])])
+        qs = fn["quadrants"]
+        quad_rows.append([label(n)] + ["n/a" if qs is None else f"{qs['cells'][c]:.3f}" for c in QUAD_COLUMNS]
+                         + ["n/a" if qs is None else f"{qs['tie_share']:.0%}",
+                            "n/a" if fn["ineq"] is None else f"{fmt(fn['ineq'])} {WORD[fn['v']['ineq']]}"])
     return (
         head + "### What the numbers say\n\n" + verdict(f) + "\n" + precision(runs) + "\n"
         + ("Not run yet: " + ", ".join(f"`{n}`" for n in missing) + ".\n\n" if missing else "")
@@ -301,7 +373,12 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
         "`spill`: probability of one of φ's tokens at φ′'s positions. KL: exact per-token KL to the reference "
         "summed over the response, at the end.\n\n"
         + table(["run", "Δφ", "Δφ′", "φ′", "Δspill", "KL at end"], res_rows)
-        + "\n### The quadrant table\n\nFraction of each batch per quadrant (sample vs its group's mean), first "
-        "training step → last (mean over seeds), and p(φ↑φ′↓) − p(φ↑φ′↑) averaged over training with its 95% CI "
-        "(the blog's inequality holds when it is > 0).\n\n"
-        + table(["run"] + [QUAD_NAMES[q] for q in QUADRANTS] + ["p(ud) − p(uu)"], quad_rows) + "\n")
+        + "\n### The quadrant table\n\nFrom the responses stored in samples.jsonl at every logged step after "
+        "step 0, each compared with its prompt's other samples (its group's mean): the share of samples per cell "
+        "(↑ above, ↓ below, ‖ a tie, at the mean: neither up nor down), the share of ties, and p(φ↑φ′↓) − "
+        "p(φ↑φ′↑) among untied samples per seed with its 95% CI and verdict (`rises`: the blog's inequality "
+        "holds; Holm over the runs). The batch table stored in summary.json by runs made before ties had cells "
+        "of their own counts a tie as ↓, which makes the inequality hold by construction when most samples "
+        "tie.\n\n"
+        + table(["run"] + [_cell_name(c) for c in QUAD_COLUMNS] + ["tied", "p(ud) − p(uu) among untied"], quad_rows)
+        + "\n")

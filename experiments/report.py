@@ -1,7 +1,9 @@
 """REPORT.md and its figures from the trained runs of every experiment (no training here).
 
 Every number in the report is computed here from the runs, with the same statistics as
-tests/test_claims.py: the mean over seeds of a change and its 95% Student-t interval.
+tests/test_claims.py: the mean over seeds of a change and its 95% Student-t interval. Every
+verdict (rises, falls, no change, inconclusive) follows sim/stats.py: a declared family of
+contrasts per table, Holm-corrected, and "no change" only where TOST shows |Δ| < the margin.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import numpy as np
 
 from experiments import figures, report_reward
 from experiments.regenerate import Run, load
-from sim import plots
-from sim.analysis import quadrant_summary
+from sim import plots, stats
+from sim.analysis import quadrant_summaries
 from sim.diagnostics import QUADRANTS
 from sim.results import bands_from_runs, mean_ci95, point_summaries, slope_ci95
 
@@ -34,13 +36,28 @@ def per_1000(ci: tuple[float, float, float]) -> tuple[float, float, float]:
 
 
 def fmt(ci: tuple[float, float, float]) -> str:
+    """mean [lo, hi]; an interval of zero width is no measurement (every seed read the same value)
+    and says so instead."""
     m, lo, hi = ci
+    if lo == hi:
+        return f"{m:+.3f} (every seed the same: no interval)"
+    if f"{lo:+.3f}" == f"{hi:+.3f}":  # a real but narrow interval must not read as [v, v]
+        return f"{m:+.5f} [{lo:+.5f}, {hi:+.5f}]"
     return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def sign(ci: tuple[float, float, float]) -> str:
-    """'falls' / 'rises' when the 95% CI excludes 0, else 'no clear change'."""
-    return "falls" if ci[2] < 0 else "rises" if ci[1] > 0 else "no clear change"
+MARGIN = stats.DEFAULT_MARGIN  # the equivalence margin of every "no change" in the report
+WORDS = {"down": "falls", "up": "rises", "equivalent": f"no change (within ±{MARGIN:g})",
+         "inconclusive": "inconclusive"}
+MARKS = {"down": "↓", "up": "↑", "equivalent": "=", "inconclusive": "?"}
+
+
+judge = stats.verdicts_of  # key -> verdict of each per-seed contrast of one declared family (Holm over it)
+
+
+def delta_N(x_TxN: np.ndarray, row: int = -1, start: int = 0) -> np.ndarray:
+    """Each seed's x[row] - x[start]: the contrast `change` summarises."""
+    return np.asarray(x_TxN[row], np.float64) - np.asarray(x_TxN[start], np.float64)
 
 
 def points_of(run: Run, **where) -> dict[tuple, int]:
@@ -90,7 +107,9 @@ def blog_section(out: Path, run: Run) -> tuple[str, dict]:
                          len(run.runs()))
     d_phi, d_pp, d_spill = (change(run.metric(k)) for k in ("phi", "phi_prime", "spill"))
     phi, pp = run.metric("phi"), run.metric("phi_prime")
-    facts = {"d_phi": d_phi, "d_pp": d_pp, "kappa": kappa_ref(run), "d_spill": d_spill,
+    # family: the three changes this section reports (Holm)
+    verdict = judge({k: delta_N(run.metric(k)) for k in ("phi", "phi_prime", "spill")})
+    facts = {"d_phi": d_phi, "d_pp": d_pp, "kappa": kappa_ref(run), "d_spill": d_spill, "verdict": verdict,
              "kappa_phi": float(np.mean(run.metric("kappa_phi")[0])), "tilt_share": tilt_spill_share(run.exp.static.task)}
     text = (
         "## 1. The blog's figure\n\n"
@@ -107,12 +126,24 @@ def blog_section(out: Path, run: Run) -> tuple[str, dict]:
 
 def controls_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     panels, rows, facts = [], [], {}
+    verdicts = judge({label: delta_N(run.metric("phi_prime")) for label, run in runs.items()})  # family: the controls
+    blog = next(iter(runs))  # the first control is the blog's run; the others share its seeds
+    paired = {label: delta_N(run.metric("phi_prime")) - delta_N(runs[blog].metric("phi_prime"))
+              for label, run in runs.items() if label != blog}
+    paired_verdicts = judge(paired)  # family: the controls against the blog's run
+    facts |= {"verdict": verdicts, "paired verdict": paired_verdicts,
+              "paired": {label: stats.contrast(d)[:3] for label, d in paired.items()}}
+    # is the KL term needed? each beta = 0 arm against the same policy with it, paired by seed (a family of its own)
+    kl = {name: delta_N(runs[arm].metric("phi_prime")) - delta_N(runs[base].metric("phi_prime"))
+          for name, (arm, base) in KL_ARMS.items() if arm in runs and base in runs}
+    facts["kl"] = {name: (stats.contrast(d)[:3], v) for (name, d), v in zip(kl.items(), judge(kl).values())}
     for label, run in runs.items():
         panels.append((label, run.steps_T, {k: run.metric(k) for k in ("phi", "phi_prime")}))
         d_pp = change(run.metric("phi_prime"))
         facts[label] = d_pp
         rows.append([label, f"`{' '.join(run.overrides[1:]) or '(defaults)'}`", f"{kappa_ref(run):.3f}",
-                     f"{change(run.metric('phi'))[0]:+.3f}", fmt(d_pp), sign(d_pp),
+                     f"{change(run.metric('phi'))[0]:+.3f}", fmt(d_pp), WORDS[verdicts[label]],
+                     "—" if label == blog else f"{fmt(facts['paired'][label])} {MARKS[paired_verdicts[label]]}",
                      f"{run.metric('spill')[0].mean():.3f} → {run.metric('spill')[-1].mean():.3f}"])
     figures.rewards_panels(out / "controls.png", panels, "Controls: one change at a time from the blog's setup "
                                                          "(mean and 95% band over 16 seeds)")
@@ -120,7 +151,11 @@ def controls_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         "## 2. Controls side by side\n\n"
         f"All with `{' '.join(next(iter(runs.values())).overrides[:1])}`, 200 steps; otherwise the blog's setup.\n\n"
         "![controls](controls.png)\n\n"
-        + table(["control", "overrides", "κ′ at ref", "Δφ", "Δφ′", "φ′", "spill start → end"], rows) + "\n")
+        + table(["control", "overrides", "κ′ at ref", "Δφ", "Δφ′", "φ′", f"Δφ′ − {blog}'s (paired)",
+                 "spill start → end"], rows)
+        + f"\nφ′'s verdict: Holm-corrected over the {len(runs)} controls; \"no change\" needs TOST within ±{MARGIN:g}. "
+        f"Each control against the blog's run, paired by seed (Holm over the {len(paired)}): ↑ ends higher, ↓ lower, "
+        f"= the same within ±{MARGIN:g}, ? inconclusive.\n\n")
     return text, facts
 
 
@@ -136,8 +171,11 @@ def floor_section(out: Path, run: Run) -> tuple[str, dict]:
     facts = {
         "d200_w0": change(pp0, at200), "d200_w1": change(pp1, at200),
         "paired200": mean_ci95((pp0[at200] - pp0[0]) - (pp1[at200] - pp1[0])),
+        "paired200_verdict": judge({"w0 - w1": (pp0[at200] - pp0[0]) - (pp1[at200] - pp1[0])})["w0 - w1"],
         "lastq_w0": change(pp0, -1, q), "lastq_w1": change(pp1, -1, q),
         "slope_w0": per_1000(slope_ci95(pp0[q:], T[q:])), "slope_w1": per_1000(slope_ci95(pp1[q:], T[q:])),
+        # the last quarter's per-seed slopes, per 1000 steps; family: the two weights (margin per 1000 steps)
+        "slope_verdict": judge({w: 1000 * stats.slopes_N(pp[q:], T[q:]) for w, pp in (("w0", pp0), ("w1", pp1))}),
         "min_w1": (float(pp1.mean(1).min()), int(T[pp1.mean(1).argmin()])), "end_w1": float(pp1[-1].mean()),
         "end_w0": float(pp0[-1].mean()),
     }
@@ -166,37 +204,56 @@ def phase_section(out: Path, run: Run) -> tuple[str, dict]:
     plots.sweep_figure(out / "phase_diagram.png", summaries, ["κ′ (task.phi_prime.kappa)", "w₂/w₁ (w₁ = 4)"],
                        f"Δ after 200 steps, {len(run.runs())} seeds per cell, one vmapped sweep of {run.batch.size} runs")
     grid = {key: change(run.metric("phi_prime", p)) for key, p in pts.items()}
+    verdict = judge({key: delta_N(run.metric("phi_prime", p)) for key, p in pts.items()})  # family: every cell
     ratio = [("∞ (w₂ = 0)" if r == 0 else f"{1 / r:g}") for r in rels]
     rows = []
     for k in kappas:
         p = pts[(k, rels[0])]
         rows.append([f"{k:g}", f"{hparam(run, 'competence_phi_prime', p):.3f}"]
-                    + [f"{grid[(k, r)][0]:+.3f}{'' if grid[(k, r)][2] < 0 else '*'}" for r in rels])
+                    + [f"{grid[(k, r)][0]:+.3f} {MARKS[verdict[(k, r)]]}" for r in rels])
     boundary = {}
     for r in rels:
-        falling = [k for k in kappas if grid[(k, r)][2] < 0]
+        falling = [k for k in kappas if verdict[(k, r)] == "down"]
         boundary[r] = min(falling) if falling else None
+    # kappa' and c' move one to one here: the fall relative to what there is to lose, Δφ′ / c′, at the
+    # blog's weights (c' is the same for every seed of a point, so the per-seed ratio keeps the pairing)
+    blog_rel = min(rels, key=lambda r: abs(r - 0.25))
+    relative = {k: stats.contrast(delta_N(run.metric("phi_prime", pts[(k, blog_rel)]))
+                                  / hparam(run, "competence_phi_prime", pts[(k, blog_rel)]))[:3] for k in kappas}
     text = (
         "## 4. Phase diagram: Δφ′ over κ′ × w₁/w₂\n\n"
         f"`{run.command}`\n\n![phase diagram](phase_diagram.png)\n\n"
-        "Mean Δφ′ after 200 steps; `*` marks cells whose 95% CI does not lie below zero (no significant fall). "
-        "c′ is the competence solved from the κ′ target.\n\n"
+        f"Mean Δφ′ after 200 steps and its verdict, Holm-corrected over all {len(pts)} cells: ↓ falls, ↑ rises, "
+        f"= no change (TOST within ±{MARGIN:g}), ? inconclusive. c′ is the competence solved from the κ′ target.\n\n"
         + table(["κ′", "c′"] + [f"w₁/w₂ = {x}" for x in ratio], rows)
-        + "\nSmallest κ′ at which φ′ significantly falls, per weight ratio: "
+        + "\nSmallest κ′ at which φ′ falls (↓ after the Holm correction), per weight ratio: "
         + ", ".join(f"w₁/w₂ = {x}: {'none' if boundary[r] is None else f'{boundary[r]:g}'}" for x, r in zip(ratio, rels))
-        + ".\n\n")
-    return text, {"grid": grid, "boundary": boundary, "kappas": kappas, "rels": rels}
+        + f".\n\nκ′ is solved into c′ here, so κ′ and c′ move one to one and this diagram cannot say which of the two "
+        f"the fall follows. Relative to what there is to lose, Δφ′/c′ at w₁/w₂ = {1 / blog_rel:g} (mean and 95% CI over "
+        "seeds): " + ", ".join(f"κ′ = {k:g}: {fmt(relative[k])}" for k in kappas)
+        + f"; its largest fall is at κ′ = {min(relative, key=lambda k: relative[k][0]):g}. Runs that hold c′ and vary κ′ "
+        "(through the reward's shape or its number of positions) are not made yet.\n\n")
+    # does more phi' in the reward keep more phi'? each kappa' row: largest w2/w1 minus w2 = 0, paired by seed
+    w2_effect = judge({k: delta_N(run.metric("phi_prime", pts[(k, rels[-1])]))
+                       - delta_N(run.metric("phi_prime", pts[(k, rels[0])])) for k in kappas})
+    return text, {"grid": grid, "verdict": verdict, "boundary": boundary, "kappas": kappas, "rels": rels,
+                  "relative": relative,
+                  "w2_effect": w2_effect}
 
 
 def sharing_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     lines, rows, facts = {}, [], {}
+    cells = {(label, k): delta_N(run.metric("phi_prime", p)) for label, run in runs.items()
+             for (k,), p in points_of(run, **{KAPPA_KEY: None}).items()}
+    verdict = judge(cells)  # family: every (policy, kappa') cell of the table
     for label, run in runs.items():
         pts = points_of(run, **{KAPPA_KEY: None})
         ks = sorted(k for (k,) in pts)
         cis = [change(run.metric("phi_prime", pts[(k,)])) for k in ks]
         lines[label] = (np.array(ks), *np.array(cis).T)
         facts[label] = dict(zip(ks, cis))
-        rows.append([label] + [f"{m:+.3f}{'' if hi < 0 else '*'}" for m, _, hi in cis])
+        facts[label + " verdict"] = {k: verdict[(label, k)] for k in ks}
+        rows.append([label] + [f"{m:+.3f} {MARKS[verdict[(label, k)]]}" for k, (m, _, _) in zip(ks, cis)])
     first = next(iter(runs.values()))
     ks = sorted(k for (k,) in points_of(first, **{KAPPA_KEY: None}))
     figures.lines_figure(out / "sharing.png", "κ′ of the reference (task.phi_prime.kappa)", lines,
@@ -207,7 +264,8 @@ def sharing_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         f"`{first.command}` with `policy.width=d` (or `policy=tabular`). d is the lowrank feature width: "
         "each of the 4·d·16 shared parameters serves all 128 (prompt, position) slots.\n\n"
         "![sharing](sharing.png)\n\n"
-        "Mean Δφ′ after 200 steps; `*`: 95% CI not below zero.\n\n"
+        f"Mean Δφ′ after 200 steps and its verdict, Holm-corrected over all {len(cells)} cells: ↓ falls, ↑ rises, "
+        f"= no change (TOST within ±{MARGIN:g}), ? inconclusive.\n\n"
         + table(["policy"] + [f"κ′ = {k:g}" for k in ks], rows)
         + "\nWidths of 24 and more are left out: with jax 0.10.2 on CPU, some compilations get the lowrank policy's "
         "reference logits (features · W with W the constant zero matrix of `init()`) wrong for d >= 24 in some "
@@ -216,19 +274,37 @@ def sharing_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     return text, facts
 
 
-def mechanism_section(runs: dict[str, Run]) -> tuple[str, dict]:
-    rows, facts = [], {}
+def mechanism_section(runs: dict[str, Run], default: str = "GRPO (default)") -> tuple[str, dict]:
+    """Each variant against the default run, paired by seed: every run uses the seeds 0..N-1 and a
+    seed's random numbers are the same in each (common random numbers), so the contrast is each
+    seed's Δφ′(variant) − Δφ′(default). Family: the variants (Holm). A positive contrast is a
+    smaller fall: the removed candidate carried that part of it."""
+    base = delta_N(runs[default].metric("phi_prime"))
+    variants = [label for label in runs if label != default]
+    paired = {label: delta_N(runs[label].metric("phi_prime")) - base for label in variants}
+    verdict = judge(paired)
+    own = judge({label: delta_N(run.metric("phi_prime")) for label, run in runs.items()})  # family: all runs
+    rows, facts = [], {"paired": {}, "paired verdict": verdict, "verdict": own}
     for label, run in runs.items():
         d_pp = change(run.metric("phi_prime"))
         facts[label] = d_pp
         d_phi = change(run.metric("phi"))[0]
         facts[label + " per φ"] = d_pp[0] / d_phi
+        vs = "—"
+        if label in paired:
+            facts["paired"][label] = stats.contrast(paired[label])[:3]
+            vs = f"{fmt(facts['paired'][label])} {MARKS[verdict[label]]}"
         rows.append([label, f"`{' '.join(run.overrides[2:]) or '(defaults)'}`", f"{d_phi:+.3f}",
-                     fmt(d_pp), sign(d_pp), f"{d_pp[0] / d_phi:+.2f}", fmt(change(run.metric("spill")))])
+                     fmt(d_pp), WORDS[own[label]], vs, f"{d_pp[0] / d_phi:+.2f}", fmt(change(run.metric("spill")))])
     text = (
         "## 6. Why φ′ falls at κ′ < 1 with the default policy\n\n"
-        f"All with `{' '.join(next(iter(runs.values())).overrides[:2])}` (c′ ≈ 0.30), 200 steps.\n\n"
-        + table(["variant", "overrides", "Δφ", "Δφ′", "φ′", "Δφ′/Δφ", "Δspill"], rows) + "\n")
+        f"All with `{' '.join(next(iter(runs.values())).overrides[:2])}` (c′ ≈ 0.30), 200 steps. Each variant "
+        f"is compared with the default run, paired by seed (the same seeds and random numbers): "
+        f"Δφ′(variant) − Δφ′(default), Holm-corrected over the {len(variants)} variants; ↑ a smaller fall than the "
+        f"default's, ↓ a larger one, = the same within ±{MARGIN:g} (TOST), ? inconclusive. φ′'s own verdict is "
+        f"Holm-corrected over the {len(runs)} runs.\n\n"
+        + table(["variant", "overrides", "Δφ", "Δφ′", "φ′", "Δφ′ − default's (paired)", "Δφ′/Δφ", "Δspill"], rows)
+        + "\n")
     return text, facts
 
 
@@ -240,31 +316,46 @@ def quadrant_section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
             i = run.row(step)
             frac = {q: run.metric(f"quad_frac_{q}")[i].mean() for q in QUADRANTS}
             adv = {q: np.nanmean(run.metric(f"quad_adv_{q}")[i]) for q in QUADRANTS}
+            ties = 1.0 - sum(frac.values())
             facts[(label, step)] = frac["ud"] / frac["uu"]
             rows.append([label, step] + [f"{frac[q]:.3f} ({adv[q]:+.2f})" for q in QUADRANTS]
-                        + [f"{frac['ud'] / frac['uu']:.2f}", f"{run.metric('phi_prime')[i].mean():.3f}"])
+                        + [f"{ties:.3f}", f"{frac['ud'] / frac['uu']:.2f}", f"{run.metric('phi_prime')[i].mean():.3f}"])
     over_training = []
-    for label, run in runs.items():  # analysis.quadrant_summary: the statistic summary.json reports
-        ineq = quadrant_summary(run.result.metrics, run.runs())["blog_inequality"]
+    # analysis.quadrant_summaries: the statistic summary.json reports; family: these runs (Holm)
+    for label, summary in zip(runs, _quadrant_family(runs)):
+        ineq = summary["blog_inequality"]
         facts[(label, "overall")] = ineq
-        over_training.append([label, fmt((ineq["ud_minus_uu_mean"], *ineq["ud_minus_uu_ci95"])),
+        over_training.append([label, fmt(_ineq(ineq)), _ineq_word(ineq), f"{ineq['tie_share']:.0%}",
                               f"{ineq['holds_at_fraction_of_logged_steps']:.0%}",
                               f"{ineq['ud_minus_uu_first']:+.3f} → {ineq['ud_minus_uu_last']:+.3f}"])
     run0 = next(iter(runs.values()))
     figures.quadrant_figure(out / "quadrants.png", run0.steps_T[1:], panels,
-                            "The blog's Table 1 over training: fraction of each batch per quadrant")
+                            "The blog's Table 1 over training: fraction of each batch per quadrant (ties apart)")
     names = {"uu": "φ↑ φ′↑", "ud": "φ↑ φ′↓", "du": "φ↓ φ′↑", "dd": "φ↓ φ′↓"}
     return (
         "## 7. The quadrant table over training\n\n"
-        "Each sample's φ and φ′ are compared with its group's mean (GRPO's baseline): ↑ above, ↓ at or below. "
-        "Fraction of the batch in each quadrant (mean advantage there); the blog's inequality is "
+        "Each sample's φ and φ′ are compared with its group's mean (GRPO's baseline): ↑ above, ↓ below; a "
+        "sample at its group's mean in either reward is a tie, neither up nor down (counting ties as down, "
+        "as the blog's Δv ≤ 0 does, makes the inequality hold by construction when most samples tie). "
+        "Fraction of the batch in each quadrant (mean advantage there) and tied; the blog's inequality is "
         "p(φ↑ φ′↓) > p(φ↑ φ′↑), i.e. ud/uu > 1.\n\n![quadrants](quadrants.png)\n\n"
-        + table(["run", "step"] + [names[q] for q in QUADRANTS] + ["ud/uu", "φ′"], rows)
-        + "\nOver all logged steps (`analysis.quadrant_summary`, as `summary.json` reports it): the mean over "
-        "training of p(φ↑ φ′↓) − p(φ↑ φ′↑) with its 95% CI over seeds, the share of logged steps where it "
-        "is positive, and its first and last value.\n\n"
-        + table(["run", "p(ud) − p(uu) over training", "steps where > 0", "first → last"], over_training)
+        + table(["run", "step"] + [names[q] for q in QUADRANTS] + ["tied", "ud/uu", "φ′"], rows)
+        + "\nOver all logged steps (`analysis.quadrant_summaries`, as `summary.json` reports it): the mean over "
+        "training of p(φ↑ φ′↓) − p(φ↑ φ′↑) among untied samples with its 95% CI over seeds and its verdict "
+        f"(Holm over these {len(runs)} runs; \"no difference\" needs TOST within ±{MARGIN:g}), the share of ties "
+        "beside it, the share of logged steps where it is positive, and its first and last value.\n\n"
+        + table(["run", "p(ud) − p(uu) among untied, over training", "verdict", "ties", "steps where > 0",
+                 "first → last"], over_training)
         + "\n"), facts
+
+
+def _quadrant_family(runs: dict[str, Run]) -> list[dict]:
+    """quadrant_summaries of each run's (single) point, Holm-corrected over the runs: the runs are
+    separate batches, so their metrics are stacked side by side into one table of runs."""
+    metrics = {k: np.concatenate([run.metric(k) for run in runs.values()], 1)
+               for k in next(iter(runs.values())).result.metrics if k.startswith("quad_")}
+    sizes = np.cumsum([0] + [len(run.runs()) for run in runs.values()])
+    return quadrant_summaries(metrics, [np.arange(a, b) for a, b in zip(sizes[:-1], sizes[1:])], MARGIN)
 
 
 def write(out: Path, runs: dict[str, dict[str, Run]]) -> str:
@@ -283,11 +374,44 @@ def write(out: Path, runs: dict[str, dict[str, Run]]) -> str:
 
 
 def _ineq(summary: dict) -> tuple[float, float, float]:
-    return summary["ud_minus_uu_mean"], *summary["ud_minus_uu_ci95"]
+    return tuple(math.nan if v is None else v for v in (summary["ud_minus_uu_mean"], *summary["ud_minus_uu_ci95"]))
 
 
-def _list(cis: dict, keys) -> str:
-    return ", ".join(f"κ′ = {k:g}: {fmt(cis[k])}" for k in keys if k in cis)
+def _ineq_word(summary: dict) -> str:
+    return {"up": "holds", "down": "reversed", "equivalent": f"no difference within ±{MARGIN:g}",
+            "inconclusive": "inconclusive"}[summary["verdict"]]
+
+
+# beta = 0 arm -> (its run, the same policy with the KL term) among the controls
+KL_ARMS = {"d = 4": ("no KL (β = 0), κ′ > 1", "blog (κ′ > 1)"),
+           "d = 16": ("wide, no KL (β = 0), κ′ > 1", "wide features (d = 16)")}
+
+
+def _kl_sentence(f_ctl: dict) -> str:
+    """Whether the KL term is needed for the fall at kappa' > 1 with shared features: each beta = 0
+    arm against the same policy with beta = 0.04, paired by seed (Holm over the arms)."""
+    if not f_ctl.get("kl"):
+        return ""
+    words = {"up": "ends higher than with it", "down": "ends lower than with it",
+             "equivalent": f"ends the same within ±{MARGIN:g} (TOST)", "inconclusive": "is not told apart from it"}
+    return ("- **The KL term at κ′ > 1 with shared features** (section 2): without it (β = 0) " + "; ".join(
+        f"{name}: Δφ′ {fmt(f_ctl[KL_ARMS[name][0]])} ({WORDS[f_ctl['verdict'][KL_ARMS[name][0]]]}), minus the same "
+        f"policy's with it, paired by seed, {fmt(ci)}: φ′ {words[v]}" for name, (ci, v) in f_ctl["kl"].items())
+        + (". φ′ falls without the KL term too, so the KL term is not needed for the fall"
+           if all(f_ctl["verdict"][KL_ARMS[name][0]] == "down" for name in f_ctl["kl"]) else "")
+        + ("; where φ′ ends lower without it, the KL term holds part of the fall back" if any(
+            v == "down" for _, v in f_ctl["kl"].values()) else "") + ".\n")
+
+
+def _list(cis: dict, keys, verdicts: dict | None = None) -> str:
+    word = lambda k: f" ({WORDS[verdicts[k]]})" if verdicts else ""  # noqa: E731
+    return ", ".join(f"κ′ = {k:g}: {fmt(cis[k])}{word(k)}" for k in keys if k in cis)
+
+
+SLOPE_WORDS = {"down": "still falling", "up": "recovering", "equivalent": f"level: within ±{MARGIN:g} per 1000 steps",
+               "inconclusive": "inconclusive"}
+PAIRED_WORDS = {"up": "a smaller fall than the default's", "down": "a larger fall than the default's",
+                "equivalent": f"the same fall within ±{MARGIN:g}", "inconclusive": "not told apart from the default"}
 
 
 def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str:
@@ -298,8 +422,9 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
     deepest = min(column, key=lambda k: column[k][0])
     share = f_blog["d_spill"][0] / -f_blog["d_pp"][0]
     d4, d16 = f_share["d = 4"], f_share["d = 16"]
-    d4_falls = [k for k in ks if k <= 1 and d4[k][2] < 0]
-    d4_holds = [k for k in ks if k <= 1 and d4[k][2] >= 0]
+    v4, v16 = f_share["d = 4 verdict"], f_share["d = 16 verdict"]
+    d4_falls = [k for k in ks if k <= 1 and v4.get(k) == "down"]
+    d4_holds = [k for k in ks if k <= 1 and k in v4 and v4[k] != "down"]
     ratio = lambda r: "∞" if r == 0 else f"{1 / r:g}"  # noqa: E731
     mech = f_mech
     return (
@@ -309,18 +434,24 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
         "φ, which the quadrant table shows as p(φ↑φ′↓) > p(φ↑φ′↑); (c) w₂·φ′ in the reward is a floor. "
         "κ′ below is the tilt-measured C(+δ)/C(−δ) of φ′ at the reference (δ = 0.05), a monotone function of "
         "the reference's competence c′ (κ′ = 1 at c′ = 1/2). In the simulator:\n\n"
-        f"- **The picture reproduces** (claim 1). With the blog's setup φ′ falls by {fmt(f_blog['d_pp'])} "
-        f"while φ rises by {fmt(f_blog['d_phi'])} in 200 steps (section 1); κ′ = {f_blog['kappa']:.2f} > 1.\n"
-        f"- **The fall grows with κ′, up to a point** (claim 2, first half): at w₁/w₂ = 4, Δφ′ goes "
+        + ("- **The picture reproduces** (claim 1). " if (f_blog["verdict"]["phi"], f_blog["verdict"]["phi_prime"])
+           == ("up", "down") else "- **The picture is not reproduced** (claim 1). ")
+        + f"With the blog's setup Δφ′ is {fmt(f_blog['d_pp'])} ({WORDS[f_blog['verdict']['phi_prime']]}) "
+        f"while Δφ is {fmt(f_blog['d_phi'])} ({WORDS[f_blog['verdict']['phi']]}) in 200 steps (section 1); "
+        f"κ′ = {f_blog['kappa']:.2f}.\n"
+        f"- **The fall grows with κ′, and with c′ alongside** (claim 2, first half): at w₁/w₂ = 4, Δφ′ goes "
         + ", ".join(f"{column[k][0]:+.2f}" for k in ks) + f" over κ′ = " + ", ".join(f"{k:g}" for k in ks)
-        + f" (section 4); it is deepest at κ′ = {deepest:g} and then eases off a little as c′ nears 1.\n"
+        + f" (section 4); it is deepest at κ′ = {deepest:g}. Here κ′ and c′ move one to one (c′ is solved from "
+        "κ′), so this does not tell a fall that grows with κ′ from one that grows with how much φ′ there is to "
+        "lose: divided by c′ the fall is deepest at κ′ = "
+        f"{min(f_phase['relative'], key=lambda k: f_phase['relative'][k][0]):g}, and no run here holds c′ and varies κ′.\n"
         f"- **κ′ > 1 is not needed for the fall with the blog's sharing** (claim 2, second half, fails): with "
         f"the default lowrank policy (d = 4: 128 (prompt, position) slots share one 4 × 16 matrix) φ′ also falls "
         f"at κ′ ≤ 1 ({_list(d4, d4_falls)})"
-        + (f", though not at the lowest κ′ ({_list(d4, d4_holds)})" if d4_holds else "")
-        + f" (section 5). κ′ decides the sign only when sharing is weaker: with d = 16, {_list(d16, ks)}. "
+        + (f"; at the lowest κ′ a fall is not shown ({_list(d4, d4_holds, v4)})" if d4_holds else "")
+        + f" (section 5). κ′ decides the sign only when sharing is weaker: with d = 16, {_list(d16, ks, v16)}. "
         "With less φ′ in the reward the fall reaches further down in κ′, and with more it needs a larger κ′ "
-        "(section 4: smallest κ′ with a significant fall "
+        f"(section 4: smallest κ′ where φ′ falls after the Holm correction over all {len(grid)} cells: "
         + ", ".join(f"{'none' if bnd[r] is None else f'{bnd[r]:g}'} at w₁/w₂ = {ratio(r)}" for r in rels)
         + "). So κ′ = 1 is not a threshold of the dynamics in general; it is one only in the weakly shared "
         "policy at the blog's weights.\n"
@@ -335,32 +466,42 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
         "gradient of 4·φ + φ′ says it must. Mixing φ′'s features with φ's (overlap 0.8: systematic "
         f"spill-over) makes φ′ fall at κ′ < 1 even with d = 16 ({fmt(f_ctl['wide, spill-over, κ′ < 1'])} "
         f"against {fmt(f_ctl['wide, κ′ < 1'])} without it).\n"
-        "- **The quadrant table does not carry the argument** (section 7): the blog's inequality "
-        f"p(φ↑φ′↓) > p(φ↑φ′↑) holds when φ′ is rare (κ′ < 1: ud/uu = {f_quad[('κ′ < 1', 10)]:.2f} at step 10) "
-        f"and is reversed in the blog's own setting (κ′ > 1: {f_quad[('blog (κ′ > 1)', 10)]:.2f}); averaged over "
-        "training, p(ud) − p(uu) is " + ", ".join(
-            f"{fmt(_ineq(f_quad[(label, 'overall')]))} ({label})" for label in ("blog (κ′ > 1)", "κ′ < 1", "tabular"))
+        "- **The quadrant table does not carry the argument** (section 7; a tie with the group's mean is "
+        "neither up nor down): the blog's inequality "
+        f"p(φ↑φ′↓) > p(φ↑φ′↑) is favoured when φ′ is rare (κ′ < 1: ud/uu = {f_quad[('κ′ < 1', 10)]:.2f} at step 10) "
+        f"and reversed in the blog's own setting (κ′ > 1: {f_quad[('blog (κ′ > 1)', 10)]:.2f}); averaged over "
+        "training, p(ud) − p(uu) among untied samples is " + ", ".join(
+            f"{fmt(_ineq(f_quad[(label, 'overall')]))}, {_ineq_word(f_quad[(label, 'overall')])}, ties "
+            f"{f_quad[(label, 'overall')]['tie_share']:.0%} ({label})" for label in ("blog (κ′ > 1)", "κ′ < 1", "tabular"))
         + ". It measures "
         "the skew of φ′'s sampling distribution (a reference good at φ′ puts most samples above their "
         "group's mean), not a KL cost. And the table does not decide the outcome: the tabular run starts "
         f"with the same table as the blog run (ud/uu = {f_quad[('tabular', 10)]:.2f}) and φ′ rises; within a "
         "prompt φ and φ′ are independent, so advantages that reward φ cannot by themselves push φ′ down.\n"
-        f"- **The floor holds** (claim 3): without φ′ in the reward it falls further "
-        f"({fmt(f_floor['d200_w0'])} against {fmt(f_floor['d200_w1'])} by step 200; paired by seed "
+        + _kl_sentence(f_ctl)
+        + ("- **The floor holds** (claim 3): without φ′ in the reward it falls further "
+           if f_floor["paired200_verdict"] == "down" else
+           f"- **The floor is not shown** (claim 3; paired, {WORDS[f_floor['paired200_verdict']]}): without φ′ in the "
+           "reward Δφ′ is ")
+        + f"({fmt(f_floor['d200_w0'])} against {fmt(f_floor['d200_w1'])} by step 200; paired by seed "
         f"{fmt(f_floor['paired200'])}). With w₂ = 1, φ′ bottoms out at {f_floor['min_w1'][0]:.3f} near step "
         f"{f_floor['min_w1'][1]}; over the last quarter its slope is {fmt(f_floor['slope_w1'])} per 1000 steps "
-        f"({sign(f_floor['slope_w1']).replace('falls', 'still falling').replace('rises', 'recovering')}), ending at "
-        f"{f_floor['end_w1']:.3f} at step 1000. Without it φ′ also stops falling once φ saturates (last-quarter "
-        f"slope {fmt(f_floor['slope_w0'])}) but at {f_floor['end_w0']:.3f}: what w₂·φ′ buys is the level. "
-        "Every row of the phase diagram rises with w₂/w₁.\n"
+        f"({SLOPE_WORDS[f_floor['slope_verdict']['w1']]}), ending at "
+        f"{f_floor['end_w1']:.3f} at step 1000. Without it the last-quarter slope is {fmt(f_floor['slope_w0'])} "
+        f"({SLOPE_WORDS[f_floor['slope_verdict']['w0']]}), at {f_floor['end_w0']:.3f}: what w₂·φ′ buys is the level. "
+        + f"In the phase diagram Δφ′ ends higher at w₂/w₁ = {max(rels):g} than at w₂ = 0 (paired by seed, Holm over "
+        f"its {len(ks)} rows) at {sum(v == 'up' for v in f_phase['w2_effect'].values())} of {len(ks)} κ′"
+        + (f"; not shown at κ′ = {', '.join(f'{k:g}' for k, v in f_phase['w2_effect'].items() if v != 'up')}"
+           if any(v != "up" for v in f_phase["w2_effect"].values()) else "") + ".\n"
         "- **Why φ′ falls at κ′ < 1 with d = 4** (section 6, κ′ = 0.94; the default falls by "
         f"{fmt(mech['GRPO (default)'])}, {mech['GRPO (default) per φ']:+.2f} per unit of φ gained). Removing one "
-        "candidate at a time: " + "; ".join(
-            f"{what} {fmt(mech[key])}, {sign(mech[key])}, {mech[key + ' per φ']:+.2f} per unit of φ" for what, key in (
+        "candidate at a time, each paired by seed with the default run: " + "; ".join(
+            f"{what} Δφ′ {fmt(mech[key])} ({WORDS[mech['verdict'][key]]}), minus the default's "
+            f"{fmt(mech['paired'][key])}: {PAIRED_WORDS[mech['paired verdict'][key]]}" for what, key in (
                 ("without the KL term", "no KL (β = 0)"), ("without GRPO's std division (RLOO)", "RLOO (no std division)"),
                 ("SGD instead of Adam", "SGD"), ("less sampling noise (G = 32)", "G = 32 (less noise)")))
-        + ". The spill (Δspill) rises in every variant, so none of them removes the mechanism; a candidate whose "
-        "removal shrinks the fall per unit of φ carries that part of it (with 16 seeds a fall of a few "
-        "hundredths cannot be told from zero). Without φ′ in the reward it is "
-        f"{fmt(mech['w₂ = 0 (no floor)'])} ({mech['w₂ = 0 (no floor) per φ']:+.2f} per unit of φ): the fall at "
+        + ". A candidate whose removal gives a smaller fall carries that part of it; one not told apart from the "
+        "default is not shown to matter (nor shown not to: only TOST within the margin says that). Without φ′ in "
+        f"the reward it is {fmt(mech['w₂ = 0 (no floor)'])}, minus the default's {fmt(mech['paired']['w₂ = 0 (no floor)'])} "
+        f"({PAIRED_WORDS[mech['paired verdict']['w₂ = 0 (no floor)']]}): the fall at "
         "κ′ < 1 is the spill-over minus what the noisy w₂·φ′ signal wins back.\n\n")

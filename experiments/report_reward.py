@@ -11,11 +11,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from scipy.stats import binomtest
 
 from experiments.regenerate import Run
-from sim import hacking, plots
+from sim import hacking, plots, stats
 from sim.results import mean_ci95
 
+MARGIN = stats.DEFAULT_MARGIN
+judge = stats.verdicts_of  # one declared family of per-model contrasts -> their verdicts (Holm)
 KEYS = {"beta": "algo.kl.beta", "pairs": "reward_model.pairs", "noise": "reward_model.noise", "seed": "reward_model.seed"}
 
 
@@ -27,9 +30,10 @@ def level(ci) -> str:
     return f"{ci[0]:.3f} [{ci[1]:.3f}, {ci[2]:.3f}]"
 
 
-def effect(ci) -> str:
-    """'raises' / 'lowers' when the 95% CI excludes 0, else 'does not clearly change'."""
-    return "raises" if ci[1] > 0 else "lowers" if ci[2] < 0 else "does not clearly change"
+def effect(verdict: str) -> str:
+    """A contrast's verdict (sim/stats.py, via report.judge) as a verb."""
+    return {"up": "raises", "down": "lowers", "equivalent": f"does not change (within ±{MARGIN:g}, TOST)",
+            "inconclusive": "does not clearly change (inconclusive)"}[verdict]
 
 
 def series(run: Run, name: str, **where) -> np.ndarray:
@@ -49,14 +53,33 @@ def peaks(run: Run, **where):
     return gold[k, cols], d[k, cols], gold[-1], d[-1], proxy[-1]
 
 
+def fitted_peak(fit: dict) -> str:
+    """The fitted peak d* beside the observed range of d, and whether the fit describes it."""
+    if fit["alpha"] is None:
+        return "n/a"
+    if fit["d_peak"] is None:
+        return f"no peak (β ≤ 0); d ≤ {fit['d_max']:.2f}"
+    where = "in the data" if fit["peak_in_data"] else "beyond the data: the fit does not describe the peak"
+    return f"{fit['d_peak']:.3g} vs d ≤ {fit['d_max']:.2f}: {where}"
+
+
+def per_model_fits(run: Run, **where) -> list[dict]:
+    """Gao's form fitted to each reward model's own gold curve (its seed's column), not to the mean
+    of models that peak at different d."""
+    gold, d = (series(run, k, **where) for k in ("gold", "sqrt_kl"))
+    return [hacking.gao_fit(d[:, i], gold[:, i] - gold[0, i]) for i in range(gold.shape[1])]
+
+
 def _row(label: str, run: Run, **where) -> list:
     gold, proxy, d = (series(run, k, **where).mean(1) for k in ("gold", "proxy", "sqrt_kl"))
     s = hacking.summary(run.steps_T, gold, proxy, d)
     peak, d_peak, end, _, _ = peaks(run, **where)
     fit = s["gao_fit"]
+    fits = per_model_fits(run, **where)
     return [label, level(mean_ci95(peak)), f"{np.mean(d_peak):.2f}", level(mean_ci95(end)), f"{s['final']['proxy']:.3f}",
             f"{s['final_gap']:+.3f}", f"{s['final']['d']:.2f}",
-            f"{fit['alpha']:.3f}, {fit['beta']:.3f}, {fit['r2']:.3f}" if fit["alpha"] is not None else "n/a"]
+            f"{fit['alpha']:.3f}, {fit['beta']:.3f}, {fit['r2']:.3f}" if fit["alpha"] is not None else "n/a",
+            fitted_peak(fit), f"{sum(f['peak_in_data'] for f in fits)} of {len(fits)}"]
 
 
 def figure(path: Path, runs: dict[str, Run]) -> None:
@@ -83,7 +106,9 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     lin, mlp, noise = runs["linear"], runs["mlp"], runs["noise"]
     figure(out / "reward_hacking.png", runs)
     f = {}
+    per_model = {}  # each statistic's per-model contrast (8 reward models, paired by seed)
     peak, _, end, _, _ = peaks(lin, beta=0.0, pairs=8)
+    per_model["fall8"] = peak - end
     proxy8 = series(lin, "proxy", beta=0.0, pairs=8)
     f["fall8"], f["n_fall8"] = mean_ci95(peak - end), int(np.sum(peak - end > 0.05))
     f["proxy_shortfall"] = float(np.min(proxy8[-1] - proxy8.max(0)))
@@ -92,29 +117,40 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         f[f"d_smaller{pairs}"] = int(np.sum(d2 < d0))
         e0, e2 = (peaks(lin, beta=b, pairs=pairs)[2] for b in (0.0, 0.2))
         f[f"kl_gold{pairs}"], f[f"kl_pos{pairs}"] = mean_ci95(e2 - e0), int(np.sum(e2 > e0))
+        per_model[f"kl_gold{pairs}"] = e2 - e0
     g8, d8, *_ = peaks(lin, beta=0.0, pairs=8)
     g256, d256, *_ = peaks(lin, beta=0.0, pairs=256)
     f["pairs_gold"], f["pairs_d"] = mean_ci95(g256 - g8), mean_ci95(d256 - d8)
+    per_model["pairs_gold"], per_model["pairs_d"] = g256 - g8, d256 - d8
     f["peak_last256"] = int(np.sum(np.argmax(series(lin, "gold", beta=0.0, pairs=256), 0) == len(lin.steps_T) - 1))
     for pairs in (8, 256):
         gm, dm, *_ = peaks(mlp, pairs=pairs)
         gl, dl, *_ = peaks(lin, beta=0.0, pairs=pairs)
         f[f"mlp_gold{pairs}"], f[f"mlp_d{pairs}"] = mean_ci95(gm - gl), mean_ci95(dm - dl)
+        per_model[f"mlp_gold{pairs}"] = gm - gl
     gn0, *_ = peaks(noise, noise=0.0)
     gn2, *_ = peaks(noise, noise=2.0)
     f["noise_gold"] = mean_ci95(gn2 - gn0)
+    per_model["noise_gold"] = gn2 - gn0
+    # families, Holm-corrected: claim 1's fall; claim 2's two gold differences; claim 3's five contrasts
+    f["v"] = (judge({"fall8": per_model["fall8"]}) | judge({k: per_model[k] for k in ("kl_gold8", "kl_gold256")})
+              | judge({k: per_model[k] for k in ("pairs_gold", "pairs_d", "mlp_gold8", "mlp_gold256", "noise_gold")}))
+    # claim 2's sign test: under "the penalty makes no difference" each model is above or below with p = 1/2
+    f["sign_p8"] = binomtest(f["kl_pos8"], 8, 0.5).pvalue
     n_models = len({v[KEYS["seed"]] for v in lin.batch.point_values})
     rows = [_row(f"linear, {p} pairs, β = {b:g}", lin, pairs=p, beta=b) for b in (0.0, 0.2) for p in (8, 64, 256)]
     rows += [_row(f"MLP, {p} pairs, β = 0", mlp, pairs=p) for p in (8, 256)]
     rows += [_row(f"linear, 64 pairs, noise τ = {t:g}, β = 0", noise, noise=t) for t in (0.0, 2.0)]
     header = ["reward model", "peak gold (mean [CI])", "d at peak", "final gold", "final proxy (mean curve)",
-              "final gold − proxy", "final d", "Gao fit α, β, R²"]
+              "final gold − proxy", "final d", "Gao fit α, β, R² (mean curve)", "fitted peak d* (mean curve)",
+              "models whose own fit peaks in their data"]
     table = "| " + " | ".join(header) + " |\n|" + "|".join(" --- " for _ in header) + "|\n"
     table += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
-    held = "holds" if f["fall8"][1] > 0 and f["proxy_shortfall"] >= -1e-3 else "does not hold"
+    held = "holds" if f["v"]["fall8"] == "up" and f["proxy_shortfall"] >= -1e-3 else "does not hold"
     every = "every" if f["proxy_shortfall"] >= -1e-3 else "not every"
-    kl_avg = "on average it helps" if f["kl_gold8"][0] > 0 else "on average it does not help"
-    bigger = ("does not help" if f["mlp_gold8"][1] <= 0 and f["mlp_gold256"][1] <= 0 else "helps in part")
+    kl_avg = {"up": "it helps", "down": "it costs gold", "equivalent": f"it makes no difference within ±{MARGIN:g}",
+              "inconclusive": "whether it helps is inconclusive"}[f["v"]["kl_gold8"]]
+    bigger = ("helps in part" if "up" in (f["v"]["mlp_gold8"], f["v"]["mlp_gold256"]) else "is not shown to help")
     text = (
         "## 8. Reward hacking with a learned reward model\n\n"
         "The lecture notes (points 5 and 6): RL scores samples with a *frozen reward model*, the policy finds "
@@ -124,7 +160,9 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         f"Runs: `{lin.command}`; `{mlp.command}`; `{noise.command}`. Each point is one reward model "
         f"(reward_model.seed 0-7: independent pairs) and one exact-mode RL run; statistics are over the "
         f"{n_models} reward models of each condition, paired by seed. The Gao fit is R(d) = d·(α − β·log d) to the mean gold "
-        "gain against the mean d.\n\n"
+        "gain against the mean d, whose peak is d* = exp(α/β − 1); the mean curve averages models that peak at "
+        "different d, so each model's own gold curve is fitted too (last column). A fitted peak outside the observed "
+        "d is an extrapolation, and the table says so.\n\n"
         "![reward hacking](reward_hacking.png)\n\n" + table + "\n"
         f"- **Reward hacking {held}** (claim 1): with β = 0 and 8 pairs the proxy ends at its maximum in {every} "
         f"reward model (largest shortfall {f['proxy_shortfall']:.4f}) while the gold falls from its peak by "
@@ -133,18 +171,21 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         "gold (the proxy is right on average) and then trades it for proxy.\n"
         f"- **A KL penalty limits it, at a price** (claim 2): β = 0.2 ends at a smaller KL in "
         f"{f['d_smaller8']} of 8 models with 8 pairs and {f['d_smaller256']} of 8 with 256. With 8 pairs it ends "
-        f"with more gold than β = 0 in {f['kl_pos8']} of 8 models (difference {fmt(f['kl_gold8'])}): {kl_avg}, "
+        f"with more gold than β = 0 in {f['kl_pos8']} of 8 models (two-sided sign test p = {f['sign_p8']:.2f}; "
+        f"difference {fmt(f['kl_gold8'])}): {kl_avg}, "
         f"and it costs gold where the proxy happened to be right. With 256 pairs it costs gold in {8 - f['kl_pos256']} of 8 models "
         f"({fmt(f['kl_gold256'])}): the penalty limits exploitation of a bad proxy and of a good one alike.\n"
-        f"- **More pairs fix it** (claim 3): 256 pairs instead of 8 raise the gold peak by {fmt(f['pairs_gold'])} "
-        f"and move it to a larger d by {fmt(f['pairs_d'])}; with 256 pairs the gold peaks at the last logged step "
-        f"in {f['peak_last256']} of 8 models.\n"
+        f"- **More pairs** (claim 3): 256 pairs instead of 8 {effect(f['v']['pairs_gold'])} the gold peak "
+        f"({fmt(f['pairs_gold'])}) and its d ({fmt(f['pairs_d'])}, {effect(f['v']['pairs_d'])}); with 256 pairs the gold "
+        f"peaks at the last logged step in {f['peak_last256']} of 8 models. Here that is nearly a tautology: the gold is "
+        "linear in the linear reward model's features, so enough pairs recover it exactly (a gold the family cannot "
+        "represent, where capacity and data would matter, is not built yet).\n"
         f"- **A bigger reward model {bigger}** (claim 3, the other fix): the MLP against the linear "
-        f"model, same pairs and seed, {effect(f['mlp_gold8'])} the peak gold with 8 pairs ({fmt(f['mlp_gold8'])}) "
-        f"and {effect(f['mlp_gold256'])} it with 256 ({fmt(f['mlp_gold256'])}; all near the maximum 5) (d at the peak: {fmt(f['mlp_d8'])}, {fmt(f['mlp_d256'])}). In this toy "
+        f"model, same pairs and seed, {effect(f['v']['mlp_gold8'])} the peak gold with 8 pairs ({fmt(f['mlp_gold8'])}) "
+        f"and {effect(f['v']['mlp_gold256'])} it with 256 ({fmt(f['mlp_gold256'])}; all near the maximum 5) (d at the peak: {fmt(f['mlp_d8'])}, {fmt(f['mlp_d256'])}). In this toy "
         "the gold is linear in (position, token) features, so the linear model is already of the right form; "
         "capacity helps when the model is too simple for the gold (Gao et al.'s setting), which this task is not.\n"
-        f"- **Noisier labels** (τ = 2 instead of 0, 64 pairs) {effect(f['noise_gold'])} the peak gold: "
+        f"- **Noisier labels** (τ = 2 instead of 0, 64 pairs) {effect(f['v']['noise_gold'])} the peak gold: "
         f"{fmt(f['noise_gold'])}.\n"
         "- **RL vs SFT** (lecture notes point 6) is a statement about gradients, checked exactly in "
         "tests/test_claims_reward_model.py (claim 4): RL's expected gradient on a token the policy never produces "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from sim import plots, results
+from sim import plots, results, stats
 
 SUMMARY_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy")
 
@@ -59,9 +59,9 @@ def combine(jobs: list[tuple[Path, dict]]) -> tuple[list[str], list[dict]]:
     return static + in_process, points
 
 
-def write_table(path: Path, axes: list[str], points: list[dict]) -> None:
+def write_table(path: Path, axes: list[str], points: list[dict], margin: float = stats.DEFAULT_MARGIN) -> None:
     metrics = tuple(m for m in SUMMARY_METRICS if m in points[0]["metrics"])
-    header, rows = results.summary_table(points, axes, metrics)
+    header, rows = results.summary_table(points, axes, metrics, margin)  # verdicts: Holm over every job's points
     with open(path, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["job"] + header)
@@ -73,7 +73,8 @@ def aggregate(root: Path) -> tuple[list[str], list[dict]]:
     if not jobs:
         raise FileNotFoundError(f"{root}: no summary.json under it (is it a multirun directory of sim.run -m?)")
     axes, points = combine(jobs)
-    write_table(root / "aggregate.csv", axes, points)
+    margin = jobs[0][1].get("verdict_rules", {}).get("margin", stats.DEFAULT_MARGIN)  # the jobs' own margin
+    write_table(root / "aggregate.csv", axes, points, margin)
     if 1 <= len(axes) <= 2:
         plots.sweep_figure(root / "sweep.png", points, axes, f"{root.name}: {len(jobs)} jobs")
     else:

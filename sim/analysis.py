@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import diagnostics, estimates, geometry, results, sft, task as task_lib
+from sim import diagnostics, estimates, geometry, results, sft, stats, task as task_lib
 from sim.config import Experiment, Static
 from sim.sweep import Batch
 from sim.task import REWARDS
@@ -148,24 +148,63 @@ def orthogonality_summary(values_J, values_K, ref_JxK, final_RxJxK) -> dict:
                       "min_pair_prob": min(f["min_pair_prob"] for f in finals)}}
 
 
-def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray) -> dict | None:
-    """The blog's Table 1 over training (batch rows only) of the given (healthy) runs: mean
-    fraction and mean advantage per cell, and whether p(ud) > p(uu) (phi up, phi_prime not up vs
-    both up) holds. None without runs."""
-    if runs.size == 0:
-        return None
-    rows = slice(1, None)  # row 0 is the reference, before any batch
-    cells = {q: {"frac": float(np.mean(metrics[f"quad_frac_{q}"][rows][:, runs])),
-                 "adv": _nan_mean(metrics[f"quad_adv_{q}"][rows][:, runs])}
-             for q in diagnostics.QUADRANTS}
-    gap_TxN = metrics["quad_frac_ud"][rows][:, runs] - metrics["quad_frac_uu"][rows][:, runs]
-    mean, lo, hi = results.mean_ci95(np.mean(gap_TxN, 0))
-    return {"cells": cells,
-            "blog_inequality": {"ud_minus_uu_mean": mean, "ud_minus_uu_ci95": [_finite(lo), _finite(hi)],
-                                "holds": bool(mean > 0),
-                                "holds_at_fraction_of_logged_steps": float(np.mean(np.mean(gap_TxN, 1) > 0)),
-                                "ud_minus_uu_first": float(np.mean(gap_TxN[0])),
-                                "ud_minus_uu_last": float(np.mean(gap_TxN[-1]))}}
+def untied_gap_TxN(metrics: dict[str, np.ndarray], runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(p(ud) - p(uu) among the untied samples of each batch, the share of tied samples), batch rows
+    x runs. A tie (a reward at its group's mean) is neither up nor down (diagnostics.TIED); the gap
+    is NaN in a batch with no untied sample."""
+    frac = lambda c: metrics[f"quad_frac_{c}"][1:][:, runs]  # noqa: E731; row 0 is the reference, before any batch
+    untied_TxN = sum(frac(q) for q in diagnostics.QUADRANTS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap_TxN = np.where(untied_TxN > 0, (frac("ud") - frac("uu")) / untied_TxN, np.nan)
+    return gap_TxN, 1.0 - untied_TxN
+
+
+def _run_means_N(x_TxN: np.ndarray) -> np.ndarray:
+    """Each run's mean over its non-NaN rows; runs with none are left out (no warning)."""
+    ok_TxN = ~np.isnan(x_TxN)
+    keep = ok_TxN.any(0)
+    return np.where(ok_TxN, x_TxN, 0.0).sum(0)[keep] / ok_TxN.sum(0)[keep]
+
+
+def quadrant_summaries(metrics: dict[str, np.ndarray], runs_P: list[np.ndarray],
+                       margin: float = stats.DEFAULT_MARGIN) -> list[dict | None]:
+    """The blog's Table 1 over training (batch rows only) of each point's (healthy) runs: mean
+    fraction and mean advantage per cell (ties in their own cells), and the blog's inequality
+    p(ud) > p(uu) among untied samples with the share of ties beside it. Its verdict (stats.py:
+    up = holds, down = reversed, equivalent within +-margin, inconclusive) is Holm-corrected over
+    the points. None for a point without runs."""
+    gaps = [untied_gap_TxN(metrics, runs) if runs.size else None for runs in runs_P]
+    tests = iter(stats.family_verdicts([_run_means_N(g[0]) for g in gaps if g is not None], margin))
+    out = []
+    for runs, gap in zip(runs_P, gaps):
+        if gap is None:
+            out.append(None)
+            continue
+        gap_TxN, tie_TxN = gap
+        cells = {c: {"frac": float(np.mean(metrics[f"quad_frac_{c}"][1:][:, runs])),
+                     "adv": _nan_mean(metrics[f"quad_adv_{c}"][1:][:, runs])} for c in diagnostics.CELLS}
+        gap_N = _run_means_N(gap_TxN)  # empty when every sample was tied (a deterministic policy)
+        mean, lo, hi = results.mean_ci95(gap_N) if gap_N.size else (float("nan"),) * 3
+        test = next(tests)
+        verdict = test.pop("verdict")
+        row_means_T = [_nan_mean(g) for g in gap_TxN]  # over runs, per logged batch
+        tied_phi_prime = sum(metrics[f"quad_frac_{c}"][1:][:, runs] for c in ("ut", "dt", "tt"))
+        out.append({"cells": cells,
+                    "blog_inequality": {
+                        "among": "untied samples", "ud_minus_uu_mean": _finite(mean),
+                        "ud_minus_uu_ci95": [_finite(lo), _finite(hi)],
+                        "tie_share": float(np.mean(tie_TxN)), "tie_share_phi_prime": float(np.mean(tied_phi_prime)),
+                        "verdict": verdict, "test": test, "holds": verdict == "up",
+                        "holds_at_fraction_of_logged_steps": float(np.mean([m is not None and m > 0
+                                                                            for m in row_means_T])),
+                        "ud_minus_uu_first": row_means_T[0], "ud_minus_uu_last": row_means_T[-1]}})
+    return out
+
+
+def quadrant_summary(metrics: dict[str, np.ndarray], runs: np.ndarray,
+                     margin: float = stats.DEFAULT_MARGIN) -> dict | None:
+    """quadrant_summaries of one point (a family of one)."""
+    return quadrant_summaries(metrics, [runs], margin)[0]
 
 
 MIN_KAPPA_SAMPLES = 3  # samples per prompt below which the sampled tilt's kappa says nothing
@@ -198,19 +237,25 @@ def sampled_geometry(ref_rewards: tuple[np.ndarray, np.ndarray], delta: float, k
     return {"geometry": out, "orthogonality": {"reference": ortho, "final": None}}
 
 
-def sampled_report(batch: Batch, result: TrainResult, ref_rewards: tuple[np.ndarray, np.ndarray]) -> list[dict]:
+def sampled_report(batch: Batch, result: TrainResult, ref_rewards: tuple[np.ndarray, np.ndarray],
+                   margin: float = stats.DEFAULT_MARGIN) -> list[dict]:
     """`report` for a pretrained checkpoint: per sweep point the reference's sampled kappa and
     orthogonality (the same checkpoint for every point; only kappa_delta may differ) and the
     quadrant table over training. The toy's factorised analyses (KL-cost curves over a pmf,
     orthogonality by enumeration, the family solve) do not apply and are not computed."""
+    quadrants = quadrant_summaries(result.metrics, healthy_runs_P(batch, result), margin)
     points = []
     for p in range(len(batch.point_values)):
         run, hp = point_hparams(batch, p)
-        runs = np.flatnonzero(batch.points_R == p)
-        healthy = result.diverged_at_step_R[runs] < 0
         points.append(sampled_geometry(ref_rewards, float(hp["kappa_delta"]), jax.random.key(0))
-                      | {"quadrants": quadrant_summary(result.metrics, runs[healthy])})
+                      | {"quadrants": quadrants[p]})
     return points
+
+
+def healthy_runs_P(batch: Batch, result: TrainResult) -> list[np.ndarray]:
+    """Each sweep point's runs that did not diverge (diverged runs are left out of every statistic)."""
+    return [r[result.diverged_at_step_R[r] < 0] for r in (np.flatnonzero(batch.points_R == p)
+                                                          for p in range(len(batch.point_values)))]
 
 
 def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dict], dict]:
@@ -220,6 +265,7 @@ def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dic
         return [{} for _ in batch.point_values], {}
     delta_D = np.unique(np.append(CURVE_DELTAS, batch.hparams_R["kappa_delta"])).astype(np.float32)
     points, figures = [], {}
+    quadrants = quadrant_summaries(result.metrics, healthy_runs_P(batch, result), exp.verdict_margin)
     for p in range(len(batch.point_values)):
         run, hp = point_hparams(batch, p)
         runs = np.flatnonzero(batch.points_R == p)
@@ -234,7 +280,7 @@ def report(exp: Experiment, batch: Batch, result: TrainResult) -> tuple[list[dic
         joints = (*joints[:3], joints[3][healthy])
         points.append({"geometry": geometry_summary(hp, curves, delta_D, at, int(batch.seeds_R[run])),
                        "orthogonality": orthogonality_summary(*joints),
-                       "quadrants": quadrant_summary(result.metrics, runs[healthy])})
+                       "quadrants": quadrants[p]})
         if p == 0:
             figures = {"curves": {"delta": delta_D, **curves}, "joints": joints}
     return points, figures

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from sim import algos, geometry, policies, reward_model, text_task, trackers
+from sim import algos, geometry, policies, reward_model, stats, text_task, trackers
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
@@ -73,7 +73,8 @@ _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "ka
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model",
-         "batch_invariant", "logger"},
+         "batch_invariant", "logger", "verdict"},
+    "verdict": {"margin"},
     "reward_model": reward_model.KEYS,
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache", "mesh", "distributed"},
     "runtime.mesh": {"data", "fsdp", "tp"},
@@ -185,6 +186,8 @@ class Experiment:
     # trackers.parse_logger: kind -> options of the trackers every logged row also streams to
     # ({}: none; changes no number)
     logger: dict[str, dict] = field(default_factory=dict)
+    # summary.json's verdicts: "equivalent" needs |delta| < margin by TOST (sim/stats.py); changes no metric
+    verdict_margin: float = stats.DEFAULT_MARGIN
 
     @property
     def n_runs(self) -> int:
@@ -433,6 +436,12 @@ def task_kind(cfg: Mapping) -> str:
     return choice(cfg, "task.kind", TASK_KINDS) if isinstance(task, Mapping) and "kind" in task else "toy"
 
 
+def _verdict_margin(cfg) -> float:
+    if "verdict" not in cfg or "margin" not in cfg["verdict"]:
+        return stats.DEFAULT_MARGIN
+    return real(cfg, "verdict.margin", *POSITIVE)
+
+
 def parse(cfg: Mapping) -> Experiment:
     """Validate a composed config (plain dict or DictConfig) and split it into static and numeric parts."""
     if is_list(kind := lookup(cfg, "policy.kind")):  # read before the keys are checked: say so here too
@@ -501,7 +510,7 @@ def parse(cfg: Mapping) -> Experiment:
                      resume=flag(cfg, "resume", True), overwrite=flag(cfg, "overwrite", False),
                      axes=axes, derived=derived, sft=_sft(cfg) if neural else None,
                      analysis=choice(cfg, "analysis", ANALYSIS_MODES) if "analysis" in cfg else "basic",
-                     text=text, reward_fit=rm_fit)
+                     text=text, reward_fit=rm_fit, verdict_margin=_verdict_margin(cfg))
     if record == "auto":
         record = "runs" if exp.n_runs * (steps // log_every + 1) <= RUN_ROWS_LIMIT else "points"
     logger = trackers.parse_logger(cfg)

@@ -3,8 +3,11 @@ per-reward variance split, and the orthogonality of phi and phi_prime. Pure func
 
 Quadrants (the blog's Table 1): each sample's phi and phi_prime are compared with the mean of
 its own group (the same prompt), as GRPO's baseline does. First letter phi, second phi_prime;
-'u' = above the group mean, 'd' = at or below it (the blog's dv <= 0). The blog's inequality is
-p(ud) > p(uu): among samples that gain phi, more lose (or keep) phi_prime than gain it.
+'u' = above the group mean, 'd' = below it, 't' = a tie (at the mean). A tie is neither up nor
+down: the blog counts dv <= 0 as down, but with a binary phi_prime that every sample of a group
+gets right most samples are ties, and its inequality p(ud) > p(uu) would then hold by
+construction. So the four quadrants are strict and the ties have cells of their own; the
+inequality is read among untied samples (analysis.quadrant_summary), with the ties' share beside it.
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ import numpy as np
 from sim import geometry
 from sim.task import Task
 
-QUADRANTS = ("uu", "ud", "du", "dd")
-BATCH_METRICS = (tuple(f"quad_frac_{q}" for q in QUADRANTS) + tuple(f"quad_adv_{q}" for q in QUADRANTS)
+QUADRANTS = ("uu", "ud", "du", "dd")  # untied: strictly above or below the group mean in both rewards
+TIED = ("ut", "dt", "tu", "td", "tt")  # at the group mean in phi_prime (second letter), phi or both
+CELLS = QUADRANTS + TIED
+BATCH_METRICS = (tuple(f"quad_frac_{c}" for c in CELLS) + tuple(f"quad_adv_{c}" for c in CELLS)
                  + ("adv_share_phi", "adv_share_phi_prime", "frac_reward_zero_std"))
 # Rewards are multiples of 1/K, so a real deviation from a group mean is >= 1/(K G) >> TIE;
 # anything smaller is float rounding of a tie and counts as 'at the mean'.
@@ -31,12 +36,14 @@ def _centred_PxG(x_PxG: jax.Array, w_PxG: jax.Array) -> jax.Array:
 
 def quadrant_metrics(phi_PxG: jax.Array, phi_prime_PxG: jax.Array, adv_PxG: jax.Array,
                      w_PxG: jax.Array) -> dict[str, jax.Array]:
-    """Share of the batch (weight w, summing to 1) in each quadrant and the mean advantage there
+    """Share of the batch (weight w, summing to 1) in each cell of CELLS and the mean advantage there
     (NaN for an empty cell). Samples: w = 1/B; exact mode: w = pi(y|p)/P, the population table."""
-    up_phi = _centred_PxG(phi_PxG, w_PxG) > TIE
-    up_phi_prime = _centred_PxG(phi_prime_PxG, w_PxG) > TIE
-    cells = {"uu": up_phi & up_phi_prime, "ud": up_phi & ~up_phi_prime,
-             "du": ~up_phi & up_phi_prime, "dd": ~up_phi & ~up_phi_prime}
+    def side(x_PxG):
+        c_PxG = _centred_PxG(x_PxG, w_PxG)
+        return {"u": c_PxG > TIE, "d": c_PxG < -TIE, "t": jnp.abs(c_PxG) <= TIE}
+
+    phi, phi_prime = side(phi_PxG), side(phi_prime_PxG)
+    cells = {c: phi[c[0]] & phi_prime[c[1]] for c in CELLS}
     out = {}
     for name, mask_PxG in cells.items():
         mass = jnp.sum(jnp.where(mask_PxG, w_PxG, 0.0))

@@ -22,7 +22,7 @@ import yaml
 from tqdm import tqdm
 
 from sim import (analysis, diagnostics, hacking, interrupt, plots, preflight, proxy, reference, results, rundir,
-                 trackers)
+                 stats, trackers)
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
@@ -71,7 +71,7 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
             overrides=()) -> dict:
     diverged = diverged_runs(batch, result)
     points = results.point_summaries(result.metrics, batch.points_R, batch.point_values, result.diverged_at_step_R,
-                                     result.steps_T)
+                                     result.steps_T, exp.verdict_margin)
     for point, hp in zip(points, batch.point_hparams):
         point["hparams"] = hp  # what the point trained with (derived settings resolved)
     return {
@@ -88,6 +88,9 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
         # healthy runs whose policy ended (near-)deterministic; per point in points[*]
         "n_deterministic": sum(p["n_deterministic"] or 0 for p in points),
         "deterministic_entropy": results.DETERMINISTIC_ENTROPY,
+        # each metric's verdict per point (sim/stats.py): its family is the metric's sweep points
+        "verdict_rules": {"margin": exp.verdict_margin, "alpha": stats.ALPHA, "correction": "holm",
+                          "contrast": "end - start per seed, Student t", "equivalence": "TOST"},
         "points": points,
         "compile_seconds": result.compile_seconds,
         "run_seconds": result.run_seconds,
@@ -155,9 +158,11 @@ def one_line_diagnostics(point: dict) -> str:
     if "teacher" in geo["phi"]:  # a neural policy: the runs start from the SFT reference, not the teacher
         kappa = f"{kappa} (SFT reference; teacher {kappas('teacher')})"
     held = "n/a (no healthy run)" if quadrants is None else (
-        "held" if quadrants["blog_inequality"]["holds"] else "did not hold")
-    return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime not up) > p(both up) "
-            f"over training: {held}")
+        {"up": "held", "down": "reversed", "equivalent": "no difference (equivalent)",
+         "inconclusive": "inconclusive"}[quadrants["blog_inequality"]["verdict"]]
+        + f", ties {quadrants['blog_inequality']['tie_share']:.0%} of samples")
+    return (f"reference kappa(+-{geo['delta']:g}): {kappa}; blog's p(phi up, phi_prime down) > p(both up) "
+            f"among untied samples over training: {held}")
 
 
 def _sft_label(point: dict) -> str:
@@ -277,7 +282,7 @@ def _finish(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
         from sim import lm_setup
 
         ref_rewards = lm_setup.reference_rewards(out / "samples.jsonl")
-        extras, arrays = analysis.sampled_report(batch, result, ref_rewards), {}
+        extras, arrays = analysis.sampled_report(batch, result, ref_rewards, exp.verdict_margin), {}
     else:
         extras, arrays = analysis.report(exp, batch, result)  # kappa, orthogonality, quadrant table
     for point, extra in zip(info["points"], extras):

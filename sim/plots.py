@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sim.diagnostics import TIED  # noqa: E402
 from sim.results import Bands, band_TxN  # noqa: E402
 
 REWARD_STYLE = {"phi": ("C0", "φ"), "phi_prime": ("C3", "φ′")}
@@ -192,7 +193,9 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     share of the advantage variance, and kappa(delta) under the current policy."""
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     quads = [("uu", "C2", "φ↑ φ′↑"), ("ud", "C1", "φ↑ φ′↓"), ("du", "C0", "φ↓ φ′↑"), ("dd", "C7", "φ↓ φ′↓")]
-    _per_point(axes[0], steps_T, metrics, points_R, point_labels, [(f"quad_frac_{q}", c, t) for q, c, t in quads])
+    ties = {"quad_frac_ties": sum(metrics[f"quad_frac_{c}"] for c in TIED)} if f"quad_frac_{TIED[0]}" in metrics else {}
+    _per_point(axes[0], steps_T, metrics | ties, points_R, point_labels,
+               [(f"quad_frac_{q}", c, t) for q, c, t in quads] + [("quad_frac_ties", "k", "a tie")] * bool(ties))
     _per_point(axes[1], steps_T, metrics, points_R, point_labels, [(f"quad_adv_{q}", c, t) for q, c, t in quads])
     shares = [(f"adv_share_{n}", c, s) for n, (c, s) in REWARD_STYLE.items()]
     _per_point(axes[2], steps_T, metrics, points_R, point_labels, shares)
@@ -200,7 +203,8 @@ def diagnostics_figure(path: Path, steps_T: np.ndarray, metrics: dict[str, np.nd
     with np.errstate(invalid="ignore"):
         finite = {k: np.where(np.isfinite(v), v, np.nan) for k, v in metrics.items() if k.startswith("kappa_")}
     _per_point(axes[3], steps_T, finite, points_R, point_labels, kappas)
-    axes[0].set(title="quadrants (↑ above the group mean, ↓ not)", xlabel="step", ylabel="fraction of batch")
+    axes[0].set(title="quadrants (↑ above the group mean, ↓ below; ties apart)", xlabel="step",
+                ylabel="fraction of batch")
     axes[1].set(title="mean advantage per quadrant", xlabel="step", ylabel="advantage")
     axes[2].set(title="share of advantage variance", xlabel="step", ylabel="squared correlation", ylim=(0, 1))
     axes[3].set(title="κ(δ) under the current policy", xlabel="step", ylabel="C(+δ)/C(−δ)")

@@ -9,6 +9,8 @@ import numpy as np
 # Student t's inverse cdf; scipy.special imports in a fraction of scipy.stats' second (a run's wall time)
 from scipy.special import stdtrit
 
+from sim import stats
+
 
 def mean_ci95(x_N: np.ndarray) -> tuple[float, float, float]:
     """(mean, lo, hi) of a 95% Student-t interval of the mean; lo = hi = nan for fewer than 2 values
@@ -80,7 +82,7 @@ def metric_summary(x_TxN: np.ndarray, steps_T: np.ndarray | None = None) -> dict
     """
     T, N = x_TxN.shape
     steps_T = np.arange(T) if steps_T is None else np.asarray(steps_T)
-    rows = np.flatnonzero(~np.any(np.isnan(x_TxN), 1)) if N else np.array([], int)
+    rows = _complete_rows(x_TxN)
     if rows.size == 0:
         return {"start": None, "start_step": None, "end": None, "end_step": None, "end_is_last": False,
                 "delta_mean": None, "delta_ci95": [None, None], "n_seeds": N}
@@ -99,6 +101,19 @@ def metric_summary(x_TxN: np.ndarray, steps_T: np.ndarray | None = None) -> dict
     }
 
 
+def _complete_rows(x_TxN: np.ndarray) -> np.ndarray:
+    """The rows with a value for every seed (none without seeds)."""
+    return np.flatnonzero(~np.any(np.isnan(x_TxN), 1)) if x_TxN.shape[1] else np.array([], int)
+
+
+def delta_N(x_TxN: np.ndarray) -> np.ndarray:
+    """Each seed's end - start, between the rows metric_summary reads (empty when it has no delta)."""
+    rows = _complete_rows(x_TxN)
+    if rows.size < 2:
+        return np.zeros(0)
+    return np.asarray(x_TxN[rows[-1]], np.float64) - np.asarray(x_TxN[rows[0]], np.float64)
+
+
 def _none_if_nan(v: float):
     return None if np.isnan(v) else v
 
@@ -111,20 +126,26 @@ DETERMINISTIC_ENTROPY = 0.01
 
 
 def point_summaries(metrics: dict[str, np.ndarray], points_R: np.ndarray, point_values: list[dict],
-                    diverged_R: np.ndarray | None = None, steps_T: np.ndarray | None = None) -> list[dict]:
+                    diverged_R: np.ndarray | None = None, steps_T: np.ndarray | None = None,
+                    margin: float = stats.DEFAULT_MARGIN) -> list[dict]:
     """One entry per sweep point: its swept values and a metric_summary per metric over its
     healthy runs; runs flagged in `diverged_R` (step >= 0) are left out and counted. `steps_T`:
-    the logged step of each row."""
+    the logged step of each row. Each metric_summary also gets the delta's verdict (stats.py:
+    up, down, equivalent within +-margin, inconclusive); the declared family of a verdict is the
+    sweep points of its metric, over which the tests are Holm-corrected."""
     healthy_R = np.ones(len(points_R), bool) if diverged_R is None else np.asarray(diverged_R) < 0
+    runs_P = [np.flatnonzero((points_R == p) & healthy_R) for p in range(len(point_values))]
     out = []
-    for p, values in enumerate(point_values):
-        runs = np.flatnonzero((points_R == p) & healthy_R)
+    for p, (values, runs) in enumerate(zip(point_values, runs_P)):
         out.append({"values": values,
                     "n_diverged": int(np.sum((points_R == p) & ~healthy_R)),
                     # of its healthy runs, those whose last entropy is below DETERMINISTIC_ENTROPY
                     "n_deterministic": (int(np.sum(metrics["entropy"][-1, runs] < DETERMINISTIC_ENTROPY))
                                         if "entropy" in metrics else None),
                     "metrics": {k: metric_summary(v[:, runs], steps_T) for k, v in metrics.items()}})
+    for k, v in metrics.items():
+        for point, test in zip(out, stats.family_verdicts([delta_N(v[:, runs]) for runs in runs_P], margin)):
+            point["metrics"][k] |= {"verdict": test.pop("verdict"), "test": test}
     return out
 
 
@@ -169,19 +190,24 @@ def points_table(stats_steps_T: np.ndarray, count_N: np.ndarray, mean: dict, m2:
     return header, np.stack(cols, 1)
 
 
-SUMMARY_FIELDS = ("start", "end", "delta_mean", "delta_lo", "delta_hi")
+SUMMARY_FIELDS = ("start", "end", "delta_mean", "delta_lo", "delta_hi", "verdict")
 
 
-def summary_table(points: list[dict], axes: list[str], metrics: tuple[str, ...]) -> tuple[list[str], list[list]]:
+def summary_table(points: list[dict], axes: list[str], metrics: tuple[str, ...],
+                  margin: float = stats.DEFAULT_MARGIN) -> tuple[list[str], list[list]]:
     """Flat table of point summaries (as in summary.json): axis values, n_seeds, then per metric
-    start, end, delta mean and 95% CI. Axis values may be numbers or strings (static axes)."""
+    start, end, delta mean and 95% CI, and the delta's verdict with the table's rows as the family
+    (Holm over every row, e.g. every job of a multirun, not per job; stats.interval_verdicts). Axis
+    values may be numbers or strings (static axes)."""
     header = list(axes) + ["n_seeds"] + [f"{m}_{f}" for m in metrics for f in SUMMARY_FIELDS]
+    verdicts = {m: stats.interval_verdicts([(p["metrics"][m]["delta_mean"], *p["metrics"][m]["delta_ci95"],
+                                             p["metrics"][m]["n_seeds"]) for p in points], margin) for m in metrics}
     rows = []
-    for point in points:
+    for i, point in enumerate(points):
         row = [point["values"].get(a) for a in axes]
         row.append(next(iter(point["metrics"].values()))["n_seeds"])
         for m in metrics:
             s = point["metrics"][m]
-            row += [s["start"], s["end"], s["delta_mean"], *s["delta_ci95"]]
+            row += [s["start"], s["end"], s["delta_mean"], *s["delta_ci95"], verdicts[m][i]]
         rows.append(row)
     return header, rows

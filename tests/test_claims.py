@@ -12,15 +12,16 @@ paired by seed. Every statistic is a mean over seeds with its 95% Student-t inte
 
 What holds in the simulator (numbers and figures: experiments/REPORT.md):
 1. holds.
-2. half false. The fall grows with κ′ (0.94 → 1 → 1.07; it saturates by 1.37), but with the
+2. half false. The fall grows with κ′ (0.94 → 1 → 1.07; beyond, to 1.37, inconclusive), but with the
    default sharing (128 slots on a width-4 feature space) φ′ falls at κ′ ≤ 1 too. κ′ decides
-   the sign only with less sharing (width 16): φ′ then rises at κ′ < 1, barely moves at κ′ = 1
-   and falls at κ′ > 1.
+   the sign only with less sharing (width 16): φ′ then rises at κ′ < 1, falls at κ′ > 1, and
+   is inconclusive at κ′ = 1 (neither a change nor equivalence within ±0.02 is shown).
 3. holds: w₂ = 0 falls further; with w₂ = 1 φ′ levels off (last-quarter slope not negative).
 4. holds.
 5. holds, at width 16, where the same κ′ < 1 rises without the systematic overlap; it differs
    from claim 1 in the measured κ′ (< 1 vs > 1) and in the quadrant table (the blog's
-   p(φ↑φ′↓) > p(φ↑φ′↑) holds here and is reversed in claim 1's setting).
+   p(φ↑φ′↓) − p(φ↑φ′↑) among untied samples is higher here than in claim 1's setting, where it is
+   reversed; here it is barely above 0).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np
 import pytest
 
 from conftest import experiment
+from sim import stats
 from sim.results import mean_ci95, slope_ci95
 from sim.sweep import expand
 from sim.train import make_train, run_keys
@@ -101,9 +103,10 @@ def test_claim2_the_fall_grows_with_kappa(default_policy):
     """w2 = 1, step 200: over kappa' 0.94 -> 1 -> 1.07 (each checked against the kappa' logged at
     step 0) the fall of phi' grows, each step tested as a paired difference by seed (its 95% CI
     below 0). Measured: dphi' -0.07, -0.18, -0.27; paired steps about -0.11 (via kappa' 0.97:
-    -0.056 [-0.088, -0.024] then -0.051 [-0.070, -0.032]) and -0.090 [-0.112, -0.068]. It
-    saturates by kappa' 1.37 (-0.28; 1.07 -> 1.37 differs by -0.01 [-0.04, +0.02]), so the monotone
-    trend is tested over the three values below it."""
+    -0.056 [-0.088, -0.024] then -0.051 [-0.070, -0.032]) and -0.090 [-0.112, -0.068]. From 1.07
+    to 1.37 (-0.28) the change, -0.01 [-0.04, +0.02], is inconclusive (not a fall, and not within
+    +-0.02 by TOST: no saturation is shown either), so the monotone trend is tested over the three
+    values below it."""
     t, at = default_policy, default_policy.row(200)
     kappas, falls = [], []
     for k in (0.94, 1.0, 1.07):
@@ -128,14 +131,15 @@ def test_claim2_is_false_with_default_sharing_phi_prime_falls_at_kappa_at_most_o
 
 
 def test_claim2_holds_with_less_sharing_kappa_decides_the_sign(wide_policy):
-    """Width 16, overlap 0, step 200: phi' rises at kappa' 0.94 (measured +0.06 [+0.04, +0.09]: CI
-    above 0), barely moves at kappa' = 1 (-0.02 [-0.05, +0.01]: CI includes 0, the claim's
-    'includes or exceeds zero') and falls at kappa' 1.37 (-0.14 [-0.16, -0.12]: CI below 0); the
-    kappa' = 1 change is also well above the kappa' 1.37 fall (paired +0.12 [+0.10, +0.14])."""
+    """Width 16, overlap 0, step 200: by sim/stats.py's verdicts (Holm over the three kappa', TOST
+    margin 0.02) phi' rises at kappa' 0.94 (measured +0.06 [+0.04, +0.09]) and falls at kappa' 1.37
+    (-0.14 [-0.16, -0.12]). At kappa' = 1 it is inconclusive (-0.02 [-0.05, +0.01]: its interval
+    includes 0 but is not within +-0.02 either), so "no fall at kappa' = 1" is not asserted; the
+    kappa' = 1 change is well above the kappa' 1.37 fall (paired +0.12 [+0.10, +0.14])."""
     t = wide_policy
     low, one, high = (t.series("phi_prime", kappa=k, overlap=0.0) for k in (0.94, 1.0, 1.37))
-    assert _delta(low, -1)[1] > 0, _delta(low, -1)
-    assert _delta(one, -1)[2] >= 0, _delta(one, -1)
+    verdicts = [v["verdict"] for v in stats.family_verdicts([x[-1] - x[0] for x in (low, one, high)], 0.02)]
+    assert verdicts[0] == "up" and verdicts[2] == "down", verdicts
     assert mean_ci95((one[-1] - one[0]) - (high[-1] - high[0]))[1] > 0
     assert _delta(high, -1)[2] < 0, _delta(high, -1)
 
@@ -176,22 +180,29 @@ def test_claim5_systematic_spillover_lowers_phi_prime_at_kappa_below_one(wide_po
     phi' falls (measured -0.16 [-0.17, -0.14]) where without it phi' rises (+0.06 [+0.03, +0.09]).
     What tells it apart from claim 1's mechanism (kappa' 1.37, same policy, no overlap): the
     tilt-measured kappa' is below 1 instead of above, and the quadrant table of the first batches
-    (steps 10-30, each seed's mean) has the blog's p(phi up, phi' down) > p(phi up, phi' up):
-    ud - uu measured +0.05 [+0.03, +0.06], where claim 1's setting has it reversed, -0.10
-    [-0.12, -0.08]. Both CIs exclude 0 by more than 0.03. The table does not tell spill-over from
-    its absence at the same kappa' (+0.05 without the overlap too): it follows kappa', not the
-    mechanism."""
+    (steps 10-30, each seed's mean) read among untied samples (a tie with the group's mean is
+    neither up nor down; ties are 11% of these samples): p(phi up, phi' down) - p(phi up, phi' up)
+    measured +0.021 [+0.002, +0.041] here and -0.132 [-0.154, -0.110] in claim 1's setting (counting
+    ties as down, as the table once did, gave +0.047 and -0.103). Thresholds: claim 1's setting
+    below 0 (its CI's upper end is 0.11 from 0) and the paired contrast by seed between the two,
+    measured +0.153 [+0.122, +0.184], above 0.05 at its lower end (0.07 below the measured one).
+    The table does not tell spill-over from its absence at the same kappa' (+0.021 without the
+    overlap too): it follows kappa', not the mechanism."""
     t = wide_policy
     spill = t.series("phi_prime", kappa=0.94, overlap=0.8)
     clean = t.series("phi_prime", kappa=0.94, overlap=0.0)
     assert _delta(spill, -1)[2] < 0, _delta(spill, -1)
     assert _delta(clean, -1)[1] > 0, _delta(clean, -1)
 
-    def ud_minus_uu(k: float, overlap: float) -> tuple[float, float, float]:
-        ud, uu = (t.series(f"quad_frac_{q}", kappa=k, overlap=overlap)[1:4].mean(0) for q in ("ud", "uu"))
-        return mean_ci95(ud - uu)
+    def ud_minus_uu_N(k: float, overlap: float) -> np.ndarray:
+        """Each seed's mean over steps 10-30, among untied samples."""
+        frac = {q: t.series(f"quad_frac_{q}", kappa=k, overlap=overlap)[1:4] for q in ("uu", "ud", "du", "dd")}
+        return ((frac["ud"] - frac["uu"]) / sum(frac.values())).mean(0)
+
+    ud_minus_uu = lambda k, overlap: mean_ci95(ud_minus_uu_N(k, overlap))  # noqa: E731
 
     assert np.all(t.series("kappa_phi_prime", kappa=0.94, overlap=0.8)[0] < 1)
     assert np.all(t.series("kappa_phi_prime", kappa=1.37, overlap=0.0)[0] > 1)
-    assert ud_minus_uu(0.94, 0.8)[1] > 0, ud_minus_uu(0.94, 0.8)
     assert ud_minus_uu(1.37, 0.0)[2] < 0, ud_minus_uu(1.37, 0.0)
+    paired = mean_ci95(ud_minus_uu_N(0.94, 0.8) - ud_minus_uu_N(1.37, 0.0))  # sweep points share seeds
+    assert paired[1] > 0.05, paired

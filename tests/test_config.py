@@ -97,6 +97,8 @@ BAD = [
     (["runtime.sft_cache=''"], "runtime.sft_cache='': must be a directory path"),
     (["policy=gru", "+policy.sft.epochs=3"], "policy.sft.epochs: unknown key"),
     (["analysis=slow"], "analysis='slow': allowed values are none, basic, full"),
+    (["verdict.margin=0"], "verdict.margin=0: must be a finite number > 0"),
+    (["verdict=0.1"], "verdict=0.1: must be a section with keys margin"),
     (["policy=pretrained"], "policy.kind=pretrained: needs a text task (task=text)"),
     (["task=text", "policy=pretrained", "policy.checkpoint=/no/such.gguf"],
      "policy.checkpoint=/no/such.gguf: checkpoint '/no/such.gguf' does not exist"),
@@ -166,6 +168,7 @@ def test_execution_options_change_no_static_or_hparam():
     assert (base.chunk_steps, base.rows_per_chunk, base.checkpoint_seconds, base.resume, base.overwrite) == \
         (None, None, 60.0, True, False)
     assert parse(compose_plain(["checkpoint_seconds=null"])).checkpoint_seconds is None
+    assert (parse(compose_plain(["verdict.margin=0.05"])).verdict_margin, base.verdict_margin) == (0.05, 0.02)
 
 
 def test_null_grad_clip_means_no_clipping():

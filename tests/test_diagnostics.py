@@ -11,29 +11,31 @@ def test_quadrant_fractions_and_advantages_match_a_direct_count():
     phi = np.array([[1.0, 0.5, 0.5, 0.0],     # mean 0.5: up, tie, tie, down
                     [0.25, 0.25, 0.25, 0.25],  # all at the mean: nobody is up
                     [0.0, 1.0, 0.0, 1.0]])
-    phi_prime = np.array([[0.0, 1.0, 0.5, 1.0],
+    phi_prime = np.array([[0.0, 1.0, 0.5, 0.5],  # mean 0.5: down, up, tie, tie
                           [1.0, 0.0, 0.0, 0.0],
                           [1.0, 1.0, 0.0, 0.0]])
     adv = np.arange(12.0).reshape(3, 4) - 5
     counts, sums = {}, {}
     for p, g in itertools.product(range(3), range(4)):
-        cell = ("u" if phi[p, g] > phi[p].mean() else "d") + ("u" if phi_prime[p, g] > phi_prime[p].mean() else "d")
+        side = lambda x, m: "u" if x > m else "d" if x < m else "t"  # noqa: E731; the means here are exact
+        cell = side(phi[p, g], phi[p].mean()) + side(phi_prime[p, g], phi_prime[p].mean())
         counts[cell] = counts.get(cell, 0) + 1
         sums[cell] = sums.get(cell, 0.0) + adv[p, g]
     out = D.quadrant_metrics(jnp.array(phi), jnp.array(phi_prime), jnp.array(adv), jnp.full((3, 4), 1 / 12))
-    for q in D.QUADRANTS:
+    for q in D.CELLS:
         np.testing.assert_allclose(float(out[f"quad_frac_{q}"]), counts.get(q, 0) / 12, rtol=1e-6)
         if q in counts:
-            np.testing.assert_allclose(float(out[f"quad_adv_{q}"]), sums[q] / counts[q], rtol=1e-6)
+            np.testing.assert_allclose(float(out[f"quad_adv_{q}"]), sums[q] / counts[q], rtol=1e-6, atol=1e-6)
         else:
             assert np.isnan(out[f"quad_adv_{q}"])
-    assert counts == {"uu": 1, "ud": 2, "du": 4, "dd": 5}  # every cell (and a tie) is exercised
+    # by hand: group 0 ud tu tt dt, group 1 tu td td td, group 2 du uu dd ud (ties in either reward)
+    assert counts == {"ud": 2, "tu": 2, "tt": 1, "dt": 1, "td": 3, "du": 1, "uu": 1, "dd": 1}
 
 
-def test_ties_at_the_group_mean_count_as_not_up_despite_rounding():
+def test_ties_at_the_group_mean_are_ties_despite_rounding():
     thirds = jnp.full((1, 6), 1.0 / 3.0)  # a group mean of thirds may differ from 1/3 by an ulp
     out = D.quadrant_metrics(thirds, thirds, jnp.zeros((1, 6)), jnp.full((1, 6), 1 / 6))
-    assert float(out["quad_frac_dd"]) == 1.0
+    assert float(out["quad_frac_tt"]) == 1.0
 
 
 def test_advantage_split_attributes_variance_by_weight_squared_for_orthogonal_rewards():
@@ -124,3 +126,14 @@ def test_frac_reward_zero_std_counts_the_groups_where_grpo_learns_nothing():
     w_exact = jnp.array([[0.5, 0.5, 0.0], [0.5, 0.499, 0.001]]) / 2
     r = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
     assert float(D.frac_zero_std(r, w_exact)) == 0.5
+
+
+def test_a_tie_is_its_own_cell_neither_up_nor_down():
+    """phi' is the same for every sample of the group (a binary phi' every sample gets right): no
+    sample is above or below its group's mean, so none is in a 'd' column. The blog's table used
+    to count these as phi' down (Delta v <= 0)."""
+    phi = jnp.array([[1.0, 0.0, 1.0, 0.0]])
+    out = D.quadrant_metrics(phi, jnp.ones((1, 4)), jnp.zeros((1, 4)), jnp.full((1, 4), 0.25))
+    assert float(out["quad_frac_ud"]) == 0.0 and float(out["quad_frac_dd"]) == 0.0
+    assert float(out["quad_frac_ut"]) == 0.5 and float(out["quad_frac_dt"]) == 0.5
+    assert sum(float(out[f"quad_frac_{c}"]) for c in D.CELLS) == 1.0

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sim import experiment, rundir
+from sim import experiment, rundir, stats
 from sim.checkpoint import Checkpoints
 from sim.config import ConfigError, parse
 from sim.experiment import config_hash, run_experiment, versions
@@ -26,7 +26,8 @@ def test_run_experiment_writes_every_output(tmp_path):
     assert saved == json.loads(json.dumps(info))
     phi = saved["points"][0]["metrics"]["phi"]
     assert set(phi) == {"start", "start_step", "end", "end_step", "end_is_last", "delta_mean", "delta_ci95",
-                        "n_seeds"} and phi["n_seeds"] == 4
+                        "n_seeds", "verdict", "test"} and phi["n_seeds"] == 4
+    assert phi["verdict"] in stats.VERDICTS and saved["verdict_rules"]["margin"] == stats.DEFAULT_MARGIN
     assert (phi["start_step"], phi["end_step"], phi["end_is_last"]) == (0, 20, True)
     assert saved["config_hash"] == config_hash(plain) and saved["versions"]["jax"] == versions()["jax"]
     assert saved["compile_seconds"] > 0 and saved["run_seconds"] > 0

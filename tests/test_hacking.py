@@ -36,3 +36,19 @@ def test_summary_peak_gap_and_fit():
     assert s["final"] == {"gold": 2.0, "proxy": 4.5, "d": 2.0}
     assert s["gao_fit"]["rows"] == 4 and s["gao_fit"]["beta"] > 0  # a rise then a fall: beta > 0
     assert hacking.summary(steps, np.full(5, np.nan), proxy, d)["peak_gold"] is None
+
+
+def test_gao_fit_places_its_peak_and_says_when_it_lies_beyond_the_data():
+    """R(d) = d (1 - 0.5 log d) peaks where R'(d) = 0; found here by a fine grid search of the curve
+    itself (not by the closed form under test): d* = exp(1) = 2.718. Observed up to d = 4 it is in
+    the data; observed only up to d = 2 the same curve's peak is beyond it; a curve with beta <= 0
+    (still rising) has no peak."""
+    grid = np.linspace(0.01, 10, 200_001)
+    d_star = grid[np.argmax(hacking.gao_curve(grid, 1.0, 0.5))]
+    wide = hacking.gao_fit(np.linspace(0.1, 4, 30), hacking.gao_curve(np.linspace(0.1, 4, 30), 1.0, 0.5))
+    np.testing.assert_allclose(wide["d_peak"], d_star, rtol=1e-4)
+    assert wide["peak_in_data"] and wide["d_min"] == 0.1 and wide["d_max"] == 4.0
+    short = hacking.gao_fit(np.linspace(0.1, 2, 30), hacking.gao_curve(np.linspace(0.1, 2, 30), 1.0, 0.5))
+    assert not short["peak_in_data"] and short["d_peak"] > short["d_max"]
+    rising = hacking.gao_fit(np.linspace(0.1, 2, 30), hacking.gao_curve(np.linspace(0.1, 2, 30), 1.0, -0.2))
+    assert rising["d_peak"] is None and not rising["peak_in_data"]

@@ -19,7 +19,7 @@ STEPS = (0, 5, 10)
 SEEDS = (0, 1, 2)
 
 
-def write_run(d, d_phi_N, d_pp_N, d_spill=0.1, kappa=(1.3, 0.05), diverged_run=None):
+def write_run(d, d_phi_N, d_pp_N, d_spill=(0.1, 0.12, 0.09), kappa=(1.3, 0.05), diverged_run=None):
     """A stored run: phi / phi_prime / spill move linearly from their start by the given per-seed
     changes; KL grows; quadrant fractions are fixed."""
     d.mkdir(parents=True)
@@ -30,7 +30,7 @@ def write_run(d, d_phi_N, d_pp_N, d_spill=0.1, kappa=(1.3, 0.05), diverged_run=N
         for step in STEPS:
             t = step / STEPS[-1]
             for run, seed in enumerate(SEEDS):
-                values = [0.2 + t * d_phi_N[run], 0.9 + t * d_pp_N[run], 0.05 + t * d_spill, 0.01 * step]
+                values = [0.2 + t * d_phi_N[run], 0.9 + t * d_pp_N[run], 0.05 + t * d_spill[run], 0.01 * step]
                 quads = [float("nan")] * 4 if step == 0 else [0.1, 0.4, 0.2, 0.3]
                 div = 5 if run == diverged_run else -1
                 w.writerow([run, seed, 0, step] + values + quads + [div])
@@ -91,22 +91,46 @@ def test_section_and_figure_from_stored_results_and_the_verdict_follows_the_sign
     assert "`python -m sim.run steps=2 (NOT real_model.yaml's configuration)`" in rmr.render(spec, runs, tmp_path)
 
 
-def test_verdict_reads_each_interval():
+def test_verdict_reads_each_verdict():
     ci = lambda m: (m, m - 0.05, m + 0.05)  # noqa: E731
-    base = {"d_phi": ci(0.3), "d_pp": ci(-0.2), "d_spill": ci(-0.1), "kappa": (1.2, 0.01), "seeds": 3}
+    v = {"d_phi": "up", "d_pp": "down", "d_spill": "down"}
+    base = {"d_phi": ci(0.3), "d_pp": ci(-0.2), "d_spill": ci(-0.1), "kappa": (1.2, 0.01), "seeds": 3, "v": v}
     text = rmr.verdict({rmr.MAIN: base})
     assert "NOT carried by spill-over" in text and "premise holds" in text
-    no_rise = rmr.verdict({rmr.MAIN: base | {"d_phi": ci(0.0)}})
+    assert "neither supports nor rules out" in rmr.verdict({rmr.MAIN: base | {"v": v | {"d_spill": "inconclusive"}}})
+    no_rise = rmr.verdict({rmr.MAIN: base | {"v": v | {"d_phi": "inconclusive"}}})
     assert "not tested by this run" in no_rise
-    unclear = rmr.verdict({rmr.MAIN: base | {"d_pp": ci(0.0)}, rmr.NO_FLOOR: base | {"paired_d_pp": ci(-0.1)}})
-    assert "not distinguishable from 0" in unclear and "acts as a floor" in unclear
+    unclear = rmr.verdict({rmr.MAIN: base | {"v": v | {"d_pp": "inconclusive"}},
+                           rmr.NO_FLOOR: base | {"paired_d_pp": ci(-0.1), "v": v | {"paired_d_pp": "down"}}})
+    assert "is inconclusive: neither a change nor its absence" in unclear and "acts as a floor" in unclear
+    flat = rmr.verdict({rmr.MAIN: base | {"v": v | {"d_pp": "equivalent"}}})
+    assert "φ′ does not move on the real model" in flat and "within ±0.02 (TOST)" in flat
     assert "premise does not hold" in rmr.verdict({rmr.MAIN: base | {"kappa": (1.02, 0.05)}})
     assert "premise cannot be checked" in rmr.verdict({rmr.MAIN: base | {"kappa": (None, None)}})
     assert rmr.kappa_side(0.9, 0.01) == "< 1" and rmr.kappa_side(1.05, 0.03) == "indistinguishable from 1"
     assert "premise holds" in rmr.verdict({rmr.MAIN: base | {"kappa": (1.04, None)}})  # no error bar: by value
-    rare = base | {"kappa": (0.5, None), "d_pp": ci(0.0)}
+    rare = base | {"kappa": (0.5, None), "v": v | {"d_pp": "equivalent"}}
     assert "not below 1" not in rmr.verdict({rmr.MAIN: base, rmr.RARE: rare})
     assert "not below 1" in rmr.verdict({rmr.MAIN: base, rmr.RARE: rare | {"kappa": (1.01, 0.05)}})
+    assert "tests nothing yet" in rmr.verdict({rmr.MAIN: base, rmr.RARE: rare | {"v": v | {"d_pp": "inconclusive"}}})
+
+
+def test_the_quadrant_table_of_stored_samples_puts_ties_in_their_own_cells(tmp_path):
+    """Two seeds, one logged step after step 0, one prompt of 4 samples each. Seed 0: phi' is 1 for
+    every sample (all tied), phi = 1, 1, 0, 0 -> ut, ut, dt, dt. Seed 1: phi' = 1, 0, 1, 0 and
+    phi = 1, 1, 0, 0 -> uu, ud, du, dd. By hand: ties 4 of 8; seed 0 has no untied sample, seed 1's
+    gap among untied is (1 - 1) / 4 = 0. Counting a tie as down would give p(ud) - p(uu) = 3/8 - 1/8."""
+    rows = []
+    for seed, phi_prime in ((0, (1, 1, 1, 1)), (1, (1, 0, 1, 0))):
+        for step in (0, 2):  # step 0 is the reference: left out
+            for phi, pp in zip((1, 1, 0, 0), phi_prime):
+                rows.append({"step": step, "run": seed, "seed": seed, "point": 0, "prompt_index": 0,
+                             "phi": float(phi), "phi_prime": float(pp)})
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    q = rmr.sample_quadrants(tmp_path / "samples.jsonl")
+    assert q["tie_share"] == 0.5 and q["cells"]["ut"] == q["cells"]["dt"] == 0.25 and q["cells"]["ud"] == 0.125
+    np.testing.assert_allclose(q["gap_N"], [0.0])  # seed 0 has no untied sample: left out
+    assert rmr.sample_quadrants(tmp_path / "missing.jsonl") is None
 
 
 def test_no_stored_results_says_how_to_get_them(tmp_path, spec):

@@ -103,8 +103,8 @@ def test_summary_table_flattens_point_summaries():
     points = [{"values": {"policy": "tabular", "optim.lr": 0.1}, "metrics": {"phi": s}}]
     header, rows = results.summary_table(points, ["policy", "optim.lr"], ("phi",))
     assert header == ["policy", "optim.lr", "n_seeds", "phi_start", "phi_end", "phi_delta_mean",
-                      "phi_delta_lo", "phi_delta_hi"]
-    assert rows == [["tabular", 0.1, 4, 0.2, 0.5, 0.3, 0.1, 0.5]]
+                      "phi_delta_lo", "phi_delta_hi", "phi_verdict"]
+    assert rows == [["tabular", 0.1, 4, 0.2, 0.5, 0.3, 0.1, 0.5, "up"]]
 
 
 def test_a_metric_that_goes_nan_reports_its_last_row_with_values_and_says_so():
@@ -128,3 +128,47 @@ def test_point_summaries_count_the_healthy_runs_that_ended_deterministic():
     m = {"entropy": np.array([[5.0, 5.0, 5.0, 5.0], [0.0, t, t / 2, t / 10]])}
     out = results.point_summaries(m, np.array([0, 0, 0, 1]), [{}, {}], diverged_R=np.array([-1, -1, 1, -1]))
     assert [p["n_deterministic"] for p in out] == [1, 1] and t == 0.01
+
+
+def test_point_summaries_give_each_metric_a_holm_corrected_verdict_per_point():
+    """Deltas (end - start) over 8 seeds at 3 points: a clear rise, a clear fall, and a change
+    within +-0.002 (equivalent at margin 0.02). The family is the metric's 3 points: the Holm-
+    adjusted p of the smallest p is 3 times it (scipy's ttest_1samp gives the raw p)."""
+    rng = np.random.default_rng(0)
+    end = np.concatenate([0.5 + 0.05 * rng.normal(size=8), -0.5 + 0.05 * rng.normal(size=8),
+                          0.001 * rng.normal(size=8)])
+    m = {"phi": np.stack([np.zeros(24), end])}
+    out = results.point_summaries(m, np.repeat([0, 1, 2], 8), [{"lr": v} for v in (1, 2, 3)], margin=0.02)
+    assert [p["metrics"]["phi"]["verdict"] for p in out] == ["up", "down", "equivalent"]
+    p_raw = [stats.ttest_1samp(end[i * 8:(i + 1) * 8], 0.0).pvalue for i in range(3)]
+    tests = [p["metrics"]["phi"]["test"] for p in out]
+    np.testing.assert_allclose([t["p"] for t in tests], p_raw, rtol=1e-9)
+    smallest = int(np.argmin(p_raw))
+    np.testing.assert_allclose(tests[smallest]["p_holm"], 3 * p_raw[smallest], rtol=1e-9)
+    assert tests[0]["family_size"] == 3 and tests[0]["margin"] == 0.02
+
+
+def test_a_quantised_metric_every_seed_read_alike_is_flagged_not_called_no_effect():
+    m = {"phi_prime": np.array([[0.5] * 4, [0.5] * 4])}  # every seed 8/16 at start and at end
+    (point,) = results.point_summaries(m, np.zeros(4, int), [{}])
+    s = point["metrics"]["phi_prime"]
+    assert s["delta_ci95"] == [0.0, 0.0]  # what the summary showed before, as a measurement
+    assert s["test"]["degenerate"] and s["verdict"] == "inconclusive"
+
+
+def test_summary_table_verdicts_take_every_row_as_one_family():
+    """A multirun of 21 single-point jobs: one delta has p = 0.01 on its own (its interval, by
+    scipy, from 8 seeds), the 20 others are noise. Holm over the table's 21 rows leaves it
+    inconclusive; alone (one job, one row) it is "up"."""
+    rng = np.random.default_rng(5)
+    deltas = [np.array([0.05, 0.01, 0.07, 0.03, 0.06, 0.0, 0.04, 0.02])]
+    deltas += [0.05 * rng.standard_normal(8) for _ in range(20)]
+
+    def point(x):
+        lo, hi = stats.ttest_1samp(x, 0.0).confidence_interval(0.95)
+        return {"values": {}, "metrics": {"phi": {"start": 0.0, "end": x.mean(), "delta_mean": x.mean(),
+                                                  "delta_ci95": [lo, hi], "n_seeds": 8}}}
+
+    assert stats.ttest_1samp(deltas[0], 0.0).pvalue < 0.01
+    assert results.summary_table([point(deltas[0])], [], ("phi",))[1][0][-1] == "up"
+    assert results.summary_table([point(x) for x in deltas], [], ("phi",))[1][0][-1] == "inconclusive"

@@ -194,7 +194,7 @@ def test_diagnostic_metrics_are_logged(small):
         c = exp.hparams[f"competence_{name}"]
         closed = _bernoulli_kl(c + d, c) / _bernoulli_kl(c - d, c)
         np.testing.assert_allclose(res.metrics[f"kappa_{name}"][0], closed, rtol=1e-3)
-    total = sum(res.metrics[f"quad_frac_{q}"][1:] for q in ("uu", "ud", "du", "dd"))
+    total = sum(res.metrics[f"quad_frac_{c}"][1:] for c in ("uu", "ud", "du", "dd", "ut", "dt", "tu", "td", "tt"))
     np.testing.assert_allclose(total, 1.0, rtol=1e-6)
     shares = res.metrics["adv_share_phi"][1:] + res.metrics["adv_share_phi_prime"][1:]
     assert np.all(shares <= 1.0 + 1e-4) and np.all(res.metrics["adv_share_phi"][1:] > 0)  # an R^2, split
