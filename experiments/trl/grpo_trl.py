@@ -157,6 +157,9 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off here (sim: off)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="train a peft LoRA of this rank (alpha 2r, every linear of a block, as sim's policy.lora) "
+                        "instead of every weight; 0: full fine-tuning")
     p.add_argument("--hf-cache", type=Path, default=Path("/tmp/smollm2-135m-instruct-hf"))
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
@@ -196,8 +199,15 @@ def main() -> None:
         seed=a.seed, dataloader_num_workers=0,
     )
     timer = StepTimer()
+    peft_config = None
+    if a.lora_rank:  # sim's policy.lora defaults: alpha = 2r, every dense matrix of a block, no dropout
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=a.lora_rank, lora_alpha=2 * a.lora_rank, lora_dropout=0.0, bias="none",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"], task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=rewards, args=cfg, train_dataset=dataset,
-                          processing_class=tok, callbacks=[timer])
+                          processing_class=tok, callbacks=[timer], peft_config=peft_config)
     trainer.train()
 
     sec = statistics.median(timer.times[1:] or timer.times)
@@ -208,7 +218,7 @@ def main() -> None:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                      "python": platform.python_version()},
         "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg(),
-        "precision": a.precision, "completions_per_step": per_step, "new_tokens": new_tokens,
+        "precision": a.precision, "lora_rank": a.lora_rank, "completions_per_step": per_step, "new_tokens": new_tokens,
         "step_seconds": timer.times, "median_step_seconds_after_first": sec, "samples_per_second": per_step / sec,
         "step_cpu_seconds": timer.cpu_times, "median_step_cpu_seconds_after_first": cpu,
         "mean_reward_per_step": log, "weights": weights,
