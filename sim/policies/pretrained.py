@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding
 
 from sim.lm import sampling
 from sim.lm.config import LMConfig
-from sim.policies.base import Params, Policy, prompt_major
+from sim.policies.base import Params, Policy
 
 DTYPES = ("float32", "bfloat16")
 ADAPTERS = ("none", "lora")
@@ -103,11 +103,14 @@ def init_lora(cfg: LMConfig, targets: tuple[str, ...], rank: int, key: jax.Array
             for k, (name, (i, o)) in zip(keys, shapes.items())}
 
 
-def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | None = None) -> Policy:
+def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | None = None,
+         prompts: int | None = None) -> Policy:
     """The policy of the checkpoint whose frozen params are `frozen.params` (stored in
-    settings.dtype); `key` draws a LoRA run's A matrices."""
+    settings.dtype); `key` draws a LoRA run's A matrices. `prompts`: the task's (training) prompts,
+    the first of frozen's table, which `sample` answers unless told others (None: the whole table)."""
     cfg, dtype, scale = settings.model, settings.dtype, settings.lora_scale
     ids_PxT, mask_PxT = frozen.prompt_ids_PxT, frozen.prompt_mask_PxT
+    train_P = jnp.arange(ids_PxT.shape[0] if prompts is None else prompts)
     batch, weights = lambda x: x, lambda p: p  # noqa: E731  (no mesh: leave placement to the runs' layout)
     if settings.sharded:  # the batch over data x fsdp, the weights by the rules beside the model
         from sim.lm import sharding
@@ -146,8 +149,9 @@ def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | N
         return jnp.take_along_axis(logp_BxLxV, tokens_BxL[..., None], -1)[..., 0]
 
     def sample(params, key, per_prompt, prompts_P=None):
-        """per_prompt responses to each of prompts_P (None: all the table's prompts), prompt-major."""
-        ids, mask = (ids_PxT, mask_PxT) if prompts_P is None else (ids_PxT[prompts_P], mask_PxT[prompts_P])
+        """per_prompt responses to each of prompts_P (None: the training prompts), prompt-major."""
+        prompts_P = train_P if prompts_P is None else prompts_P
+        ids, mask = ids_PxT[prompts_P], mask_PxT[prompts_P]
         return batch(sampling.generate(model_params(params), cfg, key, ids, mask, new_tokens, settings.temperature,
                                        settings.top_k, settings.top_p, per_prompt, scale).astype(jnp.int32))
 

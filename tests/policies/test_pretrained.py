@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sim import step, task as task_lib
+from sim import step
 from sim.config import Static
 from sim.lm import model
 from sim.lm.config import LMConfig
@@ -202,13 +202,22 @@ def _hp_R(n: int) -> dict:
     return {k: np.full(n, v, np.float32) for k, v in HP.items()}
 
 
-def test_lora_runs_start_at_the_reference_train_only_their_adapters_and_vmap_to_their_own_numbers(frozen):
+@pytest.fixture(scope="module")
+def lora_four(frozen):
+    """4 LoRA seeds trained in one block of one program (shared by the tests below: one compile),
+    with a copy of the base taken before."""
+    static = _lora(_static(steps=2, log_every=1), runs_per_block=4)
+    before = jax.tree.map(np.array, frozen.params)
+    return static, before, make_train(static)(_hp_R(4), run_keys([0, 1, 2, 3]), shared=frozen)
+
+
+def test_lora_runs_start_at_the_reference_train_only_their_adapters_and_vmap_to_their_own_numbers(frozen, lora_four):
     """An adapter run's params are its adapters alone (B = 0 at the start) and its reference is the
     base with the adapters off: exactly the same log-probs at the start, KL exactly 0. 4 seeds
     trained in one block of one program (their batches stacked against the one base) leave the base
     bit-identical, move the adapters, and give each seed the metrics and adapters it gets trained
     alone (float32 reassociation: 1e-5)."""
-    static = _lora(_static(steps=2, log_every=1), runs_per_block=4)
+    static, before, together = lora_four
     policy = _policy(static, frozen)
     adapters = policy.init()
     assert set(adapters) == set(pretrained.LORA_TARGETS) and policy.reference() == {}
@@ -216,8 +225,6 @@ def test_lora_runs_start_at_the_reference_train_only_their_adapters_and_vmap_to_
     prompts_B, tokens_BxL = prompt_major(3, 2), jax.random.randint(jax.random.key(1), (6, L), 0, 32)
     np.testing.assert_array_equal(policy.log_probs(adapters, prompts_B, tokens_BxL),
                                   policy.log_probs({}, prompts_B, tokens_BxL))
-    before = jax.tree.map(np.array, frozen.params)
-    together = make_train(static)(_hp_R(4), run_keys([0, 1, 2, 3]), shared=frozen)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, frozen.params), before)
     wq = together.state.params["wq"]
     assert wq["a"].shape == (4, CFG.layers, CFG.d_model, 2) and float(np.max(np.abs(wq["b"]))) > 1e-4
@@ -235,13 +242,13 @@ def test_lora_runs_start_at_the_reference_train_only_their_adapters_and_vmap_to_
 
 
 @pytest.mark.skipif(jax.device_count() != 2, reason="needs the suite's two CPU devices (one per core)")
-def test_a_lora_run_on_the_two_device_mesh_equals_the_unsharded_run(frozen):
+def test_a_lora_run_on_the_two_device_mesh_equals_the_unsharded_run(frozen, lora_four):
     """runtime.mesh fsdp=2 with adapters: the base split by the model's rules, the adapters
-    replicated; the same metrics and adapters as unsharded (1e-5)."""
-    static = _lora(_static(steps=2, log_every=1))
-    plain = make_train(static)(_hp_R(2), run_keys([0, 1]), shared=frozen)
+    replicated, the runs one after another over the mesh; the same metrics and adapters as the
+    unsharded block of 4 (1e-5)."""
+    static, _, plain = lora_four
     split = make_train(dataclasses.replace(static, lm=dataclasses.replace(static.lm, mesh=(1, 2, 1))))(
-        _hp_R(2), run_keys([0, 1]), shared=frozen)
+        _hp_R(4), run_keys([0, 1, 2, 3]), shared=frozen)
     for k in plain.metrics:
         np.testing.assert_allclose(split.metrics[k], plain.metrics[k], rtol=1e-5, atol=1e-5, err_msg=k)
     for a, b in zip(jax.tree.leaves(split.state.params), jax.tree.leaves(plain.state.params)):
@@ -267,6 +274,9 @@ def test_a_data_set_larger_than_a_step_draws_prompts_by_seed_and_evaluates_on_he
     drawn = [tuple(np.asarray(draw(jax.random.key(k)))) for k in range(8)]
     assert all(len(set(d)) == 2 and set(d) <= {0, 1, 2} for d in drawn) and len(set(drawn)) > 1
     assert drawn[3] == tuple(np.asarray(draw(jax.random.key(3))))
+    every = dataclasses.replace(static, prompts_per_step=0)  # every training prompt, none of the held-out ones
+    every_batch = step.make_step_batch(every, _policy(every, table), {}, hp, policy.init(), jax.random.key(0))
+    assert every_batch.tokens_BxL.shape[0] == 3 * static.group_size and list(every_batch.prompts_P) == [0, 1, 2]
     seen = []
     result = make_train(static)(_hp_R(1), run_keys([0]), shared=table,
                                 on_samples=lambda steps, s: seen.append(s["sample_tokens"]))
@@ -276,3 +286,20 @@ def test_a_data_set_larger_than_a_step_draws_prompts_by_seed_and_evaluates_on_he
     np.testing.assert_array_equal(tokens[0, 0], np.repeat(np.asarray(greedy[3:]), static.eval_samples, 0))
     assert not np.array_equal(np.asarray(greedy[3:]), np.asarray(greedy[:2]))
     assert np.isfinite(result.metrics["phi"]).all()
+
+
+def test_a_lora_runs_checkpoint_holds_its_adapters_and_their_optimizer_state_not_the_base(frozen):
+    """What a checkpoint of an adapter run stores (train.snapshot_template: the run state's shapes):
+    the adapters and Adam's two moments of them, three adapter-sized copies, and no base weight."""
+    from sim.train import snapshot_template
+
+    static = _lora(_static(steps=2, log_every=1))
+    snap = snapshot_template(static, _hp_R(2), run_keys([0, 1]), 0, shared=frozen)
+    state_elems = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((snap.state.params, snap.state.opt_state)))
+    adapter_elems = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(snap.state.params))
+    base_elems = sum(x.size for x in jax.tree.leaves(frozen.params))
+    assert adapter_elems == 2 * CFG.layers * 2 * sum(i + o for i, o in pretrained.lora_shapes(CFG, pretrained.LORA_TARGETS).values())
+    assert 3 * adapter_elems <= state_elems < 3 * adapter_elems + 100  # + Adam's step counts and hyperparameters
+    assert state_elems / 2 < base_elems  # per run: no copy of the base
+    shapes = {x.shape[1:] for x in jax.tree.leaves(snap.state.params)}
+    assert not shapes & {x.shape for x in jax.tree.leaves(frozen.params)}
