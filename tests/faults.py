@@ -10,7 +10,8 @@ from sim.lm.config import FAMILIES
 from tests.lm.tiny import write_tiny
 
 # a tiny pretrained run that the preflight accepts: 2 prompts, 8 new tokens
-VALID = {"task": "text", "policy": "pretrained", "task.prompts": "2", "task.new_tokens": "8",
+VALID = {"task": "text", "policy": "pretrained", "task.prompts": "2", "task.prompts_per_step": "null",
+         "task.eval_prompts": "null", "task.new_tokens": "8",
          "task.phi.positions": "{start:0,stop:4}", "task.phi_prime.positions": "{start:4,stop:8}",
          "algo.group_size": "2", "seeds": "1", "steps": "2", "log_every": "1", "policy.eval.samples": "2", "plots": "false"}
 

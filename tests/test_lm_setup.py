@@ -18,6 +18,7 @@ def tiny_dir(tmp_path_factory):
 
 def _text(tiny_dir, *extra):
     return compose_plain(["task=text", "policy=pretrained", f"policy.checkpoint={tiny_dir}", "task.prompts=3",
+                          "task.prompts_per_step=null", "task.eval_prompts=null",
                           "task.new_tokens=6", "task.phi.positions={start:0,stop:3}",
                           "task.phi_prime.positions={start:3,stop:6}", "algo.group_size=4", *extra])
 

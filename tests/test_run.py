@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sim.config import Experiment, parse
+from sim.diagnostics import CELLS
 from sim.experiment import run_experiment
 from sim.run import CONF_DIR, preflight
 from sim.sweep import expand
@@ -44,16 +45,18 @@ def test_end_to_end_writes_all_outputs(tmp_path):
 
 
 def test_pretrained_end_to_end_on_a_tiny_checkpoint(tmp_path):
-    """task=text policy=pretrained on a tiny random HF checkpoint (tests/lm/tiny.py): the usual
-    outputs plus samples.jsonl, with phi, phi_prime, KL, the reference's sampled kappa and the
-    quadrant table in summary.json."""
+    """task=text policy=pretrained (LoRA, the default) on a tiny random HF checkpoint
+    (tests/lm/tiny.py), 2 of 3 training prompts drawn per step and 2 held out: the usual outputs
+    plus samples.jsonl (the held-out prompts' responses alone), with phi, phi_prime, KL, the
+    reference's sampled kappa and the quadrant table in summary.json."""
     from tests.lm.tiny import write_tiny
 
     ckpt = write_tiny(tmp_path / "ckpt")["hf_dir"]
     out = tmp_path / "run"
-    P, G, N, seeds, steps, samples = 3, 4, 6, 2, 2, 2
+    P, E, G, N, seeds, steps, samples = 3, 2, 4, 6, 2, 2, 2
     # phi_prime is a text reward (a host function of the decoded tokens 3-5), trained like a token rule
     proc = sim_run("task=text", "policy=pretrained", f"policy.checkpoint={ckpt}", f"task.prompts={P}",
+                   "task.prompts_per_step=2", f"task.eval_prompts={E}",
                    f"task.new_tokens={N}", "task.phi.positions={start:0,stop:3}", "task.phi_prime.positions={start:3,stop:6}",
                    "~task.phi_prime.rule", "+task.phi_prime.text=no_digits",
                    f"algo.group_size={G}", f"seeds={seeds}", f"steps={steps}", "log_every=1", "optim.lr=0.01",
@@ -69,11 +72,11 @@ def test_pretrained_end_to_end_on_a_tiny_checkpoint(tmp_path):
     assert not any(k.startswith("kappa") for k in m)  # the toy's factorised kappa is not logged for a real model
     assert set(point["geometry"]["phi"]["tilt"]) == {"kappa", "kappa_se"}
     assert point["geometry"]["samples_per_prompt"] == seeds * samples
-    assert set(point["quadrants"]["cells"]) == {"uu", "ud", "du", "dd"}
+    assert set(point["quadrants"]["cells"]) == set(CELLS)  # ties in their own cells
     lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(lines) == (steps + 1) * seeds * P * samples
-    assert [x["step"] for x in lines[::seeds * P * samples]] == [0, 1, 2]
-    assert {x["prompt_index"] for x in lines} == set(range(P)) and all(isinstance(x["response"], str) for x in lines)
+    assert len(lines) == (steps + 1) * seeds * E * samples
+    assert [x["step"] for x in lines[::seeds * E * samples]] == [0, 1, 2]
+    assert {x["prompt_index"] for x in lines} == {P, P + 1} and all(isinstance(x["response"], str) for x in lines)
     assert all(abs(x["phi"] * 3 - round(x["phi"] * 3)) < 1e-6 and x["phi_prime"] in (0, 1) for x in lines)  # k/3
     ref = [x for x in lines if x["step"] == 0]  # the reference's responses: E[phi] as the summary says
     assert np.mean([x["phi"] for x in ref]) == pytest.approx(point["geometry"]["phi"]["mean"])

@@ -36,9 +36,10 @@ def tok():
 
 
 def text_cfg(phi_rule=None, phi_prime=None, **task):
-    """A composed task=text config with its rewards replaced."""
+    """A composed task=text config with its rewards replaced; no prompts drawn per step and none held
+    out unless given (these tests read the whole prompt table)."""
     cfg = compose_plain(["task=text"])
-    cfg["task"].update(task)
+    cfg["task"].update({"prompts_per_step": None, "eval_prompts": None, **task})
     if phi_rule is not None:
         cfg["task"]["phi"]["rule"] = phi_rule
     if phi_prime is not None:

@@ -14,7 +14,8 @@ is refused before it starts rather than killed an hour in.
   activations kept for the backward pass (each prompt once: P x T tokens, its G responses B x N)
   and the logits of the response tokens with their log-softmax and gradient, or the sampler's
   key/value cache before them; the gradient and the optimizer's update; or the evaluation's
-  sampler and its two passes (policy and reference), whichever is larger.
+  sampler and its two passes (policy and reference); or a logged step's batch statistics (the
+  entropy of the whole next-token distribution at every response token), whichever is larger.
 
 The coefficients (ACTIVATION_FLOATS, LOGIT_COPIES, ...) were fitted to XLA's own memory analysis
 of the compiled step (tests/lm/test_memory.py checks three configurations against it) and the
@@ -81,10 +82,13 @@ def estimate(cfg: LMConfig, static, n_runs: int, prompt_slots: int, concurrent_r
     step = max(training, sampling) + 3 * 4 * trained  # + the gradient, its clipped copy and the update
     E = (static.eval_prompts or task.prompts) * static.eval_samples
     evaluation = 4 * EVAL_LOGIT_COPIES * E * N * V + 2 * L * E * (T + N) * KD * dtype_bytes
+    # a logged step's batch statistics: pi_old's entropy per token needs the whole distribution
+    statistics = 4 * LOGIT_COPIES * B * N * V
     out = {"runtime": RUNTIME_BYTES, "base": n * dtype_bytes,
            "state": n_runs * 3 * 4 * trained,
-           "step": concurrent_runs * step, "evaluation": concurrent_runs * evaluation}
-    out["transient"] = max(out["step"], out["evaluation"])
+           "step": concurrent_runs * step, "evaluation": concurrent_runs * evaluation,
+           "statistics": concurrent_runs * statistics}
+    out["transient"] = max(out["step"], out["evaluation"], out["statistics"])
     # while the checkpoint loads, its float32 read is alive instead of the runs' state and transients
     out["total"] = out["runtime"] + out["base"] + max(4 * n, out["state"] + out["transient"])
     out["load"] = 4 * n
