@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import figures, report_reward
-from experiments.regenerate import Run, load
+from experiments.regenerate import Run
 from sim import plots, stats
 from sim.analysis import quadrant_summaries
 from sim.diagnostics import QUADRANTS

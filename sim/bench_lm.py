@@ -46,13 +46,17 @@ def step_flops(cfg, P: int, G: int, T: int, N: int, lora_rank: int = 0, lora_tar
 
 
 def _overrides(config: str, seeds: int, checkpoint: str | None) -> list[str]:
-    out = ["task=text", "policy=pretrained", f"task.prompts={PROMPTS}", f"algo.group_size={GROUP}",
+    out = ["task=text", "policy=pretrained", f"task.prompts={PROMPTS}", "task.prompts_per_step=null",
+           "task.eval_prompts=null", "policy.adapter=none", "policy.remat=false", f"algo.group_size={GROUP}",
            f"task.new_tokens={NEW_TOKENS}", "task.phi.positions={start:0,stop:16}",
            "task.phi_prime.positions={start:16,stop:32}", f"seeds={seeds}", "plots=false"]
     if checkpoint:
         out.append(f"policy.checkpoint={checkpoint}")
     if config == "lora":
-        out += ["policy.adapter=lora", f"policy.lora.rank={LORA_RANK}", f"policy.lora.runs_per_block={seeds}"]
+        # remat: 8 seeds' activations would need ~38 GB (sim/lm/memory.py); recomputing each block's
+        # costs about a third more forward work
+        out += ["policy.adapter=lora", f"policy.lora.rank={LORA_RANK}", f"policy.lora.runs_per_block={seeds}",
+                "policy.remat=true"]
     return out
 
 
@@ -82,6 +86,7 @@ def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None
 
     from sim import lm_setup, step
     from sim.config import parse
+    from sim.lm import memory
     from sim.policies.base import group_log_probs, reference_params
     from sim.run import CONF_DIR
     from sim.sweep import expand
@@ -120,9 +125,12 @@ def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None
     lm = static.lm
     flops = step_flops(lm.model, PROMPTS, GROUP, T, NEW_TOKENS, lm.lora_rank if lm.lora else 0, len(lm.lora_targets))
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params_R, opt_R))) / seeds
+    # this process's estimate (the step alone: the benchmark runs no evaluation), for its measured peak RSS
+    est = memory.estimate(lm.model, static, seeds, T, concurrent_runs=seeds if lm.lora else 1)
     out = {"config": config, "seeds": seeds, "prompt_slots": T, "step_seconds": step_s, "compile_seconds": compile_s,
            "samples_per_second": seeds * PROMPTS * GROUP / step_s, "flops": seeds * sum(flops.values()),
            "achieved_gflops": seeds * sum(flops.values()) / step_s / 1e9, "state_mb_per_run": state_bytes / 2**20,
+           "estimated_peak_mib": (est["runtime"] + est["base"] + max(est["load"], est["state"] + est["step"])) / 2**20,
            "repeats": repeats}
     if breakdown and seeds == 1:
         params = jax.tree.map(lambda x: x[0], params_R)
@@ -196,10 +204,11 @@ def report(r: dict) -> list[str]:
              f"{r['prompts']} prompts x group {r['group']} x {r['new_tokens']} new tokens, k3 KL, adam; medians of "
              f"{r['repeats']}"]
     for run in r["runs"]:
-        what = "full fine-tuning" if run["config"] == "full" else f"LoRA r{r['lora_rank']}, {run['seeds']} seed(s)"
+        what = "full fine-tuning" if run["config"] == "full" else f"LoRA r{r['lora_rank']} (remat), {run['seeds']} seed(s)"
         line = (f"lm {what}: {run['step_seconds']:.2f} s/step, {run['samples_per_second']:.1f} samples/s, "
                 f"{run['achieved_gflops']:.0f} GFLOP/s ({run['achieved_gflops'] / r['matmul_gflops']:.2f}x matmul), "
-                f"state {run['state_mb_per_run']:.1f} MB/run, peak RSS {run['peak_rss_mib']:.0f} MiB, "
+                f"state {run['state_mb_per_run']:.1f} MiB/run, peak RSS {run['peak_rss_mib']:.0f} MiB "
+                f"(estimated {run['estimated_peak_mib']:.0f}), "
                 f"compile {run['compile_seconds']:.0f} s")
         if "sampling_seconds" in run:
             line += (f"; sampling {run['sampling_seconds']:.2f} s, reference {run['reference_seconds']:.2f} s, "

@@ -21,8 +21,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import (analysis, diagnostics, hacking, interrupt, plots, preflight, proxy, reference, results, rundir,
-                 stats, trackers)
+from sim import (analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir, stats,
+                 trackers)
 from sim.checkpoint import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
 from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)

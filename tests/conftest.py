@@ -71,3 +71,24 @@ def experiment(overrides: list[str] = ()):
 @pytest.fixture
 def small():
     return lambda *extra: experiment(SMALL + list(extra))
+
+
+def crash_at_chunk(monkeypatch, plain: dict, out, chunk: int = 4) -> None:
+    """run_experiment(plain) into `out`, crashing (RuntimeError) where the `chunk`-th checkpoint would
+    be saved: after that chunk's rows are written, before its checkpoint. Checkpointing is restored
+    afterwards, so the caller can resume."""
+    from sim.checkpoint import Checkpoints
+    from sim.experiment import run_experiment
+
+    save, calls = Checkpoints.maybe_save, []
+
+    def crash(self, snap):
+        calls.append(1)
+        if len(calls) == chunk:
+            raise RuntimeError("crash")
+        return save(self, snap)
+
+    monkeypatch.setattr(Checkpoints, "maybe_save", crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_experiment(parse(plain), plain, out)
+    monkeypatch.setattr(Checkpoints, "maybe_save", save)

@@ -193,5 +193,6 @@ def test_hacking_outputs(trained, tmp_path):
                                   trained.proxies)
     assert (tmp_path / "hacking.png").stat().st_size > 0 and (tmp_path / "rm_loss.png").stat().st_size > 0
     h = info["points"][0]["hacking"]
-    assert set(h) == {"peak_gold", "final", "final_gap", "gao_fit"} and set(h["gao_fit"]) == {"alpha", "beta", "r2", "rows"}
+    assert set(h) == {"peak_gold", "final", "final_gap", "gao_fit"} and set(h["gao_fit"]) == {
+        "alpha", "beta", "r2", "rows", "d_min", "d_max", "d_peak", "peak_in_data"}
     assert info["reward_model"]["family"] == "linear" and len(info["reward_model"]["variants"]) == 16

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from sim import experiment, rundir, stats
-from sim.checkpoint import Checkpoints
 from sim.config import ConfigError, parse
 from sim.experiment import config_hash, run_experiment, versions
 from sim.run import EXIT_DIVERGED, report
-from tests.conftest import NEURAL, SMALL, compose_plain
+from tests.conftest import NEURAL, SMALL, compose_plain, crash_at_chunk
 
 
 def test_run_experiment_writes_every_output(tmp_path):
@@ -150,18 +149,7 @@ def test_an_interrupted_record_points_run_resumes_to_the_uninterrupted_points_cs
     not from scratch, and ends with the uninterrupted run's points.csv."""
     plain = compose_plain(SMALL + ["seeds=2", "record=points", "optim.lr=[0.02,0.05]", "checkpoint_seconds=0"])
     out = tmp_path / "run"
-    save, calls = Checkpoints.maybe_save, []
-
-    def crash_at_chunk_4(self, snap):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("crash")
-        return save(self, snap)
-
-    monkeypatch.setattr(Checkpoints, "maybe_save", crash_at_chunk_4)
-    with pytest.raises(RuntimeError, match="crash"):
-        run_experiment(parse(plain), plain, out)
-    monkeypatch.setattr(Checkpoints, "maybe_save", save)
+    crash_at_chunk(monkeypatch, plain, out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["10", "15"]
     assert not (out / "points.csv").exists()
     capsys.readouterr()
@@ -283,18 +271,7 @@ def test_every_artefact_of_a_pretrained_run_is_cut_back_to_the_checkpoint_on_res
     plain = compose_plain(overrides({"policy.checkpoint": str(ckpt), "steps": "6", "chunk_steps": "1",
                                      "checkpoint_seconds": "0", "analysis": "none"}))
     out = tmp_path / "run"
-    save, calls = Checkpoints.maybe_save, []
-
-    def crash_at_chunk_4(self, snap):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("crash")
-        return save(self, snap)
-
-    monkeypatch.setattr(Checkpoints, "maybe_save", crash_at_chunk_4)
-    with pytest.raises(RuntimeError, match="crash"):
-        run_experiment(parse(plain), plain, out)
-    monkeypatch.setattr(Checkpoints, "maybe_save", save)
+    crash_at_chunk(monkeypatch, plain, out)
     steps = [json.loads(line)["step"] for line in (out / "samples.jsonl").read_text().splitlines()]
     assert max(steps) == 4 and max(int(p.name) for p in (out / "checkpoints").iterdir()) == 3
     capsys.readouterr()

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from sim import preflight
-from sim.config_values import ConfigError
 from sim.run import preflight as run_preflight
 from tests.faults import overrides, write_faults
 from tests.test_run import _tree

@@ -18,7 +18,7 @@ from sim.config import ConfigError, parse
 from sim.experiment import run_experiment
 from sim.run import preflight
 from sim.trackers import flat_config, tracker_name
-from tests.conftest import SMALL, compose_plain
+from tests.conftest import SMALL, compose_plain, crash_at_chunk
 
 # One 2-point sweep of 2 seeds (4 runs) with chunks of 5 steps, for every test that trains: one
 # compiled program (the logger is no part of it), so each further run costs only its trackers.
@@ -248,22 +248,10 @@ def test_a_resumed_run_shows_each_row_once_in_tensorboard_and_whole_new_runs_in_
     pytest.importorskip("tensorboardX")
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     mlflow_tracking = pytest.importorskip("mlflow.tracking")
-    from sim.checkpoint import Checkpoints
 
     plain = compose_plain(RUN + ["logger=[tensorboard,mlflow]", "checkpoint_seconds=0"])
     out = tmp_path / "run"
-    save, calls = Checkpoints.maybe_save, []
-
-    def crash_at_chunk_4(self, snap):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("crash")
-        return save(self, snap)
-
-    monkeypatch.setattr(Checkpoints, "maybe_save", crash_at_chunk_4)
-    with pytest.raises(RuntimeError, match="crash"):
-        run_experiment(parse(plain), plain, out)
-    monkeypatch.setattr(Checkpoints, "maybe_save", save)
+    crash_at_chunk(monkeypatch, plain, out)
     run_experiment(parse(plain), plain, out)
     rows, _ = _rows(out)
     mine = [row for row in rows if row["run"] == "1"]
