@@ -45,11 +45,11 @@ def step_flops(cfg, P: int, G: int, T: int, N: int, lora_rank: int = 0, lora_tar
             "policy_forward_backward": float(forward * (2 if lora_rank else 3))}
 
 
-def _overrides(config: str, seeds: int, checkpoint: str | None) -> list[str]:
+def _overrides(config: str, seeds: int, checkpoint: str | None, dtype: str = "float32") -> list[str]:
     out = ["task=text", "policy=pretrained", f"task.prompts={PROMPTS}", "task.prompts_per_step=null",
            "task.eval_prompts=null", "policy.adapter=none", "policy.remat=false", f"algo.group_size={GROUP}",
            f"task.new_tokens={NEW_TOKENS}", "task.phi.positions={start:0,stop:16}",
-           "task.phi_prime.positions={start:16,stop:32}", f"seeds={seeds}", "plots=false"]
+           "task.phi_prime.positions={start:16,stop:32}", f"seeds={seeds}", "plots=false", f"policy.dtype={dtype}"]
     if checkpoint:
         out.append(f"policy.checkpoint={checkpoint}")
     if config == "lora":
@@ -75,7 +75,8 @@ def _median(fn, *args, repeats: int) -> tuple[float, float]:
     return first, float(np.median(times))
 
 
-def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None, breakdown: bool = True) -> dict:
+def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None, breakdown: bool = True,
+            dtype: str = "float32") -> dict:
     """In this process: the step of `config` ('full' or 'lora') for `seeds` runs vmapped against the
     one base (sim/step.py's train_step, as train.py's run blocks vmap it); with `breakdown`, also
     its parts timed alone for one run: sampling, the reference pass, the policy's forward+backward."""
@@ -93,7 +94,7 @@ def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None
     from sim.train import build_policy
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = compose("config", overrides=_overrides(config, seeds, checkpoint))
+        cfg = compose("config", overrides=_overrides(config, seeds, checkpoint, dtype))
     loaded = lm_setup.load(parse(OmegaConf.to_container(cfg, resolve=True)))
     static = loaded.exp.static
     hp = {k: jnp.float32(v[0]) for k, v in expand(loaded.exp).hparams_R.items()}
@@ -127,7 +128,7 @@ def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params_R, opt_R))) / seeds
     # this process's estimate (the step alone: the benchmark runs no evaluation), for its measured peak RSS
     est = memory.estimate(lm.model, static, seeds, T, concurrent_runs=seeds if lm.lora else 1)
-    out = {"config": config, "seeds": seeds, "prompt_slots": T, "step_seconds": step_s, "compile_seconds": compile_s,
+    out = {"config": config, "seeds": seeds, "dtype": dtype, "prompt_slots": T, "step_seconds": step_s, "compile_seconds": compile_s,
            "samples_per_second": seeds * PROMPTS * GROUP / step_s, "flops": seeds * sum(flops.values()),
            "achieved_gflops": seeds * sum(flops.values()) / step_s / 1e9, "state_mb_per_run": state_bytes / 2**20,
            "estimated_peak_mib": (est["runtime"] + est["base"] + max(est["load"], est["state"] + est["step"])) / 2**20,
@@ -225,11 +226,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", default=None, help="policy.checkpoint (default: the config's, SmolLM2)")
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="policy.dtype")
     args = parser.parse_args(argv)
     from sim import runtime
 
     runtime.configure(None, "auto")
-    result = measure(args.config, args.seeds, args.repeats, args.checkpoint, not args.no_breakdown)
+    result = measure(args.config, args.seeds, args.repeats, args.checkpoint, not args.no_breakdown, args.dtype)
     print(json.dumps(result))
 
 
