@@ -218,7 +218,7 @@ def report(r: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sim.bench_lm", description="one configuration of "
                                      "`python -m sim.bench lm`, in this process (one JSON line)")
     parser.add_argument("config", choices=("full", "lora"))
@@ -227,7 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default=None, help="policy.checkpoint (default: the config's, SmolLM2)")
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="policy.dtype")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     from sim import runtime
 
     runtime.configure(None, "auto")

@@ -108,6 +108,13 @@ BAD = [
     (["task=text", "policy=pretrained", "policy.remat=1"], "policy.remat=1: must be true or false"),
     (["task=text", "policy=pretrained", "reward_model=linear"],
      "reward_model=linear: learned reward models train on the toy task"),
+    (["task=text", "policy=pretrained", "policy.adapter=qlora"], "policy.adapter='qlora': allowed values are none, lora"),
+    (["task=text", "policy=pretrained", "policy.lora.targets=[wq,wx]"],
+     "policy.lora.targets=['wq', 'wx']: must be a non-empty list of distinct matrices from wq, wk, wv, wo"),
+    (["task=text", "policy=pretrained", "policy.lora.rank=0"], "policy.lora.rank=0: must be an integer >= 1"),
+    (["task=text", "policy=pretrained", "+policy.lora.dropout=0.1"], "policy.lora.dropout: unknown key"),
+    (["task=text", "policy=pretrained", "task.prompts_per_step=65"], "task.prompts_per_step=65: must be an integer in [1, 64]"),
+    (["task=text", "policy=pretrained", "task.eval_prompts=-1"], "task.eval_prompts=-1: must be an integer >= 0"),
 ]
 
 

@@ -138,6 +138,10 @@ def check_command(argv: list[str]) -> None:
         values = {i + 1 for i, a in enumerate(args) if a.startswith("--") and "=" not in a}  # an option's value
         unknown = [a for i, a in enumerate(args) if not a.startswith("-") and i not in values and a not in bench.SECTIONS]
         assert not unknown, f"unknown benchmark sections {unknown}; allowed: {bench.SECTIONS}"
+    elif module == "sim.bench_lm":
+        from sim import bench_lm
+
+        bench_lm.parser().parse_args(args)  # exits (SystemExit 2) on an option it does not know
     elif module == "sim.aggregate" or module.startswith("experiments."):
         pass  # a directory, or a long experiment's subcommand: nothing to check without running it
     elif not module.startswith(("sim", "experiments")):
