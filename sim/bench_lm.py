@@ -32,7 +32,7 @@ def step_flops(cfg, P: int, G: int, T: int, N: int, lora_rank: int = 0, lora_tar
     responses (B = P x G) attend to its T slots and their own. The sampler's decode attends over
     all T + N cache slots (they are masked, not skipped). Full fine-tuning's backward pass costs 2x
     its forward (activation and weight gradients); LoRA's 1x (no base weight gradients). An adapter
-    costs ~2 x r x 2D per token (A, then B) in each pass, x3 for forward + backward."""
+    adds ~2 x r x 2D per token (A, then B) to every dense token of each pass."""
     D, F, L, V = cfg.d_model, cfg.ffn, cfg.layers, cfg.vocab
     HD, KD = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     B = P * G

@@ -17,7 +17,7 @@ is refused before it starts rather than killed an hour in.
   sampler and its two passes (policy and reference); or a logged step's batch statistics (the
   entropy of the whole next-token distribution at every response token), whichever is larger.
 
-The coefficients (ACTIVATION_FLOATS, LOGIT_COPIES, ...) were fitted to XLA's own memory analysis
+The coefficients (`_activation_floats`, ATTENTION_COPIES, LOGIT_COPIES, ...) were fitted to XLA's own memory analysis
 of the compiled step (tests/lm/test_memory.py checks three configurations against it) and the
 total to measured peak RSS (`python -m sim.bench lm`, docs/real-models.md).
 """
