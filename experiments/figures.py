@@ -1,7 +1,7 @@
-"""The report's own figures (sim.plots draws a single run's; these put several side by side).
+"""The report's own figures (sim.output.plots draws a single run's; these put several side by side).
 
 Each function takes arrays and a path, draws with matplotlib's Agg backend and saves with
-sim.plots.save.
+sim.output.plots.save.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sim.plots import REWARD_STYLE, band, save  # noqa: E402
+from sim.output.plots import REWARD_STYLE, band, save  # noqa: E402
 
 QUADRANT_STYLE = {"uu": ("C2", "φ↑ φ′↑"), "ud": ("C3", "φ↑ φ′↓"), "du": ("C0", "φ↓ φ′↑"), "dd": ("C7", "φ↓ φ′↓")}
 

@@ -3,7 +3,7 @@
 Reads each experiments/real_model/runs/<name>/ (metrics.csv, summary.json, run.json) that
 experiments/real_model.py wrote; trains nothing. Every number is computed here with the report's
 statistics (experiments/report.py: mean over seeds of end - start, 95% Student-t interval), and
-every sentence of the verdict is chosen by the verdicts of sim/stats.py (a family per statistic,
+every sentence of the verdict is chosen by the verdicts of sim/analysis/stats.py (a family per statistic,
 Holm-corrected over the runs; "no change" only by TOST), so the text follows the results.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import yaml
 from experiments import figures
 from experiments.real_model import command, overrides
 from experiments.report import MARGIN, fmt, judge, mean_ci95, table
-from sim import stats
-from sim.diagnostics import CELLS, TIE
+from sim.analysis import stats
+from sim.analysis.diagnostics import CELLS, TIE
 
 # The roles the verdict reads; experiments/real_model.yaml names its configurations so.
 MAIN, NO_FLOOR, STRONG_KL, RARE = "main", "no_phi_prime", "beta_x10", "rare_phi_prime"
@@ -33,7 +33,7 @@ def _cell_name(c: str) -> str:
     return f"φ{arrow[c[0]]} φ′{arrow[c[1]]}"
 
 
-# a verdict (sim/stats.py) as the sentences below read it
+# a verdict (sim/analysis/stats.py) as the sentences below read it
 WORD = {"up": "rises", "down": "falls", "equivalent": "no change", "inconclusive": "inconclusive"}
 
 

@@ -30,8 +30,8 @@ class Run:
     label: str
     overrides: tuple[str, ...]
     exp: object  # sim.config.Experiment
-    batch: object  # sim.sweep.Batch
-    result: object  # sim.train.TrainResult
+    batch: object  # sim.rl.sweep.Batch
+    result: object  # sim.rl.train.TrainResult
 
     def runs(self, point: int = 0) -> np.ndarray:
         return np.flatnonzero(self.batch.points_R == point)
@@ -62,15 +62,15 @@ def load(name: str) -> dict:
 
 def train_run(label: str, overrides: list[str]) -> Run:
     from sim.run import validate
-    from sim.sweep import expand
-    from sim.train import make_train, run_keys
+    from sim.rl.sweep import expand
+    from sim.rl.train import make_train, run_keys
 
     exp = validate(overrides)[0]  # as `python -m sim.run <overrides>` would: runtime settings, then parse
     batch = expand(exp)
     t = time.perf_counter()
     inputs = {}
     if exp.reward_fit is not None:  # a learned reward model: fit (or load) each run's frozen proxy first
-        from sim import proxy
+        from sim.stages import proxy
 
         inputs["proxy_R"] = proxy.prepare(exp, batch).params_R
     result = make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R), **inputs)

@@ -2,7 +2,7 @@
 
 Every number in the report is computed here from the runs, with the same statistics as
 tests/test_claims.py: the mean over seeds of a change and its 95% Student-t interval. Every
-verdict (rises, falls, no change, inconclusive) follows sim/stats.py: a declared family of
+verdict (rises, falls, no change, inconclusive) follows sim/analysis/stats.py: a declared family of
 contrasts per table, Holm-corrected, and "no change" only where TOST shows |Δ| < the margin.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ import numpy as np
 
 from experiments import figures, report_reward
 from experiments.regenerate import Run
-from sim import plots, stats
-from sim.analysis import quadrant_summaries
-from sim.diagnostics import QUADRANTS
-from sim.results import bands_from_runs, mean_ci95, point_summaries, slope_ci95
+from sim.output import plots
+from sim.analysis import stats
+from sim.output.per_point import quadrant_summaries
+from sim.analysis.diagnostics import QUADRANTS
+from sim.output.results import bands_from_runs, mean_ci95, point_summaries, slope_ci95
 
 KAPPA_KEY, REL_KEY, W2_KEY = "task.phi_prime.kappa", "task.phi_prime.relative_weight", "task.phi_prime.weight"
 QUADRANT_STEPS = (10, 50, 100, 200)

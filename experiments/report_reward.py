@@ -14,8 +14,10 @@ import numpy as np
 from scipy.stats import binomtest
 
 from experiments.regenerate import Run
-from sim import hacking, plots, stats
-from sim.results import mean_ci95
+from sim.reward_models import hacking
+from sim.output import plots
+from sim.analysis import stats
+from sim.output.results import mean_ci95
 
 MARGIN = stats.DEFAULT_MARGIN
 judge = stats.verdicts_of  # one declared family of per-model contrasts -> their verdicts (Holm)
@@ -31,7 +33,7 @@ def level(ci) -> str:
 
 
 def effect(verdict: str) -> str:
-    """A contrast's verdict (sim/stats.py, via report.judge) as a verb."""
+    """A contrast's verdict (sim/analysis/stats.py, via report.judge) as a verb."""
     return {"up": "raises", "down": "lowers", "equivalent": f"does not change (within ±{MARGIN:g}, TOST)",
             "inconclusive": "does not clearly change (inconclusive)"}[verdict]
 

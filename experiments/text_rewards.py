@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from sim import geometry, text_task
-from sim.lm import checkpoint, sampling, tokenizer as tokenizer_lib
+from sim.analysis import geometry
+from sim.tasks import text as text_task
+from sim.lm import weights as checkpoint, sampling, tokenizer as tokenizer_lib
 
 HERE = Path(__file__).parent
 TOKENS = HERE / "text_rewards_tokens.npz"
@@ -140,7 +141,7 @@ def measure(candidates: Path = CANDIDATES) -> None:
 def cost(repeats: int = 50) -> None:
     """Median wall time of one text-reward call inside a jitted function, per batch of 64 responses
     of 32 tokens (the stored samples), next to the same batch's token-class rewards."""
-    from sim import text_rewards
+    from sim.tasks import text_rewards
     tok = tokenizer_lib.load(MODEL)
     tokens_BxN = jnp.asarray(np.load(TOKENS)["tokens_SxPxN"][0][:64, :32])
     mask_BxN = sampling.response_mask(tokens_BxN, tok.eos_id)

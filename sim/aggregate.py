@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from sim import plots, results, stats
+from sim.output import plots, results
+from sim.analysis import stats
 
 SUMMARY_METRICS = ("phi", "phi_prime", "reward", "kl", "entropy")
 

@@ -15,7 +15,7 @@ ten more each and run only when named):
               steps; cold compilation cache) in a fresh process: wall, compile, run, peak RSS; and
               the same runs as separate processes (--sweep-processes of them timed, warm cache,
               extrapolated to all runs): the ratio of the two
-  lm          SmolLM2-135M (runs only when named; sim/bench_lm.py): sim/step.py's GRPO step of 16
+  lm          SmolLM2-135M (runs only when named; sim/bench_lm.py): sim/rl/step.py's GRPO step of 16
               prompts x 4 x 32 new tokens, full fine-tuning and LoRA rank 16, with where its time
               goes and its achieved GFLOP/s beside the machine's matmul GFLOP/s; 1, 4 and 8 LoRA
               seeds in one program: samples/s and peak RSS (each configuration its own process)
@@ -92,9 +92,9 @@ def _tokens_per_run(exp) -> int:
 
 
 def _timed_train(exp, repeats: int):
-    from sim import reference
-    from sim.sweep import expand
-    from sim.train import make_train, run_keys
+    from sim.stages import references as reference
+    from sim.rl.sweep import expand
+    from sim.rl.train import make_train, run_keys
 
     batch = expand(exp)
     ref_R = reference.prepare(exp, batch.hparams_R).params_R if exp.sft is not None else None  # untimed
@@ -118,8 +118,8 @@ def bench_throughput(repeats: int, sizes=(1, 16, 64, 256)) -> dict:
 def bench_vmap(repeats: int, n: int = 64) -> dict:
     """n runs as one vmapped batch vs n single-run calls of the (already compiled) program. The
     sequential time is n times the median single run (n timed calls: the median of n samples)."""
-    from sim.sweep import expand
-    from sim.train import make_train, run_keys
+    from sim.rl.sweep import expand
+    from sim.rl.train import make_train, run_keys
 
     _, batched = _timed_train(_default_experiment(n), repeats)
     one = _default_experiment(1)
@@ -142,9 +142,9 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from sim.layout import over_runs, run_block
+    from sim.rl.layout import over_runs, run_block
     from sim.policies.base import cdf_table, sample_table
-    from sim.train import run_keys, run_shardings
+    from sim.rl.train import run_keys, run_shardings
 
     exp = _default_experiment(n)
     s = exp.static

@@ -1,5 +1,5 @@
 """`python -m sim.bench lm`: the real-model figures of what `python -m sim.run task=text
-policy=pretrained` runs: sim/step.py's GRPO step (16 prompts x group 4 x 32 new tokens, k3 KL in
+policy=pretrained` runs: sim/rl/step.py's GRPO step (16 prompts x group 4 x 32 new tokens, k3 KL in
 the loss, adam) on SmolLM2-135M-Instruct, fully fine-tuned and with LoRA adapters, and 1, 4 and 8
 LoRA seeds vmapped in one program.
 
@@ -78,20 +78,21 @@ def _median(fn, *args, repeats: int) -> tuple[float, float]:
 def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None, breakdown: bool = True,
             dtype: str = "float32") -> dict:
     """In this process: the step of `config` ('full' or 'lora') for `seeds` runs vmapped against the
-    one base (sim/step.py's train_step, as train.py's run blocks vmap it); with `breakdown`, also
+    one base (sim/rl/step.py's train_step, as train.py's run blocks vmap it); with `breakdown`, also
     its parts timed alone for one run: sampling, the reference pass, the policy's forward+backward."""
     import jax
     import jax.numpy as jnp
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sim import lm_setup, step
+    from sim import lm_setup
+    from sim.rl import step
     from sim.config import parse
     from sim.lm import memory
     from sim.policies.base import group_log_probs, reference_params
     from sim.run import CONF_DIR
-    from sim.sweep import expand
-    from sim.train import build_policy
+    from sim.rl.sweep import expand
+    from sim.rl.train import build_policy
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("config", overrides=_overrides(config, seeds, checkpoint, dtype))
@@ -201,7 +202,7 @@ def bench_lm(repeats: int, checkpoint: str | None = None) -> dict:
 
 
 def report(r: dict) -> list[str]:
-    lines = [f"lm: matmul now {r['matmul_gflops']:.0f} GFLOP/s (3072x576 @ 576x1536); GRPO step of sim/step.py, "
+    lines = [f"lm: matmul now {r['matmul_gflops']:.0f} GFLOP/s (3072x576 @ 576x1536); GRPO step of sim/rl/step.py, "
              f"{r['prompts']} prompts x group {r['group']} x {r['new_tokens']} new tokens, k3 KL, adam; medians of "
              f"{r['repeats']}"]
     for run in r["runs"]:

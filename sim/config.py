@@ -12,13 +12,18 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from sim import algos, geometry, policies, reward_model, stats, text_task, trackers
+from sim import policies
+from sim.rl import algos
+from sim.analysis import geometry, stats
+from sim.reward_models import model as reward_model
+from sim.tasks import text as text_task
+from sim.output import trackers
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
 from sim.policies.pretrained import ADAPTERS, DTYPES, LORA_TARGETS, Settings
-from sim.sft import SFT
-from sim.task import MAX_RESPONSES, SHAPES, RewardSpec, Task
+from sim.policies.sft import SFT
+from sim.tasks.toy import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
 OPTIMIZERS = ("adam", "sgd")
 MODES = ("sampled", "exact")  # exact: the infinite-sample limit, by enumerating every response
@@ -47,7 +52,7 @@ HPARAM_KEYS: dict[str, str] = {
 # relative_weight r sets w_phi_prime = r * w_phi, so r = 0 drops phi_prime from the reward.
 DERIVED_KEYS: dict[str, str] = {
     "relative_weight": "task.phi_prime.relative_weight",
-    # a learned reward model's preference pairs and label noise: they select the run's proxy (sim/proxy.py)
+    # a learned reward model's preference pairs and label noise: they select the run's proxy (sim/stages/proxy.py)
     "rm_pairs": "reward_model.pairs",
     "rm_noise": "reward_model.noise",
     "rm_seed": "reward_model.seed",
@@ -140,7 +145,7 @@ class Static:
     # True: every run goes through the same compiled code whatever its batch and the device count
     # (fixed blocks: bit-identical numbers alone or in any batch; small batches padded). False: blocks
     # sized to the batch (a run costs what it computes; the numbers depend on config and seed only
-    # through the batch it is in). See sim/layout.py.
+    # through the batch it is in). See sim/rl/layout.py.
     batch_invariant: bool = False
     # a real model's data set (task=text): prompts drawn per step (0: every training prompt, every
     # step), and held-out prompts the logged metrics are evaluated on (0: the training prompts)
@@ -186,7 +191,7 @@ class Experiment:
     # trackers.parse_logger: kind -> options of the trackers every logged row also streams to
     # ({}: none; changes no number)
     logger: dict[str, dict] = field(default_factory=dict)
-    # summary.json's verdicts: "equivalent" needs |delta| < margin by TOST (sim/stats.py); changes no metric
+    # summary.json's verdicts: "equivalent" needs |delta| < margin by TOST (sim/analysis/stats.py); changes no metric
     verdict_margin: float = stats.DEFAULT_MARGIN
 
     @property
@@ -395,7 +400,7 @@ def _pretrained(cfg) -> Settings:
     """policy=pretrained's settings. The checkpoint is only located here (a missing file or an
     unregistered name is a one-line error before anything runs); it is read at the edge
     (sim/lm_setup.py)."""
-    from sim.lm import checkpoint  # here, not at the top: only this family needs gguf and safetensors
+    from sim.lm import weights as checkpoint  # here, not at the top: only this family needs gguf and safetensors
 
     temperature = real(cfg, "policy.temperature", *POSITIVE)
     top_p = real(cfg, "policy.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")

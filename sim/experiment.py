@@ -5,7 +5,7 @@ then provenance.json and config.yaml; for neural policies the SFT stage
 (reference.prepare: its cache, not the run directory); metrics.csv rows and a checkpoint after
 every chunk (record=points: checkpoints only, with the per-point moments; points.csv at the end);
 rewards.png and sweep.png; summary.json last (its presence marks the run complete); then the checkpoints
-are deleted. See sim/rundir.py for what happens to an existing run directory.
+are deleted. See sim/output/rundir.py for what happens to an existing run directory.
 """
 from __future__ import annotations
 
@@ -21,14 +21,18 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from sim import (analysis, diagnostics, hacking, interrupt, plots, proxy, reference, results, rundir, stats,
-                 trackers)
-from sim.checkpoint import CheckpointError, Checkpoints
+from sim.output import per_point as analysis
+from sim.analysis import diagnostics, stats
+from sim.reward_models import hacking
+from sim.stages import proxy
+from sim.output import interrupt, plots, results, rundir, trackers
+from sim.stages import references as reference
+from sim.output.snapshots import CheckpointError, Checkpoints
 from sim.config import ConfigError, Experiment
-from sim.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
-from sim.sweep import Batch, expand
-from sim.layout import PointStats
-from sim.train import Snapshot, TrainResult, make_train, metric_names, run_keys, snapshot_template
+from sim.output.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
+from sim.rl.sweep import Batch, expand
+from sim.rl.layout import PointStats
+from sim.rl.train import Snapshot, TrainResult, make_train, metric_names, run_keys, snapshot_template
 
 
 def train_with_progress(exp: Experiment, batch: Batch, **train_kw) -> TrainResult:
@@ -88,7 +92,7 @@ def summary(exp: Experiment, plain_cfg: dict, batch: Batch, result: TrainResult,
         # healthy runs whose policy ended (near-)deterministic; per point in points[*]
         "n_deterministic": sum(p["n_deterministic"] or 0 for p in points),
         "deterministic_entropy": results.DETERMINISTIC_ENTROPY,
-        # each metric's verdict per point (sim/stats.py): its family is the metric's sweep points
+        # each metric's verdict per point (sim/analysis/stats.py): its family is the metric's sweep points
         "verdict_rules": {"margin": exp.verdict_margin, "alpha": stats.ALPHA, "correction": "holm",
                           "contrast": "end - start per seed, Student t", "equivalence": "TOST"},
         "points": points,

@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import preflight, text_task
+from sim import preflight
+from sim.tasks import text as text_task
 from sim.config import Experiment
 from sim.config_values import ConfigError
-from sim.lm import checkpoint, tokenizer as tokenizer_lib
+from sim.lm import weights as checkpoint, tokenizer as tokenizer_lib
 from sim.policies.pretrained import Frozen
-from sim.sweep import Batch
+from sim.rl.sweep import Batch
 
 
 class Loaded(NamedTuple):
@@ -44,30 +45,12 @@ def load(exp: Experiment) -> Loaded:
     preflight.check_context(f"policy.checkpoint={settings.checkpoint}", cfg, int(text.prompt_ids_PxT.shape[1]),
                             exp.text.new_tokens)
     eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
-    task = replace(text.task, decoder=settings.checkpoint)  # its text rewards decode with this tokenizer
-    static = replace(exp.static, task=task, lm=replace(settings, model=cfg, eos_id=eos))
+    static = replace(exp.static, task=text.task, lm=replace(settings, model=cfg, eos_id=eos))
     if settings.sharded:
-        check_mesh(static)
+        preflight.check_mesh(static)
     shared = Frozen(jax.tree.map(jnp.asarray, params), jnp.asarray(text.prompt_ids_PxT, jnp.int32),
                     jnp.asarray(text.prompt_mask_PxT, bool))
     return Loaded(replace(exp, static=static), shared, text)
-
-
-def check_mesh(static) -> None:
-    """runtime.mesh against this checkpoint and batch: one line naming the degree and what it
-    does not divide (the devices, the model's widths, or a batch split over data x fsdp)."""
-    from sim.lm import sharding
-
-    mesh = sharding.make_mesh(*static.lm.mesh)
-    sharding.check_divides(static.lm.model, mesh)
-    split = mesh.shape["data"] * mesh.shape["fsdp"]
-    train = ("task.prompts_per_step", static.prompts_per_step) if static.prompts_per_step else ("task.prompts",
-                                                                                                static.task.prompts)
-    held_out = ("task.eval_prompts", static.eval_prompts) if static.eval_prompts else ("task.prompts", static.task.prompts)
-    for what, size in ((f"{train[0]} x algo.group_size", train[1] * static.group_size),
-                       (f"{held_out[0]} x policy.eval.samples", held_out[1] * static.eval_samples)):
-        if size % split:
-            raise ConfigError(f"runtime.mesh data x fsdp = {split}: must divide the batch {what} = {size}")
 
 
 class SamplesWriter:

@@ -33,7 +33,7 @@ class Context:
     plain: dict
     model: object | None = None  # sim.lm.config.LMConfig
     shapes: dict | None = None  # HF name -> shape (HF layout)
-    text: object | None = None  # sim.text_task.TextTask
+    text: object | None = None  # sim.tasks.text.TextTask
 
     @property
     def prompt_tokens(self) -> int:
@@ -53,8 +53,8 @@ def check(exp: Experiment, plain: dict) -> Context:
 
 
 def check_pretrained(ctx: Context) -> Context:
-    from sim import lm_setup, text_task
-    from sim.lm import checkpoint, tokenizer as tokenizer_lib
+    from sim.tasks import text as text_task
+    from sim.lm import weights as checkpoint, tokenizer as tokenizer_lib
 
     exp = ctx.exp
     source = exp.static.lm.checkpoint
@@ -71,15 +71,32 @@ def check_pretrained(ctx: Context) -> Context:
     check_context(where, model, ctx.prompt_tokens, exp.text.new_tokens)
     static = replace(exp.static, task=text.task, lm=replace(exp.static.lm, model=model))
     if static.lm.sharded:
-        lm_setup.check_mesh(static)
+        check_mesh(static)
     return replace(ctx, exp=replace(exp, static=static))
+
+
+def check_mesh(static) -> None:
+    """runtime.mesh against this checkpoint and batch: one line naming the degree and what it
+    does not divide (the devices, the model's widths, or a batch split over data x fsdp)."""
+    from sim.lm import sharding
+
+    mesh = sharding.make_mesh(*static.lm.mesh)
+    sharding.check_divides(static.lm.model, mesh)
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    train = ("task.prompts_per_step", static.prompts_per_step) if static.prompts_per_step else ("task.prompts",
+                                                                                                static.task.prompts)
+    held_out = ("task.eval_prompts", static.eval_prompts) if static.eval_prompts else ("task.prompts", static.task.prompts)
+    for what, size in ((f"{train[0]} x algo.group_size", train[1] * static.group_size),
+                       (f"{held_out[0]} x policy.eval.samples", held_out[1] * static.eval_samples)):
+        if size % split:
+            raise ConfigError(f"runtime.mesh data x fsdp = {split}: must divide the batch {what} = {size}")
 
 
 def check_memory(ctx: Context) -> None:
     """The estimated peak of the whole run (every run's state, a block of runs computing at once)
     against the machine's memory: refused in one line before the model is read."""
     from sim import runtime
-    from sim.layout import batch_layout
+    from sim.rl.layout import batch_layout
     from sim.lm import memory
 
     exp = ctx.exp

@@ -181,7 +181,7 @@ def preflight(argv: list[str], claim: bool = False) -> Experiment | None:
         return None
     try:
         exp, plain, run_dir = validate(argv)
-        from sim import rundir
+        from sim.output import rundir
 
         holder = rundir.running(run_dir)  # first: a run in progress is named, whatever its config
         if holder:
@@ -209,8 +209,8 @@ def main() -> None:
     try:
         preflight(sys.argv[1:], claim=True)
         hydra_main()
-    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback (sim.interrupt)
-        from sim import interrupt
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback (sim.output.interrupt)
+        from sim.output import interrupt
 
         print(interrupt.message(e), file=sys.stderr)
         _statuses.append(EXIT_INTERRUPTED)

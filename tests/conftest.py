@@ -77,7 +77,7 @@ def crash_at_chunk(monkeypatch, plain: dict, out, chunk: int = 4) -> None:
     """run_experiment(plain) into `out`, crashing (RuntimeError) where the `chunk`-th checkpoint would
     be saved: after that chunk's rows are written, before its checkpoint. Checkpointing is restored
     afterwards, so the caller can resume."""
-    from sim.checkpoint import Checkpoints
+    from sim.output.snapshots import Checkpoints
     from sim.experiment import run_experiment
 
     save, calls = Checkpoints.maybe_save, []

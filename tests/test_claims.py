@@ -31,10 +31,10 @@ import numpy as np
 import pytest
 
 from conftest import experiment
-from sim import stats
-from sim.results import mean_ci95, slope_ci95
-from sim.sweep import expand
-from sim.train import make_train, run_keys
+from sim.analysis import stats
+from sim.output.results import mean_ci95, slope_ci95
+from sim.rl.sweep import expand
+from sim.rl.train import make_train, run_keys
 
 KEYS = {"kappa": "task.phi_prime.kappa", "w2": "task.phi_prime.weight", "overlap": "policy.overlap"}
 # kappa' targets at kappa_delta 0.05; the solved competences are c' = 0.30, 0.39, 0.50, 0.71, 0.90
@@ -131,7 +131,7 @@ def test_claim2_is_false_with_default_sharing_phi_prime_falls_at_kappa_at_most_o
 
 
 def test_claim2_holds_with_less_sharing_kappa_decides_the_sign(wide_policy):
-    """Width 16, overlap 0, step 200: by sim/stats.py's verdicts (Holm over the three kappa', TOST
+    """Width 16, overlap 0, step 200: by sim/analysis/stats.py's verdicts (Holm over the three kappa', TOST
     margin 0.02) phi' rises at kappa' 0.94 (measured +0.06 [+0.04, +0.09]) and falls at kappa' 1.37
     (-0.14 [-0.16, -0.12]). At kappa' = 1 it is inconclusive (-0.02 [-0.05, +0.01]: its interval
     includes 0 but is not within +-0.02 either), so "no fall at kappa' = 1" is not asserted; the

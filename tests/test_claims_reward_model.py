@@ -32,12 +32,14 @@ import numpy as np
 import pytest
 
 from conftest import experiment
-from sim import experiment as experiment_lib, proxy, step as step_lib
+from sim import experiment as experiment_lib
+from sim.stages import proxy
+from sim.rl import step as step_lib
 from sim.policies import tabular
 from sim.policies.base import token_log_probs
-from sim.results import mean_ci95
-from sim.sweep import expand
-from sim.train import build_policy, make_train, run_keys
+from sim.output.results import mean_ci95
+from sim.rl.sweep import expand
+from sim.rl.train import build_policy, make_train, run_keys
 
 TINY = ["task.prompts=4", "task.length=4", "task.vocab=6", "task.phi.positions=[0,1]", "task.phi.good_tokens=[0,1]",
         "task.phi_prime.positions=[2,3]", "task.phi_prime.good_tokens=[2,3]", "policy=tabular", "algo.mode=exact",

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sim import algos
+from sim.rl import algos
 from sim.config import ConfigError, parse
 from sim.run import CONF_DIR
 from tests.conftest import compose_plain

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from sim import experiment, rundir, stats
+from sim import experiment
+from sim.output import rundir
+from sim.analysis import stats
 from sim.config import ConfigError, parse
 from sim.experiment import config_hash, run_experiment, versions
 from sim.run import EXIT_DIVERGED, report

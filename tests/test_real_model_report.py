@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import real_model, real_model_report as rmr
-from sim.diagnostics import QUADRANTS
+from sim.analysis.diagnostics import QUADRANTS
 
 STEPS = (0, 5, 10)
 SEEDS = (0, 1, 2)

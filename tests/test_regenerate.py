@@ -28,5 +28,5 @@ def test_only_changes_outside_experiments_make_the_report_dirty():
     # stripping the output shifted the first path by one character and always read as dirty)
     assert not regenerate.dirty_outside_experiments(" M experiments/REPORT.md\n M experiments/blog.png\n")
     assert not regenerate.dirty_outside_experiments("")
-    assert regenerate.dirty_outside_experiments(" M experiments/REPORT.md\n M sim/train.py\n")
+    assert regenerate.dirty_outside_experiments(" M experiments/REPORT.md\n M sim/rl/train.py\n")
     assert regenerate.dirty_outside_experiments("?? notes.txt\n")

@@ -5,7 +5,7 @@ import numpy as np
 from scipy import stats as sp
 
 from experiments import report
-from sim import task as T
+from sim.tasks import toy as T
 
 
 def test_tilt_share_is_phis_part_of_the_bad_tokens():

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sim.config import Experiment, parse
-from sim.diagnostics import CELLS
+from sim.analysis.diagnostics import CELLS
 from sim.experiment import run_experiment
 from sim.run import CONF_DIR, preflight
-from sim.sweep import expand
-from sim.train import EXACT_METRICS, KAPPA_METRICS, make_train, run_keys
+from sim.rl.sweep import expand
+from sim.rl.train import EXACT_METRICS, KAPPA_METRICS, make_train, run_keys
 from tests.conftest import SMALL, compose_plain
 
 
@@ -463,7 +463,7 @@ HOLD_LOCK = ("import sys; from pathlib import Path; from sim import rundir; "
 
 
 def test_a_second_run_in_a_directory_in_use_is_refused_and_touches_nothing_and_a_crash_frees_it(tmp_path):
-    from sim import rundir
+    from sim.output import rundir
 
     out = tmp_path / "run"
     (out / ".hydra").mkdir(parents=True)  # what the running one (another config) has written so far
@@ -487,7 +487,7 @@ def test_a_second_run_in_a_directory_in_use_is_refused_and_touches_nothing_and_a
 def test_ctrl_c_is_one_line_exit_130_a_table_of_whole_chunks_and_a_checkpoint_to_resume_from(tmp_path):
     """SIGINT to a running `python -m sim.run` that holds the directory's lock (no checkpoint would
     fall due for an hour): it writes one on the way out, at the step its metrics.csv ends on."""
-    from sim import rundir
+    from sim.output import rundir
 
     out = tmp_path / "run"
     args = ["seeds=2", "steps=100000", "log_every=5", "chunk_steps=5", "task.prompts=4", "plots=false",
@@ -523,7 +523,8 @@ def test_hostile_configs_in_hostile_run_directories_are_refused_in_one_line_touc
     run in progress (its lock held, as a running sim.run holds it). Every one is refused with exit
     status 2 and one line, and no byte (nor mtime) of the other runs changes. The one exception:
     a valid config with overwrite=true may replace the finished run of another configuration."""
-    from sim import rundir, run
+    from sim import run
+    from sim.output import rundir
 
     def other_run(out, cfg_hash):
         (out / ".hydra").mkdir(parents=True)

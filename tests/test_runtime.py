@@ -73,8 +73,8 @@ import jax, numpy as np
 from sim import runtime
 runtime.configure(None, 1)
 from tests.conftest import experiment
-from sim.sweep import expand
-from sim import train
+from sim.rl.sweep import expand
+from sim.rl import train
 exp = experiment(["policy.width=24", "seeds=16", "steps=10", "log_every=10", "plots=false", "batch_invariant=true"])
 b = expand(exp)
 r = train.make_train(exp.static)(b.hparams_R, train.run_keys(b.seeds_R))

@@ -49,7 +49,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 REPO = Path(__file__).resolve().parents[2]
 WORD = re.compile(r"[A-Za-z0-9']+")
-# sim/text_rewards.py's registered text rewards, written again here from their docstrings
+# sim/tasks/text_rewards.py's registered text rewards, written again here from their docstrings
 TEXT_REWARDS = {
     "ends_with_period": lambda c: float(c.rstrip().endswith(".")),
     "no_digits": lambda c: float(not any(ch.isdigit() for ch in c)),
@@ -82,7 +82,7 @@ def hf_dir_from_gguf(gguf: Path, cache: Path) -> Path:
 
 
 def token_is_good(rule: dict, text: str) -> bool:
-    """sim's token-class rule (sim/text_task.py docstring): regex: re.search; chars: the token,
+    """sim's token-class rule (sim/tasks/text.py docstring): regex: re.search; chars: the token,
     apart from surrounding whitespace, is made only of the class's characters; words: its
     stripped, lower-cased text is one of the words."""
     (kind, value), = rule.items()

@@ -2,7 +2,7 @@
 
     python experiments/trl/side_by_side.py [--peer-python /work/peer-venv/bin/python] [--out DIR]
 
-Runs `python -m sim.bench lm` (sim/step.py's GRPO step on SmolLM2-135M-Instruct: 16 prompts x group
+Runs `python -m sim.bench lm` (sim/rl/step.py's GRPO step on SmolLM2-135M-Instruct: 16 prompts x group
 4 x 32 new tokens, k3 KL, adam; float32; full fine-tuning, LoRA rank 16, and 1/4/8 LoRA seeds in one
 program; median of --repeats) in sim's environment, then experiments/trl/grpo_trl.py (TRL's
 GRPOTrainer, same model file, prompts, rewards, group, new tokens, beta and lr; median step after

@@ -5,7 +5,7 @@ Runs in sim's own environment (no torch), from the repository root:
     PYTHONPATH=$PWD /work/main/.venv/bin/python experiments/trl/sim_check.py \
         --out experiments/trl/sim_vs_transformers.json
 
-It loads the same GGUF with sim.lm.checkpoint.load (float32), runs sim.lm.model.forward on the
+It loads the same GGUF with sim.lm.weights.load (float32), runs sim.lm.model.forward on the
 exact token ids transformers used (so tokenizers cannot hide or cause a difference), and reports
 the mean NLL of the paragraph (with and without BOS), the greedy continuation of "The capital of
 France is" (argmax, full forward per token: no cache, so it checks the model, not the sampler) and
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim.lm import checkpoint, model
+from sim.lm import weights as checkpoint, model
 
 HERE = Path(__file__).resolve().parent
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 
+from sim.lm import model
 from sim.lm.config import LMConfig
 from sim.lm.sampling import HEAD_CHUNK
 
@@ -42,9 +43,7 @@ def param_count(cfg: LMConfig) -> int:
 
 
 def lora_count(cfg: LMConfig, rank: int, targets: tuple[str, ...]) -> int:
-    from sim.policies.pretrained import lora_shapes
-
-    return cfg.layers * rank * sum(i + o for i, o in lora_shapes(cfg, targets).values())
+    return cfg.layers * rank * sum(i + o for i, o in model.lora_shapes(cfg, targets).values())
 
 
 def _activation_floats(cfg: LMConfig, remat: bool) -> int:

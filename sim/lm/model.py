@@ -91,6 +91,14 @@ def _rotate(x_BxTxHxDh: jax.Array, cos_sin) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x_BxTxHxDh.dtype)
 
 
+def lora_shapes(cfg: LMConfig, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(fan in, fan out) of each targeted matrix of a block."""
+    HD, KD = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    io = {"wq": (cfg.d_model, HD), "wk": (cfg.d_model, KD), "wv": (cfg.d_model, KD), "wo": (HD, cfg.d_model),
+          "w_gate": (cfg.d_model, cfg.ffn), "w_up": (cfg.d_model, cfg.ffn), "w_down": (cfg.ffn, cfg.d_model)}
+    return {name: io[name] for name in targets}
+
+
 def _dense(p: dict, name: str, x: jax.Array, lora_scale: float) -> jax.Array:
     """x @ W, plus the low-rank adapter's (lora_scale) * (x @ A) @ B where the block has one for W
     (p["lora"][name], LoRA: Hu et al. 2021). B starts at 0, so an untrained adapter adds exactly 0.

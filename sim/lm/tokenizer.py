@@ -25,7 +25,7 @@ from pathlib import Path
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
-from sim.lm.checkpoint import CheckpointError, gguf_reader, resolve
+from sim.lm.weights import CheckpointError, gguf_reader, resolve
 
 # llama.cpp's tokenizer.ggml.pre -> the pre-tokenizer of its regexes (llama-vocab.cpp), and
 # whether that family adds BOS by default and ignores merges for whole words (llama.cpp's flags)

@@ -6,7 +6,7 @@ import jax
 from sim.policies import autoregressive, gru, lowrank, mlp, pretrained, tabular, transformer
 from sim.policies.autoregressive import Arch
 from sim.policies.base import Params, Policy
-from sim.task import Task
+from sim.tasks.toy import Task
 
 FACTORISED = ("tabular", "lowrank")
 NEURAL = ("mlp", "gru", "transformer")  # autoregressive networks; their reference comes from SFT

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.policies.base import Params, Policy, prompt_major, sample_inverse_cdf
-from sim.task import Task
+from sim.tasks.toy import Task
 
 POSITIONS = ("learned", "rope")
 

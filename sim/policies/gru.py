@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.policies import autoregressive as ar
-from sim.task import Task
+from sim.tasks.toy import Task
 
 
 def init(key: jax.Array, arch: ar.Arch, task: Task) -> dict:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.policies.base import Policy, factorised, vocab_major
-from sim.task import Task
+from sim.tasks.toy import Task
 
 
 def features_PxLxD(task: Task, width: int, overlap: jax.Array, key: jax.Array) -> jax.Array:

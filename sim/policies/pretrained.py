@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
-from sim.lm import sampling
+from sim.lm import model, sampling
 from sim.lm.config import LMConfig
 from sim.policies.base import Params, Policy
 
@@ -85,18 +85,10 @@ def cast(params: Params, dtype: str) -> Params:
     return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
-def lora_shapes(cfg: LMConfig, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    """(fan in, fan out) of each targeted matrix of a block."""
-    HD, KD = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    io = {"wq": (cfg.d_model, HD), "wk": (cfg.d_model, KD), "wv": (cfg.d_model, KD), "wo": (HD, cfg.d_model),
-          "w_gate": (cfg.d_model, cfg.ffn), "w_up": (cfg.d_model, cfg.ffn), "w_down": (cfg.ffn, cfg.d_model)}
-    return {name: io[name] for name in targets}
-
-
 def init_lora(cfg: LMConfig, targets: tuple[str, ...], rank: int, key: jax.Array) -> Params:
     """Adapters of every layer, float32: A ~ U(-1/sqrt(fan in), 1/sqrt(fan in)) (peft's Kaiming
     init), B = 0, so that the policy starts exactly at the base."""
-    shapes = lora_shapes(cfg, targets)
+    shapes = model.lora_shapes(cfg, targets)
     keys = jax.random.split(key, len(shapes))
     return {name: {"a": jax.random.uniform(k, (cfg.layers, i, rank), jnp.float32, -i ** -0.5, i ** -0.5),
                    "b": jnp.zeros((cfg.layers, rank, o), jnp.float32)}

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sim.policies import autoregressive as ar
-from sim.task import Task
+from sim.tasks.toy import Task
 
 
 @dataclass(frozen=True)

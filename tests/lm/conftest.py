@@ -33,6 +33,6 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def smollm2(smollm2_tokenizer):
     """(LMConfig, float32 params, Tokenizer) of SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)."""
-    from sim.lm import checkpoint
+    from sim.lm import weights as checkpoint
     cfg, params = checkpoint.load("smollm2-135m")
     return cfg, params, smollm2_tokenizer

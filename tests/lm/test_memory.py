@@ -1,5 +1,5 @@
 """sim/lm/memory.py's estimate against XLA's own memory analysis of the compiled step (the
-vmapped sim/step.py train_step of policy=pretrained): three configurations whose memory is spent
+vmapped sim/rl/step.py train_step of policy=pretrained): three configurations whose memory is spent
 in different places (full fine-tuning's gradient and update; LoRA runs vmapped, whose activations
 scale with the block; remat, which keeps one block's). Compiling needs no weights (abstract
 shapes), so the test is quick. The whole-process figure (with the runtime) is checked against
@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sim import step
+from sim.rl import step
 from sim.config import Static
 from sim.config_values import ConfigError
 from sim.lm import memory, model
 from sim.lm.config import LMConfig
 from sim.policies import pretrained
 from sim.policies.base import reference_params
-from sim.task import RewardSpec, Task
-from sim.train import build_policy
+from sim.tasks.toy import RewardSpec, Task
+from sim.rl.train import build_policy
 
 CFG = LMConfig(family="llama", vocab=6000, d_model=96, layers=3, heads=4, kv_heads=2, head_dim=24, ffn=256,
                tied_embeddings=True, eos_id=2)

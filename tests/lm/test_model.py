@@ -97,7 +97,7 @@ def test_logits_match_float64_numpy_reference(tied, bias):
 def test_tiny_gguf_checkpoint_logits_match_the_reference_on_the_original_weights(tiny):
     """End to end through the GGUF loader (llama.cpp's Q/K row permutation undone) and the model,
     against the NumPy reference on the weights tiny.py started from."""
-    from sim.lm import checkpoint
+    from sim.lm import weights as checkpoint
     cfg, params = checkpoint.load(str(tiny["gguf"]))
     ids, mask = _batch(jax.random.key(5), cfg, B=2, pads=(0, 3))
     logits = jax.jit(model.forward, static_argnums=(1, 5))(params, cfg, ids, model.positions_from_mask(mask), mask)

@@ -6,7 +6,7 @@ neither, on purpose. To run it, use the peer environment of experiments/trl/requ
     PYTHONPATH=$PWD /work/peer-venv/bin/python -m pytest -q tests/lm/test_parity.py
 
 transformers reads the HF directory (and the GGUF file) that tests/lm/tiny.py writes; sim reads
-them with sim.lm.checkpoint.load. Both run in float32 on the CPU. The tolerance, 1e-4 of the
+them with sim.lm.weights.load. Both run in float32 on the CPU. The tolerance, 1e-4 of the
 largest |logit|, is float32 round-off for a 2-layer model (the measured difference is ~1e-6
 relative); a wrong rotary layout, a missing norm or a transposed weight gives O(1) differences.
 """
@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (optional pa
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (optional parity "
                                                           "environment only)")
 
-from sim.lm import checkpoint, model  # noqa: E402
+from sim.lm import weights as checkpoint, model  # noqa: E402
 
 RTOL = 1e-4
 
@@ -66,7 +66,7 @@ def test_hf_directory_logits_match_transformers(tiny, batch):
 
 def test_gguf_logits_match_transformers(tiny, batch):
     """The F32 GGUF (Q/K rows in llama.cpp's permuted layout): transformers undoes the permutation
-    with its own code, sim with sim.lm.checkpoint's."""
+    with its own code, sim with sim.lm.weights's."""
     ids, mask = batch
     path = tiny["gguf"]
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,

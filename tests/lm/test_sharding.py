@@ -1,4 +1,4 @@
-"""sim/step.py's GRPO step of policy=pretrained on the tiny checkpoint gives the same parameters
+"""sim/rl/step.py's GRPO step of policy=pretrained on the tiny checkpoint gives the same parameters
 sharded as on one device: on a mesh
 of 8 CPU devices (data 2 x fsdp 2 x tp 2), and across 2 processes joined by JAX's distributed
 runtime on localhost (gloo collectives, fsdp 2). The one-device step runs here, once; each layout
@@ -27,7 +27,7 @@ def _env(devices: int) -> dict:
 
 
 def _problem(tiny_dir: str, mesh: tuple[int, int, int] = (1, 1, 1)):
-    """The tiny checkpoint, 4 prompts (2 left-padded) x group 2 x 4 new tokens: sim/step.py's
+    """The tiny checkpoint, 4 prompts (2 left-padded) x group 2 x 4 new tokens: sim/rl/step.py's
     train_step of policy=pretrained (GRPO, k3 KL in the loss), the step `python -m sim.run` runs.
     Returns (cfg, params, optimizer, step, args); `step` takes the key as raw bits so that
     processes can share it, and the frozen reference and the prompts as arguments so that they can
@@ -35,11 +35,11 @@ def _problem(tiny_dir: str, mesh: tuple[int, int, int] = (1, 1, 1)):
     import jax
     import jax.numpy as jnp
 
-    from sim import step as step_lib
+    from sim.rl import step as step_lib
     from sim.config import Static
-    from sim.lm import checkpoint
+    from sim.lm import weights as checkpoint
     from sim.policies import pretrained
-    from sim.task import RewardSpec, Task
+    from sim.tasks.toy import RewardSpec, Task
 
     cfg, params = checkpoint.load(tiny_dir)
     prompts = np.array([[5, 9, 11, 20, 7], [2, 2, 30, 7, 8], [2, 40, 41, 42, 43], [2, 2, 2, 60, 61]], np.int32)

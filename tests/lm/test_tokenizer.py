@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
 from sim.lm import tokenizer as T
-from sim.lm.checkpoint import CheckpointError
+from sim.lm.weights import CheckpointError
 from tests.lm import tiny as tiny_mod
 
 TEXTS = [

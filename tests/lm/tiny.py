@@ -11,7 +11,7 @@ The tokenizer is a byte-level BPE trained here on a few sentences (SmolLM2's pre
 single digits, then GPT-2's split; special tokens <|endoftext|> <|im_start|> <|im_end|> =
 ids 0, 1, 2; BOS 1, EOS = PAD 2 as in SmolLM2) with a ChatML chat template.
 
-Everything here is written independently of sim/lm/checkpoint.py (its own HF names, its own
+Everything here is written independently of sim/lm/weights.py (its own HF names, its own
 llama.cpp permutation, gguf's own writer), so a test comparing the two formats can fail.
 `tests/lm/conftest.py` writes it once per session: the `tiny` fixture.
 """

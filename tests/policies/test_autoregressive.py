@@ -10,7 +10,7 @@ from scipy import stats
 
 from sim import policies
 from sim.policies import autoregressive as ar
-from sim.task import RewardSpec, Task
+from sim.tasks.toy import RewardSpec, Task
 
 TASK = Task(prompts=2, length=3, vocab=3, phi=RewardSpec((0,), (0,)), phi_prime=RewardSpec((1, 2), (1,)))
 ARCHS = {

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.policies import lowrank
-from sim.task import RewardSpec, Task
+from sim.tasks.toy import RewardSpec, Task
 
 TASK = Task(prompts=64, length=4, vocab=6, phi=RewardSpec((0, 1), (0,)), phi_prime=RewardSpec((2, 3), (1,)))
 

@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sim import step
+from sim.rl import step
 from sim.config import Static
 from sim.lm import model
 from sim.lm.config import LMConfig
 from sim.policies import pretrained
 from sim.policies.base import prompt_major
-from sim.task import RewardSpec, Task
-from sim.train import build_policy, make_train, run_keys
+from sim.tasks.toy import RewardSpec, Task
+from sim.rl.train import build_policy, make_train, run_keys
 
 CFG = LMConfig(family="llama", vocab=32, d_model=16, layers=2, heads=2, kv_heads=1, head_dim=8, ffn=32,
                tied_embeddings=True, bos_id=1, eos_id=2, pad_id=2)
@@ -291,14 +291,14 @@ def test_a_data_set_larger_than_a_step_draws_prompts_by_seed_and_evaluates_on_he
 def test_a_lora_runs_checkpoint_holds_its_adapters_and_their_optimizer_state_not_the_base(frozen):
     """What a checkpoint of an adapter run stores (train.snapshot_template: the run state's shapes):
     the adapters and Adam's two moments of them, three adapter-sized copies, and no base weight."""
-    from sim.train import snapshot_template
+    from sim.rl.train import snapshot_template
 
     static = _lora(_static(steps=2, log_every=1))
     snap = snapshot_template(static, _hp_R(2), run_keys([0, 1]), 0, shared=frozen)
     state_elems = sum(int(np.prod(x.shape)) for x in jax.tree.leaves((snap.state.params, snap.state.opt_state)))
     adapter_elems = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(snap.state.params))
     base_elems = sum(x.size for x in jax.tree.leaves(frozen.params))
-    assert adapter_elems == 2 * CFG.layers * 2 * sum(i + o for i, o in pretrained.lora_shapes(CFG, pretrained.LORA_TARGETS).values())
+    assert adapter_elems == 2 * CFG.layers * 2 * sum(i + o for i, o in model.lora_shapes(CFG, pretrained.LORA_TARGETS).values())
     assert 3 * adapter_elems <= state_elems < 3 * adapter_elems + 100  # + Adam's step counts and hyperparameters
     assert state_elems / 2 < base_elems  # per run: no copy of the base
     shapes = {x.shape[1:] for x in jax.tree.leaves(snap.state.params)}

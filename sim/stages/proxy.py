@@ -1,0 +1,160 @@
+"""The reward-model stage: one frozen proxy per distinct variant of a batch, fit and cached on disk.
+
+An edge module (file I/O and a progress bar) like reference.py, whose caching it copies; the model
+and its fit are reward_model.py. A variant is what determines a proxy: the pairs, the label noise,
+the gold's weights (w1, w2: the labeller's reward) and the reference's competence point (where the
+pairs are drawn). Sweep points that differ in anything else (beta, the learning rate, seeds) share
+one proxy. Each variant is fit alone, in a program compiled per number of pairs, so its numbers do
+not depend on what else the batch holds.
+
+A proxy is stored as `<cache dir>/<key>.npz` (cache_dir); the key hashes the task, the family and
+its shapes, the fit settings, the variant, the jax version and the source of the modules that
+compute it (editing them invalidates old entries). Files are written atomically.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from sim.stages import references as reference
+from sim.reward_models import model as rm_lib
+from sim.tasks import toy as task_lib
+from sim.config import Experiment
+from sim.policies import autoregressive, base, transformer
+
+# What determines a proxy, and the sweepable settings among it (config.DERIVED_KEYS)
+VARIANT = ("pairs", "noise", "seed", "w_phi", "w_phi_prime", "competence_phi", "competence_phi_prime",
+           "competence_spread")
+SWEPT = {"pairs": ("reward_model.pairs", "rm_pairs"), "noise": ("reward_model.noise", "rm_noise"),
+         "seed": ("reward_model.seed", "rm_seed")}
+_MEASURED = ("agreement_train", "agreement_held_out", "final_loss")
+_SOURCES = (rm_lib, task_lib, transformer, autoregressive, base)
+CHUNKS = 10  # progress updates per fit
+
+
+def cache_dir(exp: Experiment) -> Path:
+    """Beside the SFT references: $SIM_CACHE_DIR/reward_model (or ~/.cache/sim/reward_model); with
+    runtime.sft_cache set, a reward_model folder inside it."""
+    if exp.runtime.sft_cache:
+        return Path(exp.runtime.sft_cache).expanduser() / "reward_model"
+    return reference.default_cache_dir().parent / "reward_model"
+
+
+def cache_key(exp: Experiment, variant_8: np.ndarray) -> str:
+    blob = json.dumps({
+        "task": asdict(exp.static.task), "model": asdict(exp.static.reward_model), "fit": asdict(exp.reward_fit),
+        "variant": [float(np.float32(v)) for v in variant_8], "jax": jax.__version__,
+        "source": hashlib.sha256("".join(inspect.getsource(m) for m in _SOURCES).encode()).hexdigest(),
+    }, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def variants_R(exp: Experiment, batch) -> np.ndarray:
+    """[R, 8]: each run's variant (VARIANT order), from its sweep point's values and hparams."""
+    rows = []
+    for values, hp in zip(batch.point_values, batch.point_hparams):
+        rows.append([values.get(key, exp.derived.get(name)) for key, name in SWEPT.values()] + [hp[k] for k in VARIANT[3:]])
+    return np.asarray(rows, np.float64)[batch.points_R]
+
+
+@functools.lru_cache(maxsize=16)
+def _programs(model: rm_lib.RewardModel, task: task_lib.Task, fit: rm_lib.Fit, n: int, chunk: int):
+    """Jitted (start, chunk, finish) of one variant's fit on n pairs."""
+    def data(v_8, n, stream):
+        ref_logits = task_lib.reference_logits_PxLxV(task, (v_8[5], v_8[6]), v_8[7])
+        return rm_lib.preference_data(task, n, v_8[2], v_8[1], v_8[3:5], ref_logits, stream)
+
+    def start(v_8):
+        net = rm_lib.init(model, task, rm_lib.seed_key(v_8[2], 2))
+        return (net, optax.adam(fit.lr).init(net)), data(v_8, n, 0)
+
+    def finish(net, data_n, v_8):
+        prompts_N, a_NxL, b_NxL, _, gold_a_N, gold_b_N = data_n
+        proxy = rm_lib.calibrate(model, task, net, prompts_N, a_NxL, b_NxL, gold_a_N, gold_b_N)
+        held = data(v_8, rm_lib.HELD_OUT_PAIRS, 1)
+        return proxy, {"agreement_train": rm_lib.agreement(model, task, proxy, *data_n[:3], *data_n[4:]),
+                       "agreement_held_out": rm_lib.agreement(model, task, proxy, *held[:3], *held[4:])}
+
+    step = jax.jit(lambda carry, data: rm_lib.fit_chunk(model, task, fit, chunk, carry, data[:4]))
+    return jax.jit(start), step, jax.jit(finish)
+
+
+def fit_variant(exp: Experiment, variant_8: np.ndarray, on_steps=None) -> tuple[dict, np.ndarray, dict]:
+    """(proxy, loss per step, measured) of one variant; `on_steps(k)` after every k steps."""
+    fit = exp.reward_fit
+    chunk = next(c for c in range(max(1, fit.steps // CHUNKS), 0, -1) if fit.steps % c == 0)
+    start, step, finish = _programs(exp.static.reward_model, exp.static.task, fit, int(variant_8[0]), chunk)
+    v = jnp.asarray(variant_8, jnp.float32)
+    carry, data = start(v)
+    losses = []
+    for _ in range(fit.steps // chunk):
+        carry, loss_C = step(carry, data)
+        losses.append(np.asarray(loss_C))
+        if on_steps is not None:
+            on_steps(chunk)
+    proxy, measured = finish(carry[0], data, v)
+    loss_S = np.concatenate(losses)
+    measured = {k: float(x) for k, x in measured.items()} | {"final_loss": float(np.mean(loss_S[-max(1, fit.steps // 10):]))}
+    return jax.tree.map(np.asarray, proxy), loss_S, measured
+
+
+class Proxies(NamedTuple):
+    params_R: object  # each run's frozen proxy (leading [R] axis), for train(..., proxy_R=...)
+    loss_KxS: np.ndarray  # Bradley-Terry loss curve of each distinct variant
+    variants: list[dict]  # per distinct variant: its values, agreement with gold, cache file
+    seconds: float  # fitting time of this call (0 when every proxy was cached)
+
+
+def template(exp: Experiment) -> dict:
+    model, task = exp.static.reward_model, exp.static.task
+    return jax.eval_shape(lambda: {"net": rm_lib.init(model, task, jax.random.key(0)),
+                                   "scale": jnp.float32(0), "shift": jnp.float32(0)})
+
+
+def prepare(exp: Experiment, batch) -> Proxies:
+    """Load or fit the proxy of every run's variant (the reward-model stage)."""
+    variant_Rx8 = variants_R(exp, batch)
+    variant_Kx8, index_R = np.unique(variant_Rx8, axis=0, return_inverse=True)
+    index_R = index_R.reshape(-1)
+    paths = [cache_dir(exp) / f"{cache_key(exp, v)}.npz" for v in variant_Kx8]
+    found = [reference.load(p, template(exp), _MEASURED) for p in paths]
+    missing = [k for k, f in enumerate(found) if f is None]
+    t0 = time.perf_counter()
+    if missing:
+        family = exp.static.reward_model.family
+        print(f"sim: fitting {len(missing)} {family} reward model(s), compiling ...", file=sys.stderr, flush=True)
+        with tqdm(total=len(missing) * exp.reward_fit.steps, unit="step", file=sys.stderr, dynamic_ncols=True,
+                  desc="reward model", mininterval=0.2) as bar:
+            for k in missing:
+                proxy, loss_S, measured = fit_variant(exp, variant_Kx8[k], bar.update)
+                bar.set_postfix(loss=f"{measured['final_loss']:.4f}", held_out=f"{measured['agreement_held_out']:.3f}")
+                reference.save(paths[k], proxy, loss_S, measured, _MEASURED)
+                found[k] = (proxy, loss_S, measured)
+    seconds = time.perf_counter() - t0
+    if len(missing) < len(found):
+        print(f"sim: {len(found) - len(missing)} reward model(s) loaded from {cache_dir(exp)}", file=sys.stderr)
+    params_K = jax.tree.map(lambda *xs: np.stack(xs), *[f[0] for f in found])
+    variants = [{**{name: float(x) for name, x in zip(VARIANT, variant_Kx8[k])}, **m, "cached": k not in missing,
+                 "file": str(paths[k])} for k, (_, _, m) in enumerate(found)]
+    variants = [v | {"pairs": int(v["pairs"]), "seed": int(v["seed"])} for v in variants]
+    return Proxies(jax.tree.map(lambda x: x[index_R], params_K), np.stack([f[1] for f in found]), variants, seconds)
+
+
+def frozen_equal(before, after) -> bool:
+    """Whether two proxies are bit-identical (the RL run must not have changed its reward model)."""
+    return all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+
