@@ -294,7 +294,7 @@ import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from sim.tasks import text_rewards as TR
 from sim.lm import sharding
-from tests.test_text_task import tiny_tokenizer
+from tests.tasks.test_text import tiny_tokenizer
 
 tok = tiny_tokenizer()
 rng = np.random.default_rng(0)
