@@ -106,7 +106,7 @@ def test_sharding_over_devices_does_not_change_the_numbers():
     metrics must agree. The two processes run at once (a backend's device count is fixed)."""
     import json, subprocess, sys
     from pathlib import Path
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     procs = [subprocess.Popen([sys.executable, "-c", SHARDED, str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, cwd=root) for n in (1, 2)]
     outs = []

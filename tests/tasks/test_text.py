@@ -325,7 +325,7 @@ def test_a_text_reward_under_a_2_device_mesh_equals_it_on_the_host():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = os.environ | {"JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu",
                         "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.run([sys.executable, "-c", _ON_A_MESH], env=env, cwd=root, capture_output=True, text=True,
