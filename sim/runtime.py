@@ -1,4 +1,5 @@
-"""Process-wide JAX settings, applied once at the edge (run.py) before anything is computed.
+"""Process-wide JAX settings, applied once at the edge (run.py) before anything is computed, and the
+config's runtime section that chooses them (`parse` -> `Runtime`).
 
 - A persistent compilation cache, so a second run of the same shapes skips XLA compilation
   (the cache is keyed by the program, so it is always safe to delete).
@@ -20,9 +21,50 @@ A value of either flag already in $XLA_FLAGS wins.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import jax
+
+from sim.config_values import ConfigError, integer
+
+KEYS = {"compilation_cache", "cpu_devices", "sft_cache", "mesh", "distributed"}  # the runtime section's
+MESH_KEYS = {"data", "fsdp", "tp"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The runtime section: how a run uses the machine; it changes no number."""
+    compilation_cache: str | None = None
+    cpu_devices: int | str = "auto"
+    sft_cache: str | None = None  # where SFT references are cached (None: reference.default_cache_dir())
+    # policy=pretrained: the device mesh its model is sharded over (sim/lm/sharding.py); (1, 1, 1): none
+    mesh: tuple[int, int, int] = (1, 1, 1)  # data x fsdp x tp
+    distributed: bool = False  # join JAX's multi-process runtime (jax.distributed.initialize) first
+
+
+def parse(cfg: Mapping) -> Runtime:
+    rt = cfg.get("runtime") or {}
+    if not isinstance(rt, Mapping):
+        raise ConfigError(f"runtime={rt!r}: must be a section with keys {', '.join(sorted(KEYS))}")
+    cache, devices = rt.get("compilation_cache"), rt.get("cpu_devices", "auto")
+    if cache is not None and not isinstance(cache, str):
+        raise ConfigError(f"runtime.compilation_cache={cache!r}: must be a directory path, or null for no cache")
+    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+        raise ConfigError(f"runtime.cpu_devices={devices!r}: must be auto or an integer >= 1")
+    sft_cache = rt.get("sft_cache")
+    if sft_cache is not None and (not isinstance(sft_cache, str) or not sft_cache):
+        raise ConfigError(f"runtime.sft_cache={sft_cache!r}: must be a directory path, or null for the default")
+    mesh = rt.get("mesh") or {}
+    if not isinstance(mesh, Mapping):
+        raise ConfigError(f"runtime.mesh={mesh!r}: must be a section with keys data, fsdp, tp")
+    degrees = tuple(integer({"runtime": rt}, f"runtime.mesh.{axis}", 1) if axis in mesh else 1
+                    for axis in ("data", "fsdp", "tp"))
+    distributed = rt.get("distributed", False)
+    if not isinstance(distributed, bool):
+        raise ConfigError(f"runtime.distributed={distributed!r}: must be true or false")
+    return Runtime(cache, devices, sft_cache, degrees, distributed)
 
 
 def cpu_device_count(setting: int | str) -> int:

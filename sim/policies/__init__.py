@@ -1,41 +1,83 @@
-"""Policy families behind one interface (`base.Policy`); `build` picks one from the config."""
+"""Policy families behind one interface (`base.Policy`), registered by name in FAMILIES.
+
+A family is one module (its config keys, `parse`, `build`), one line below and one YAML file in
+conf/policy/. Everything else asks the registry: config.py which keys and parser a kind has,
+train.py how to build it and whether it reads reference logits, the SFT stage which families it
+trains (and the modules whose code its cache key hashes).
+"""
 from __future__ import annotations
 
-import jax
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
-from sim.policies import autoregressive, gru, lowrank, mlp, pretrained, tabular, transformer
+from sim.policies import autoregressive, gru, lowrank, mlp, pretrained, sft, tabular, transformer
 from sim.policies.autoregressive import Arch
-from sim.policies.base import Params, Policy
+from sim.policies.base import BuildArgs, Policy
 from sim.tasks.toy import Task
 
-FACTORISED = ("tabular", "lowrank")
-NEURAL = ("mlp", "gru", "transformer")  # autoregressive networks; their reference comes from SFT
-PRETRAINED = ("pretrained",)  # a real checkpoint; its frozen reference is shared by every run (train.py)
-KINDS = FACTORISED + NEURAL + PRETRAINED
+# What the loop needs to know of a family: where its reference comes from.
+FACTORISED = "factorised"  # the task's reference logits, exactly (the world of the theory)
+NEURAL = "neural"  # an autoregressive network whose reference is SFT-trained on the task's teacher
+PRETRAINED = "pretrained"  # a real checkpoint; its frozen reference is shared by every run (train.py)
+
+
+@dataclass(frozen=True)
+class Family:
+    kind: str  # FACTORISED | NEURAL | PRETRAINED
+    keys: frozenset[str]  # the keys the policy section accepts
+    parse: Callable[[Mapping], dict]  # config -> the family's fields of config.Static (one-line ConfigErrors)
+    build: Callable[[BuildArgs], Policy]  # the run's policy, started exactly at its reference
+    sections: Mapping[str, frozenset[str]] = field(default_factory=dict)  # "policy.<sub>" -> its keys
+    list_keys: frozenset[str] = frozenset()  # static keys whose value is itself a list
+    net: Callable[[Arch, Task], autoregressive.Net] | None = None  # neural: its network as pure functions
+    sources: tuple[Any, ...] = ()  # modules whose code computes its reference (the SFT cache key hashes them)
+
+    @property
+    def needs_sft(self) -> bool:
+        return self.kind == NEURAL
+
+
+def _neural(module) -> Family:
+    return Family(NEURAL, frozenset(module.KEYS), module.parse, module.build,
+                  {"policy.sft": frozenset(sft.KEYS), "policy.eval": frozenset(autoregressive.EVAL_KEYS)},
+                  net=module.net, sources=(autoregressive, module))
+
+
+FAMILIES: dict[str, Family] = {
+    "tabular": Family(FACTORISED, frozenset(tabular.KEYS), tabular.parse, tabular.build),
+    "lowrank": Family(FACTORISED, frozenset(lowrank.KEYS), lowrank.parse, lowrank.build),
+    "mlp": _neural(mlp),
+    "gru": _neural(gru),
+    "transformer": _neural(transformer),
+    "pretrained": Family(PRETRAINED, frozenset(pretrained.KEYS), pretrained.parse, pretrained.build,
+                         {"policy.eval": frozenset(pretrained.EVAL_KEYS), "policy.lora": frozenset(pretrained.LORA_KEYS)},
+                         list_keys=frozenset({"policy.lora.targets"})),
+}
+
+
+def register(name: str, family: Family) -> None:
+    """Add a family (tests register toy ones); a name is registered once."""
+    if name in FAMILIES:
+        raise ValueError(f"policy family {name!r} is already registered")
+    FAMILIES[name] = family
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    """The registered families (of one kind), in registration order: the allowed policy.kind values."""
+    return tuple(n for n, f in FAMILIES.items() if kind is None or f.kind == kind)
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"policy.kind={name!r}; allowed: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
 
 
 def net(arch: Arch, task: Task) -> autoregressive.Net:
     """The network of a neural family, as pure functions of its params."""
-    return {"mlp": mlp.net, "gru": gru.net, "transformer": transformer.net}[arch.kind](arch, task)
+    return family(arch.kind).net(arch, task)
 
 
-def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax.Array, width: int = 0,
-          arch: Arch | None = None, ref_params: Params | None = None,
-          lm: pretrained.Settings | None = None) -> Policy:
-    """The policy of family `kind`, started exactly at the reference. `key` draws fixed parts.
-
-    Factorised families take the reference as logits; neural ones as their SFT-trained params;
-    a pretrained checkpoint as `pretrained.Frozen` (its params and the task's prompt tokens)."""
-    if kind == "tabular":
-        return tabular.make(ref_logits_PxLxV)
-    if kind == "lowrank":
-        return lowrank.make(ref_logits_PxLxV, lowrank.features_PxLxD(task, width, hp["overlap"], key))
-    if kind in NEURAL:
-        if arch is None or ref_params is None:
-            raise ValueError(f"policy.kind={kind!r} needs its architecture and SFT-trained reference params")
-        return autoregressive.make(net(arch, task), ref_params, task)
-    if kind == "pretrained":
-        if lm is None or ref_params is None:
-            raise ValueError("policy.kind='pretrained' needs its settings and the loaded checkpoint")
-        return pretrained.make(lm, ref_params, task.length, key, task.prompts)
-    raise ValueError(f"policy.kind={kind!r}; allowed: {', '.join(KINDS)}")
+def build(kind: str, args: BuildArgs) -> Policy:
+    """The policy of family `kind`, started exactly at the reference (see BuildArgs)."""
+    return family(kind).build(args)

@@ -18,10 +18,14 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sim.policies.base import Params, Policy, prompt_major, sample_inverse_cdf
+from sim.config_values import integer
+from sim.policies.base import BuildArgs, Params, Policy, prompt_major, sample_inverse_cdf
 from sim.tasks.toy import Task
 
 POSITIONS = ("learned", "rope")
+# The policy section's keys every neural family accepts (policy.sft: sft.KEYS), and policy.eval's
+KEYS = {"kind", "d_model", "hidden", "sft", "eval"}
+EVAL_KEYS = {"samples", "enumerate_max"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,25 @@ class Arch:
     heads: int = 0  # transformer only
     window: int = 0  # mlp only: how many previous input ids it sees
     positions: str = ""  # transformer only: learned | rope
+
+
+def widths(cfg) -> dict:
+    """policy.d_model and policy.hidden, which every neural family reads (Arch's fields)."""
+    return {"d_model": integer(cfg, "policy.d_model", 1), "hidden": integer(cfg, "policy.hidden", 1)}
+
+
+def static_fields(cfg, arch: Arch) -> dict:
+    """A neural family's part of config.Static: its architecture and how its expectations are logged."""
+    return {"arch": arch, "eval_samples": integer(cfg, "policy.eval.samples", 2),
+            "enumerate_max": integer(cfg, "policy.eval.enumerate_max", 0)}
+
+
+def build(net_of: Callable[[Arch, Task], "Net"], args: BuildArgs) -> Policy:
+    """A neural family's policy: its network (`net_of`) started at the SFT-trained reference (args.ref)."""
+    if args.arch is None or args.ref is None:
+        kind = args.arch.kind if args.arch is not None else "neural"
+        raise ValueError(f"policy.kind={kind!r} needs its architecture and SFT-trained reference params")
+    return make(net_of(args.arch, args.task), args.ref, args.task)
 
 
 def input_vocab(task: Task) -> int:

@@ -14,6 +14,20 @@ import jax.numpy as jnp
 Params = Any
 
 
+class BuildArgs(NamedTuple):
+    """What a family's `build` may read (sim/policies/__init__.py's registry): the run's task,
+    hparams and key (which draws the family's fixed parts, e.g. features), its reference, and the
+    static settings its parser gave (`Family.parse`: width, arch, lm)."""
+    task: Any  # tasks.toy.Task
+    hp: dict
+    key: jax.Array
+    # factorised: the reference logits [P, L, V]; neural: the SFT-trained params; pretrained: pretrained.Frozen
+    ref: Any
+    width: int = 0
+    arch: Any = None  # autoregressive.Arch
+    lm: Any = None  # pretrained.Settings
+
+
 class Policy(NamedTuple):
     init: Callable[[], Params]
     # (params, key, per_prompt) -> tokens_BxL: per_prompt responses to each of the task's P prompts,

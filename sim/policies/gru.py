@@ -5,7 +5,10 @@ import jax
 import jax.numpy as jnp
 
 from sim.policies import autoregressive as ar
+from sim.policies.base import BuildArgs, Policy
 from sim.tasks.toy import Task
+
+KEYS = ar.KEYS
 
 
 def init(key: jax.Array, arch: ar.Arch, task: Task) -> dict:
@@ -56,3 +59,11 @@ def net(arch: ar.Arch, task: Task) -> ar.Net:
         return jnp.swapaxes(logits_LxBxV, 0, 1)
 
     return ar.Net(init=lambda key: init(key, arch, task), logits=logits, start=start, step=step)
+
+
+def parse(cfg) -> dict:
+    return ar.static_fields(cfg, ar.Arch("gru", **ar.widths(cfg)))
+
+
+def build(args: BuildArgs) -> Policy:
+    return ar.build(net, args)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sim.policies.base import Policy, factorised, vocab_major
+from sim.config_values import integer
+from sim.policies.base import BuildArgs, Policy, factorised, vocab_major
 from sim.tasks.toy import Task
+
+KEYS = {"kind", "width", "overlap"}  # overlap is an hparam (config.HPARAM_KEYS): sweepable
 
 
 def features_PxLxD(task: Task, width: int, overlap: jax.Array, key: jax.Array) -> jax.Array:
@@ -33,3 +36,11 @@ def make(ref_logits_PxLxV: jax.Array, features: jax.Array) -> Policy:
         return jnp.moveaxis(ref_VxPxL + jnp.einsum("dv,pld->vpl", W_DxV, features), 0, -1)
 
     return factorised(init=lambda: jnp.zeros((D, V)), logits_fn=logits_PxLxV)
+
+
+def parse(cfg) -> dict:
+    return {"width": integer(cfg, "policy.width", 1)}
+
+
+def build(args: BuildArgs) -> Policy:
+    return make(args.ref, features_PxLxD(args.task, args.width, args.hp["overlap"], args.key))

@@ -5,7 +5,11 @@ import jax
 import jax.numpy as jnp
 
 from sim.policies import autoregressive as ar
+from sim.config_values import integer
+from sim.policies.base import BuildArgs, Policy
 from sim.tasks.toy import Task
+
+KEYS = ar.KEYS | {"layers", "window"}
 
 
 def init(key: jax.Array, arch: ar.Arch, task: Task) -> dict:
@@ -54,3 +58,13 @@ def net(arch: ar.Arch, task: Task) -> ar.Net:
         return out(windows_BxLxW, jnp.arange(L))
 
     return ar.Net(init=lambda key: init(key, arch, task), logits=logits, start=start, step=step)
+
+
+def parse(cfg) -> dict:
+    arch = ar.Arch("mlp", **ar.widths(cfg), layers=integer(cfg, "policy.layers", 1),
+                   window=integer(cfg, "policy.window", 1))
+    return ar.static_fields(cfg, arch)
+
+
+def build(args: BuildArgs) -> Policy:
+    return ar.build(net, args)

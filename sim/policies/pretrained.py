@@ -31,13 +31,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
+from sim.config_values import POSITIVE, ConfigError, choice, integer, is_list, lookup, real
 from sim.lm import model, sampling
 from sim.lm.config import LMConfig
-from sim.policies.base import Params, Policy
+from sim.policies.base import BuildArgs, Params, Policy
 
 DTYPES = ("float32", "bfloat16")
 ADAPTERS = ("none", "lora")
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")  # every dense matrix of a block
+# The policy section's keys, and policy.lora's (read by `_lora`)
+KEYS = {"kind", "checkpoint", "dtype", "remat", "temperature", "top_k", "top_p", "eval", "adapter", "lora"}
+EVAL_KEYS = {"samples", "enumerate_max"}
+LORA_KEYS = {"rank", "alpha", "targets", "runs_per_block"}
 
 
 @dataclass(frozen=True)
@@ -159,3 +164,49 @@ def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | N
     return Policy(init=init, sample=sample, log_probs=log_probs, token_logits=token_logits,
                   response_mask=response_mask, group_token_logits=group_token_logits, group_log_probs=group_log_probs,
                   reference=(lambda: {}) if settings.lora else None)
+
+
+def build(args: BuildArgs) -> Policy:
+    if args.lm is None or args.ref is None:
+        raise ValueError("policy.kind='pretrained' needs its settings and the loaded checkpoint")
+    return make(args.lm, args.ref, args.task.length, args.key, args.task.prompts)
+
+
+def parse(cfg) -> dict:
+    """policy=pretrained's part of config.Static. The checkpoint is only located here (a missing file
+    or an unregistered name is a one-line error before anything runs); it is read at the edge
+    (sim/lm_setup.py), which completes `Settings.model` and `eos_id`."""
+    from sim.lm import weights as checkpoint  # here, not at the top: only this family needs gguf and safetensors
+
+    temperature = real(cfg, "policy.temperature", *POSITIVE)
+    top_p = real(cfg, "policy.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    remat = lookup(cfg, "policy.remat")
+    if not isinstance(remat, bool):
+        raise ConfigError(f"policy.remat={remat!r}: must be true or false")
+    dtype, top_k = choice(cfg, "policy.dtype", DTYPES), integer(cfg, "policy.top_k", 0)
+    source = lookup(cfg, "policy.checkpoint")  # last: the other keys' errors do not depend on what is installed
+    if not isinstance(source, str) or not source:
+        raise ConfigError(f"policy.checkpoint={source!r}: must be a registered name "
+                          f"({', '.join(checkpoint.REGISTRY)}), a Hugging Face directory or a .gguf file")
+    try:
+        checkpoint.resolve(source)
+    except checkpoint.CheckpointError as e:
+        raise ConfigError(f"policy.checkpoint={source}: {e}") from None
+    settings = Settings(checkpoint=source, dtype=dtype, remat=remat, temperature=temperature, top_k=top_k, top_p=top_p,
+                        **_lora(cfg))
+    return {"lm": settings, "eval_samples": integer(cfg, "policy.eval.samples", 2)}
+
+
+def _lora(cfg) -> dict:
+    """policy.adapter and, for lora, policy.lora's LORA_KEYS (Settings' adapter fields)."""
+    adapter = choice(cfg, "policy.adapter", ADAPTERS) if "adapter" in lookup(cfg, "policy") else "none"
+    if adapter == "none":
+        return {"adapter": "none"}
+    targets = lookup(cfg, "policy.lora.targets")
+    if isinstance(targets, str) or not is_list(targets) or not targets or any(t not in LORA_TARGETS for t in targets) \
+            or len(set(targets)) != len(targets):
+        raise ConfigError(f"policy.lora.targets={targets if isinstance(targets, str) else list(targets or [])!r}: must be "
+                          f"a non-empty list of distinct matrices from {', '.join(LORA_TARGETS)}")
+    return {"adapter": adapter, "lora_rank": integer(cfg, "policy.lora.rank", 1),
+            "lora_alpha": real(cfg, "policy.lora.alpha", *POSITIVE), "lora_targets": tuple(targets),
+            "runs_per_block": integer(cfg, "policy.lora.runs_per_block", 1)}

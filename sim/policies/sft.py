@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from sim import policies
+from sim.config_values import POSITIVE, integer, real
 from sim.policies import autoregressive, estimates
 from sim.tasks import toy as task_lib
 from sim.policies.autoregressive import Arch
@@ -38,6 +39,15 @@ class SFT:
     batch: int = 256  # teacher samples per step
     lr: float = 3e-3  # Adam peak learning rate, cosine-decayed to 0
     seed: int = 0  # network init and data stream
+
+
+KEYS = {"steps", "batch", "lr", "seed"}  # policy.sft's
+
+
+def parse(cfg) -> SFT:
+    """policy.sft: how a neural family's reference is trained."""
+    return SFT(steps=integer(cfg, "policy.sft.steps", 1), batch=integer(cfg, "policy.sft.batch", 1),
+               lr=real(cfg, "policy.sft.lr", *POSITIVE), seed=integer(cfg, "policy.sft.seed", 0))
 
 
 class SFTState(NamedTuple):

@@ -14,8 +14,12 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from sim.config_values import ConfigError, choice, integer
 from sim.policies import autoregressive as ar
+from sim.policies.base import BuildArgs, Policy
 from sim.tasks.toy import Task
+
+KEYS = ar.KEYS | {"layers", "heads", "positions"}
 
 
 @dataclass(frozen=True)
@@ -159,3 +163,17 @@ def net(arch: ar.Arch, task: Task) -> ar.Net:
         start=lambda params, batch: init_cache(cfg, batch),
         step=lambda params, cache, ids_B, t: decode(params, cfg, cache, ids_B, t),
     )
+
+
+def parse(cfg) -> dict:
+    widths = ar.widths(cfg)
+    layers, heads = integer(cfg, "policy.layers", 1), integer(cfg, "policy.heads", 1)
+    positions = choice(cfg, "policy.positions", ar.POSITIONS)
+    if widths["d_model"] % heads or (positions == "rope" and widths["d_model"] // heads % 2):
+        raise ConfigError(f"policy.heads={heads}: must divide policy.d_model={widths['d_model']}"
+                          + (" into heads of even width (rope)" if positions == "rope" else ""))
+    return ar.static_fields(cfg, ar.Arch("transformer", **widths, layers=layers, heads=heads, positions=positions))
+
+
+def build(args: BuildArgs) -> Policy:
+    return ar.build(net, args)

@@ -28,9 +28,12 @@ import optax
 
 from sim.tasks import toy as task_lib
 from sim.config_values import FINITE_NONNEG, POSITIVE, ConfigError, choice, integer, is_list, lookup, real
-from sim.policies import autoregressive as ar, transformer
+from sim.policies import autoregressive as ar, base as policy_base, transformer
 from sim.policies.base import Policy, prompt_major, sample_inverse_cdf
 from sim.tasks.toy import Task
+
+# The modules besides this one whose code computes a fitted proxy (sim/stages/proxy.py's cache key)
+SOURCES = (task_lib, transformer, ar, policy_base)
 
 FAMILIES = ("none", "linear", "mlp", "transformer")
 HELD_OUT_PAIRS = 4096  # fresh reference pairs on which the fitted proxy's agreement with gold is measured

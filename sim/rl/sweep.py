@@ -2,7 +2,7 @@
 
 The sweep points are the cartesian product of the in-process axes (config keys given as lists),
 the last axis varying fastest. Each point's hparams are resolved here, in one place: swept
-values replace the configured ones, then derived settings (`config.DERIVED_KEYS`) set the
+values replace the configured ones, then derived settings (`hparams.DERIVED_KEYS`) set the
 hparams they stand for. Runs of the same seed share their PRNG key across sweep points (common
 random numbers), so differences between points are not blurred by different sampling noise.
 """
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.config import DERIVED_KEYS, HPARAM_KEYS, SWEEP_KEYS, Experiment, resolve_kappa_targets
+from sim.config import Experiment
+from sim.hparams import DERIVED_KEYS, HPARAM_KEYS, SWEEP_KEYS, resolve_kappa_targets
 
 _NAME_OF_KEY = {key: name for name, key in SWEEP_KEYS.items()}
 

@@ -25,7 +25,7 @@ from sim.reward_models import model as reward_model
 from sim.tasks import toy as task_lib
 from sim.config import Static
 from sim.rl.layout import PointStats, batch_layout, over_runs, point_moments
-from sim.policies.base import Policy, reference_params
+from sim.policies.base import BuildArgs, Policy, reference_params
 from sim.rl.step import BATCH_METRICS, batch_statistics, make_optimizer, no_batch_statistics, train_step
 
 # What every logged row holds (step.BATCH_METRICS: the last update's batch statistics).
@@ -68,12 +68,11 @@ class RunState(NamedTuple):
 def build_policy(static: Static, hp: dict, policy_key: jax.Array, ref=None) -> Policy:
     """The run's policy; `ref`: a neural policy's SFT-trained reference params (RunState.ref), or
     a pretrained checkpoint's `pretrained.Frozen` (shared by every run)."""
-    ref_logits = None
-    if static.policy in policies.FACTORISED:
-        ref_logits = task_lib.reference_logits_PxLxV(
+    if policies.family(static.policy).kind == policies.FACTORISED:  # its reference: the task's logits
+        ref = task_lib.reference_logits_PxLxV(
             static.task, (hp["competence_phi"], hp["competence_phi_prime"]), hp["competence_spread"])
-    return policies.build(static.policy, static.task, ref_logits, hp, policy_key, width=static.width,
-                          arch=static.arch, ref_params=ref, lm=static.lm)
+    return policies.build(static.policy, BuildArgs(static.task, hp, policy_key, ref, width=static.width,
+                                                   arch=static.arch, lm=static.lm))
 
 
 def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, key: jax.Array) -> dict:

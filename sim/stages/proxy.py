@@ -33,7 +33,6 @@ from sim.stages import references as reference
 from sim.reward_models import model as rm_lib
 from sim.tasks import toy as task_lib
 from sim.config import Experiment
-from sim.policies import autoregressive, base, transformer
 
 # What determines a proxy, and the sweepable settings among it (config.DERIVED_KEYS)
 VARIANT = ("pairs", "noise", "seed", "w_phi", "w_phi_prime", "competence_phi", "competence_phi_prime",
@@ -41,7 +40,7 @@ VARIANT = ("pairs", "noise", "seed", "w_phi", "w_phi_prime", "competence_phi", "
 SWEPT = {"pairs": ("reward_model.pairs", "rm_pairs"), "noise": ("reward_model.noise", "rm_noise"),
          "seed": ("reward_model.seed", "rm_seed")}
 _MEASURED = ("agreement_train", "agreement_held_out", "final_loss")
-_SOURCES = (rm_lib, task_lib, transformer, autoregressive, base)
+_SOURCES = (rm_lib,) + rm_lib.SOURCES
 CHUNKS = 10  # progress updates per fit
 
 

@@ -30,11 +30,11 @@ from sim import policies
 from sim.policies import estimates, sft
 from sim.tasks import toy as task_lib
 from sim.config import Experiment
-from sim.policies import autoregressive, base, gru, mlp, transformer
+from sim.policies import base
 from sim.rl.train import auto_rows_per_chunk
 
 COMPETENCE_HPARAMS = ("competence_phi", "competence_phi_prime", "competence_spread")
-_SOURCES = (sft, estimates, task_lib, base, autoregressive, mlp, gru, transformer)
+_SOURCES = (sft, estimates, task_lib, base)  # and the family's own (policies.Family.sources)
 _MEASURED = ("competence_phi", "competence_phi_prime", "competence_phi_se", "competence_phi_prime_se",
              "teacher_competence_phi", "teacher_competence_phi_prime", "loss_floor")
 
@@ -46,15 +46,16 @@ def default_cache_dir() -> Path:
     return Path(root) / "sft"
 
 
-def _source_hash() -> str:
-    return hashlib.sha256("".join(inspect.getsource(m) for m in _SOURCES).encode()).hexdigest()
+def _source_hash(kind: str) -> str:
+    modules = _SOURCES + policies.family(kind).sources
+    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()
 
 
 def cache_key(exp: Experiment, competence_3: np.ndarray) -> str:
     blob = json.dumps({
         "task": asdict(exp.static.task), "arch": asdict(exp.static.arch), "sft": asdict(exp.sft),
         "competence": [float(np.float32(c)) for c in competence_3],
-        "jax": jax.__version__, "source": _source_hash(),
+        "jax": jax.__version__, "source": _source_hash(exp.static.policy),
     }, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 

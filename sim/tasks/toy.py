@@ -13,8 +13,13 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from sim.config_values import ConfigError, choice, int_list, integer
+
 REWARDS = ("phi", "phi_prime")
 SHAPES = ("mean", "all")
+# The task section's keys (task.phi_prime also takes relative_weight: config.DERIVED_KEYS) and a reward's
+KEYS = {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"}
+REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,31 @@ class Task:
     @property
     def specs(self) -> tuple[RewardSpec, RewardSpec]:
         return (self.phi, self.phi_prime)
+
+
+def parse(cfg) -> Task:
+    """The task section of the toy task (kind: toy, the default)."""
+    length, vocab = integer(cfg, "task.length", 2), integer(cfg, "task.vocab", 4)
+    specs = []
+    for name in REWARDS:
+        key = f"task.{name}"
+        specs.append(RewardSpec(
+            positions=int_list(cfg, f"{key}.positions", 0, length),
+            good_tokens=int_list(cfg, f"{key}.good_tokens", 0, vocab),
+            shape=choice(cfg, f"{key}.shape", SHAPES),
+        ))
+        if len(specs[-1].good_tokens) >= vocab:
+            raise ConfigError(f"{key}.good_tokens has {vocab} tokens: at least one of the task.vocab={vocab} "
+                              "tokens must be bad")
+    phi, phi_prime = specs
+    if set(phi.positions) & set(phi_prime.positions):
+        raise ConfigError(f"task.phi_prime.positions={list(phi_prime.positions)}: must be disjoint from "
+                          f"task.phi.positions={list(phi.positions)}")
+    if set(phi.good_tokens) & set(phi_prime.good_tokens):
+        raise ConfigError(f"task.phi_prime.good_tokens={list(phi_prime.good_tokens)}: must be disjoint from "
+                          f"task.phi.good_tokens={list(phi.good_tokens)} (raise task.vocab for more tokens)")
+    return Task(prompts=integer(cfg, "task.prompts", 1), length=length, vocab=vocab,
+                phi=phi, phi_prime=phi_prime, seed=integer(cfg, "task.seed", 0))
 
 
 def good_mask_V(spec: RewardSpec, vocab: int) -> jax.Array:
