@@ -99,6 +99,8 @@ class Static:
     # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
     lm: Settings | None = None  # policy.kind=pretrained: its settings (the checkpoint's architecture once loaded)
+    # a registered family's own static settings beyond width, arch and lm (a frozen, hashable value; BuildArgs.settings)
+    settings: object = None
     reward_model: reward_model.RewardModel | None = None  # a learned proxy replaces the gold reward in RL
     # True: every run goes through the same compiled code whatever its batch and the device count
     # (fixed blocks: bit-identical numbers alone or in any batch; small batches padded). False: blocks

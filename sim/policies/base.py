@@ -26,6 +26,7 @@ class BuildArgs(NamedTuple):
     width: int = 0
     arch: Any = None  # autoregressive.Arch
     lm: Any = None  # pretrained.Settings
+    settings: Any = None  # config.Static.settings: a registered family's own static settings
 
 
 class Policy(NamedTuple):

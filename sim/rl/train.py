@@ -72,7 +72,7 @@ def build_policy(static: Static, hp: dict, policy_key: jax.Array, ref=None) -> P
         ref = task_lib.reference_logits_PxLxV(
             static.task, (hp["competence_phi"], hp["competence_phi_prime"]), hp["competence_spread"])
     return policies.build(static.policy, BuildArgs(static.task, hp, policy_key, ref, width=static.width,
-                                                   arch=static.arch, lm=static.lm))
+                                                   arch=static.arch, lm=static.lm, settings=static.settings))
 
 
 def exact_metrics(static: Static, policy: Policy, params, ref_params, hp: dict, key: jax.Array) -> dict:
