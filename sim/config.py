@@ -77,7 +77,10 @@ _TEXT_KEYS: dict[str, set[str]] = {
 
 @dataclass(frozen=True)
 class Static:
-    task: Task | None  # None for a text task until its tokenizer is loaded (text_task.build gives it)
+    # A text task's Static leaves parse() incomplete: its task (built on the checkpoint's tokenizer) and
+    # lm.model / lm.eos_id need files; sim/lm_setup.complete fills them at the edge, before make_train,
+    # which refuses an incomplete Static (`complete`).
+    task: Task | None
     policy: str  # a name in policies.FAMILIES; the fields below it fills are its family's parse()
     advantage: str
     group_size: int
@@ -98,7 +101,7 @@ class Static:
     # whether the loss carries the entropy bonus: parse() clears it when every run's entropy_coef is
     # 0, so the default runs skip the entropy and its gradient (~10% of a step in an XLA profile)
     entropy_bonus: bool = True
-    lm: Settings | None = None  # policy.kind=pretrained: its settings (the checkpoint's architecture once loaded)
+    lm: Settings | None = None  # policy.kind=pretrained: its settings (the checkpoint's architecture once complete)
     # a registered family's own static settings beyond width, arch and lm (a frozen, hashable value; BuildArgs.settings)
     settings: object = None
     reward_model: reward_model.RewardModel | None = None  # a learned proxy replaces the gold reward in RL
@@ -111,6 +114,11 @@ class Static:
     # step), and held-out prompts the logged metrics are evaluated on (0: the training prompts)
     prompts_per_step: int = 0
     eval_prompts: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Everything training reads is here (a text task's: after sim/lm_setup.complete)."""
+        return self.task is not None and (self.lm is None or self.lm.model is not None)
 
 
 @dataclass(frozen=True)

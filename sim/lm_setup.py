@@ -2,8 +2,9 @@
 its tokenizer, build the text task on that tokenizer, and write samples.jsonl.
 
 config.parse only locates the checkpoint; here it is read, once per run: the frozen reference
-(one copy, in policy.dtype, shared by every run: train.py's `shared`) and the architecture that
-completes `Static.lm`.
+(one copy, in policy.dtype, shared by every run: train.py's `shared`), and `complete` fills what
+config.parse cannot (the text task, the architecture, the EOS id), so make_train only ever sees a
+complete Static (`Static.complete`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sim.tasks import text as text_task
 from sim.config import Experiment
 from sim.config_values import ConfigError
 from sim.lm import weights as checkpoint, tokenizer as tokenizer_lib
+from sim.lm.config import LMConfig
 from sim.policies.pretrained import Frozen
 from sim.rl.sweep import Batch
 
@@ -35,22 +37,33 @@ class Loaded(NamedTuple):
 def load(exp: Experiment) -> Loaded:
     """Read the checkpoint of exp.static.lm and build exp.text on its tokenizer."""
     settings = exp.static.lm
+    where = f"policy.checkpoint={settings.checkpoint}"
     try:
         checkpoint.check_header(*checkpoint.read_header(settings.checkpoint))  # a wrong shape, before reading any
         cfg, params = checkpoint.load(settings.checkpoint, dtype=jnp.dtype(settings.dtype))
         tok = tokenizer_lib.load(settings.checkpoint)
     except checkpoint.CheckpointError as e:
-        raise ConfigError(f"policy.checkpoint={settings.checkpoint}: {e}") from None
-    text = text_task.build(exp.text, tok, vocab=cfg.vocab)
-    preflight.check_context(f"policy.checkpoint={settings.checkpoint}", cfg, int(text.prompt_ids_PxT.shape[1]),
-                            exp.text.new_tokens)
-    eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
-    static = replace(exp.static, task=text.task, lm=replace(settings, model=cfg, eos_id=eos))
-    if settings.sharded:
-        preflight.check_mesh(static)
+        raise ConfigError(f"{where}: {e}") from None
+    exp, text = complete(exp, cfg, tok, where)
     shared = Frozen(jax.tree.map(jnp.asarray, params), jnp.asarray(text.prompt_ids_PxT, jnp.int32),
                     jnp.asarray(text.prompt_mask_PxT, bool))
-    return Loaded(replace(exp, static=static), shared, text)
+    return Loaded(exp, shared, text)
+
+
+def complete(exp: Experiment, model: LMConfig, tok: tokenizer_lib.Tokenizer, where: str
+             ) -> tuple[Experiment, text_task.TextTask]:
+    """The one place a pretrained run's Static is completed (config.parse cannot: it needs files):
+    the text task built on the checkpoint's tokenizer (static.task), the checkpoint's architecture
+    and EOS (static.lm.model, eos_id), checked against the model's context and runtime.mesh. The
+    preflight and `load` both call it, so what is checked is what trains. Reads no file itself
+    beyond the prompts file the text task names. `where` names the checkpoint in errors."""
+    text = text_task.build(exp.text, tok, vocab=model.vocab)  # prompts file, prompt count, rules
+    preflight.check_context(where, model, int(text.prompt_ids_PxT.shape[1]), exp.text.new_tokens)
+    eos = tok.eos_id if tok.eos_id is not None else model.eos_id
+    static = replace(exp.static, task=text.task, lm=replace(exp.static.lm, model=model, eos_id=eos))
+    if static.lm.sharded:
+        preflight.check_mesh(static)
+    return replace(exp, static=static), text
 
 
 class SamplesWriter:

@@ -28,7 +28,7 @@ from sim.config_values import ConfigError
 class Context:
     """What the checks know: the parsed experiment and its plain config; for policy=pretrained also
     the checkpoint's architecture (from its header), its tensor shapes and the built text task
-    (exp.static.task and exp.static.lm.model filled in, as sim/lm_setup.py fills them)."""
+    (exp completed by sim/lm_setup.complete, as a run completes it)."""
     exp: Experiment
     plain: dict
     model: object | None = None  # sim.lm.config.LMConfig
@@ -53,7 +53,7 @@ def check(exp: Experiment, plain: dict) -> Context:
 
 
 def check_pretrained(ctx: Context) -> Context:
-    from sim.tasks import text as text_task
+    from sim import lm_setup
     from sim.lm import weights as checkpoint, tokenizer as tokenizer_lib
 
     exp = ctx.exp
@@ -66,13 +66,8 @@ def check_pretrained(ctx: Context) -> Context:
         tok = tokenizer_lib.load(source)
     except checkpoint.CheckpointError as e:
         raise ConfigError(f"{where}: {e}") from None
-    text = text_task.build(exp.text, tok, vocab=model.vocab)  # prompts file, prompt count, rules
-    ctx = replace(ctx, model=model, shapes=shapes, text=text)
-    check_context(where, model, ctx.prompt_tokens, exp.text.new_tokens)
-    static = replace(exp.static, task=text.task, lm=replace(exp.static.lm, model=model))
-    if static.lm.sharded:
-        check_mesh(static)
-    return replace(ctx, exp=replace(exp, static=static))
+    exp, text = lm_setup.complete(exp, model, tok, where)  # the text task (prompts, rules), context, mesh
+    return replace(ctx, exp=exp, model=model, shapes=shapes, text=text)
 
 
 def check_mesh(static) -> None:

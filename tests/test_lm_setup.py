@@ -44,3 +44,23 @@ def test_runtime_mesh_is_refused_in_one_line_where_it_means_nothing():
         parse(compose_plain(["runtime.mesh.tp=0"]))
     with pytest.raises(ConfigError, match=r"^runtime.mesh.pp: unknown key; allowed keys here are data, fsdp, tp$"):
         parse(compose_plain(["+runtime.mesh.pp=2"]))
+
+
+def test_parse_leaves_a_text_task_s_static_incomplete_and_the_edge_completes_it_once(tiny_dir):
+    """config.parse cannot read files: the Static it gives a text task is incomplete, make_train
+    refuses it; lm_setup.load completes it (the preflight through the same lm_setup.complete)."""
+    from sim import preflight
+    from sim.lm import weights
+    from sim.rl.train import make_train
+
+    plain = _text(tiny_dir)
+    exp = parse(plain)
+    assert not exp.static.complete and exp.static.task is None and exp.static.lm.model is None
+    with pytest.raises(ValueError, match="make_train needs a complete Static"):
+        make_train(exp.static)
+    loaded = lm_setup.load(exp)
+    static = loaded.exp.static
+    model, _ = weights.read_header(tiny_dir)
+    assert static.complete and static.lm.model == model and static.task.prompts == 3
+    assert static.lm.eos_id == loaded.text.tokenizer.eos_id is not None  # the tokenizer's EOS
+    assert preflight.check(exp, plain).exp.static == static  # what is checked is what trains

@@ -180,6 +180,9 @@ def make_train(static: Static, rows_per_chunk: int | None = None):
     """Compile once per (Static, batch size); train() accepts any hparams values and seeds.
 
     Cached, so every caller in a process with the same Static shares the compiled programs."""
+    if not static.complete:
+        raise ValueError("make_train needs a complete Static: a text task's is completed from its checkpoint "
+                         "and tokenizer at the edge (sim/lm_setup.load) first")
     total_rows = static.steps // static.log_every
     chunk_rows = rows_per_chunk or auto_rows_per_chunk(total_rows)
     if total_rows % chunk_rows:

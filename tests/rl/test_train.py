@@ -1,9 +1,13 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax._src.dispatch import BACKEND_COMPILE_EVENT  # the event JAX records for each XLA compile
 
 from sim.policies.base import prompt_major
+from sim.policies.pretrained import Settings
 from sim.rl.sweep import expand
 from sim.rl.train import auto_rows_per_chunk, build_policy, make_train, run_keys, snapshot_template
 
@@ -303,3 +307,11 @@ def test_a_transformer_trains_with_seeds_vmapped_and_monte_carlo_metrics(small):
     assert np.all(gap <= 4 * np.sqrt(2) * a.metrics["phi_se"][0]) and a.metrics["phi_se"][0, 0] > 0
     assert np.all(a.metrics["kl"][-1] > 0) and len(set(a.metrics["phi"][-1])) == 3
     assert np.all(np.isfinite(a.metrics["grad_norm"][1:]))
+
+
+def test_make_train_refuses_a_static_the_edge_has_not_completed(small):
+    static = small().static
+    with pytest.raises(ValueError, match="make_train needs a complete Static"):
+        make_train(dataclasses.replace(static, task=None))
+    with pytest.raises(ValueError, match="make_train needs a complete Static"):  # the checkpoint not yet read
+        make_train(dataclasses.replace(static, policy="pretrained", lm=Settings("tiny")))
