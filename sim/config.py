@@ -200,7 +200,8 @@ def _check_algo(s: Static, text: text_task.TextTaskConfig | None = None) -> None
         raise ConfigError("algo.kl.estimator=exact: needs algo.kl.placement=loss (the exact KL is not a "
                           "per-response reward)")
     if s.kl_estimator == "exact" and s.policy not in policies.names(policies.FACTORISED):
-        raise ConfigError(f"algo.kl.estimator=exact: needs a factorised policy ({', '.join(policies.names(policies.FACTORISED))}), "
+        factorised = ", ".join(policies.names(policies.FACTORISED))
+        raise ConfigError(f"algo.kl.estimator=exact: needs a factorised policy ({factorised}), "
                           f"not policy.kind={s.policy}")
     if text and s.mode == "exact":
         raise ConfigError("algo.mode=exact: not with task.kind=text (a real vocabulary's responses cannot be "
@@ -255,8 +256,10 @@ def parse(cfg: Mapping) -> Experiment:
     kind = choice(cfg, "policy.kind", policies.names())
     family = policies.family(kind)
     is_text = task_kind(cfg) == "text"
-    _check_keys(cfg, {**_KEYS, "policy": set(family.keys), **family.sections, **(_TEXT_KEYS if is_text else {})},
-                _LIST_KEYS | family.list_keys)
+    sections = {"policy": set(family.keys), **family.sections}
+    if family.needs_sft:  # the SFT stage's own section
+        sections["policy.sft"] = sft_lib.KEYS
+    _check_keys(cfg, {**_KEYS, **sections, **(_TEXT_KEYS if is_text else {})}, _LIST_KEYS | family.list_keys)
     if is_text and family.kind != policies.PRETRAINED:
         raise ConfigError(f"task.kind=text: needs policy.kind=pretrained (a checkpoint and its tokenizer), "
                           f"not policy.kind={kind}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from sim.policies import autoregressive, gru, lowrank, mlp, pretrained, sft, tabular, transformer
+from sim.policies import autoregressive, gru, lowrank, mlp, pretrained, tabular, transformer
 from sim.policies.autoregressive import Arch
 from sim.policies.base import BuildArgs, Policy
 from sim.tasks.toy import Task
@@ -34,13 +34,13 @@ class Family:
 
     @property
     def needs_sft(self) -> bool:
+        """Its reference is SFT-trained (sim/stages/references.py); config.py then reads policy.sft (sft.KEYS)."""
         return self.kind == NEURAL
 
 
 def _neural(module) -> Family:
     return Family(NEURAL, frozenset(module.KEYS), module.parse, module.build,
-                  {"policy.sft": frozenset(sft.KEYS), "policy.eval": frozenset(autoregressive.EVAL_KEYS)},
-                  net=module.net, sources=(autoregressive, module))
+                  {"policy.eval": frozenset(autoregressive.EVAL_KEYS)}, net=module.net, sources=(autoregressive, module))
 
 
 FAMILIES: dict[str, Family] = {
