@@ -144,7 +144,8 @@ def bench_roofline(repeats: int, n: int = 64) -> dict:
 
     from sim.rl.layout import over_runs, run_block
     from sim.policies.base import cdf_table, sample_table
-    from sim.rl.train import run_keys, run_shardings
+    from sim.rl.programs import run_shardings
+    from sim.rl.train import run_keys
 
     exp = _default_experiment(n)
     s = exp.static

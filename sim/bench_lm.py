@@ -92,7 +92,7 @@ def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None
     from sim.policies.base import group_log_probs, reference_params
     from sim.run import CONF_DIR
     from sim.rl.sweep import expand
-    from sim.rl.train import build_policy
+    from sim.rl.runs import build_policy
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         cfg = compose("config", overrides=_overrides(config, seeds, checkpoint, dtype))

@@ -18,7 +18,7 @@ from typing import Mapping
 from sim import hparams as hparams_lib, policies, runtime as runtime_lib
 from sim.analysis import stats
 from sim.config_values import FINITE_NONNEG, POSITIVE, ConfigError, choice, flag, integer, is_list, lookup, real
-from sim.hparams import DERIVED_KEYS, HPARAM_KEYS, SWEEP_KEYS, resolve_kappa_targets  # noqa: F401  (re-exported)
+from sim.hparams import SWEEP_KEYS, resolve_kappa_targets
 from sim.output import trackers
 from sim.policies import sft as sft_lib
 from sim.policies.autoregressive import Arch
@@ -26,7 +26,7 @@ from sim.policies.pretrained import Settings
 from sim.policies.sft import SFT
 from sim.reward_models import model as reward_model
 from sim.rl import algos
-from sim.runtime import Runtime, parse as parse_runtime  # noqa: F401  (re-exported: run.py reads it first)
+from sim.runtime import Runtime
 from sim.tasks import text as text_task, toy as toy_task
 from sim.tasks.toy import MAX_RESPONSES, Task
 
@@ -124,7 +124,7 @@ class Static:
 @dataclass(frozen=True)
 class Experiment:
     static: Static
-    hparams: dict[str, float]  # one value per HPARAM_KEYS name; a swept one holds its first value
+    hparams: dict[str, float]  # one value per hparams.HPARAM_KEYS name; a swept one holds its first value
     seeds: tuple[int, ...]
     plots: bool = True
     runtime: Runtime = Runtime()
@@ -140,7 +140,7 @@ class Experiment:
     def rows_per_chunk(self) -> int | None:
         return self.chunk_steps // self.static.log_every if self.chunk_steps else None
     axes: dict[str, tuple[float, ...]] = field(default_factory=dict)  # swept config key -> values
-    derived: dict[str, float] = field(default_factory=dict)  # DERIVED_KEYS name -> value, set and not swept
+    derived: dict[str, float] = field(default_factory=dict)  # hparams.DERIVED_KEYS name -> value, set and not swept
     record: str = "runs"  # 'runs' | 'points' ('auto' is resolved by parse)
     sft: SFT | None = None  # neural policies: how their reference is trained
     analysis: str = "basic"  # ANALYSIS_MODES
@@ -270,7 +270,7 @@ def parse(cfg: Mapping) -> Experiment:
     task = None if is_text else toy_task.parse(cfg)
     static = _static(cfg, kind, task)
     _check_algo(static, text)
-    runtime = parse_runtime(cfg)
+    runtime = runtime_lib.parse(cfg)
     if static.lm is not None:
         static = replace(static, lm=replace(static.lm, mesh=runtime.mesh),
                          prompts_per_step=text.prompts_per_step, eval_prompts=text.eval_prompts)

@@ -32,7 +32,8 @@ from sim.config import ConfigError, Experiment
 from sim.output.rundir import config_hash, versions  # noqa: F401  (re-exported: part of this module's API)
 from sim.rl.sweep import Batch, expand
 from sim.rl.layout import PointStats
-from sim.rl.train import Snapshot, TrainResult, make_train, metric_names, run_keys, snapshot_template
+from sim.rl.runs import metric_names
+from sim.rl.train import Snapshot, TrainResult, make_train, run_keys, snapshot_template
 
 
 def train_with_progress(exp: Experiment, batch: Batch, **train_kw) -> TrainResult:

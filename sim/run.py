@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sim.config import ConfigError, Experiment, parse, parse_runtime
+from sim.config import ConfigError, Experiment, parse
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 EXIT_CONFIG_ERROR = 2
@@ -98,7 +98,7 @@ def configure_runtime(plain: dict) -> None:
     solved for its competence), and the device count is fixed once a backend exists."""
     from sim import runtime
 
-    settings = parse_runtime(plain)
+    settings = runtime.parse(plain)
     runtime.configure(settings.compilation_cache, settings.cpu_devices)
     if settings.distributed and not jax_distributed_ready():
         from sim.lm import sharding

@@ -17,7 +17,8 @@ from sim.tasks import toy as task_lib
 from sim.config import Experiment, Static
 from sim.rl.sweep import Batch
 from sim.tasks.toy import REWARDS
-from sim.rl.train import TrainResult, build_policy
+from sim.rl.runs import build_policy
+from sim.rl.train import TrainResult
 
 CURVE_DELTAS = np.array([0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3])  # |delta| grid of the KL-cost figure
 

@@ -15,7 +15,7 @@ from sim.config_values import integer
 from sim.policies.base import BuildArgs, Policy, factorised, vocab_major
 from sim.tasks.toy import Task
 
-KEYS = {"kind", "width", "overlap"}  # overlap is an hparam (config.HPARAM_KEYS): sweepable
+KEYS = {"kind", "width", "overlap"}  # overlap is an hparam (hparams.HPARAM_KEYS): sweepable
 
 
 def features_PxLxD(task: Task, width: int, overlap: jax.Array, key: jax.Array) -> jax.Array:

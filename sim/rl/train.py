@@ -20,10 +20,9 @@ import numpy as np
 from sim.config import Static
 from sim.rl import programs
 from sim.rl.layout import PointStats, batch_layout, point_moments
-# re-exported: what callers of the loop read of one run (metric names, its policy)
-from sim.rl.runs import (EXACT_METRICS, KAPPA_METRICS, METRICS, RunState, build_policy, init_run,  # noqa: F401
-                         metric_names)
-from sim.rl.programs import run_shardings  # noqa: F401  (re-exported: bench.py)
+from sim.rl.runs import RunState, init_run, metric_names
+# re-exported for the tests that read one run's metrics and policy through the loop's module
+from sim.rl.runs import EXACT_METRICS, KAPPA_METRICS, build_policy  # noqa: F401
 
 
 def auto_rows_per_chunk(total_rows: int, target_chunks: int = 10) -> int:

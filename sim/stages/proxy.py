@@ -34,7 +34,7 @@ from sim.reward_models import model as rm_lib
 from sim.tasks import toy as task_lib
 from sim.config import Experiment
 
-# What determines a proxy, and the sweepable settings among it (config.DERIVED_KEYS)
+# What determines a proxy, and the sweepable settings among it (hparams.DERIVED_KEYS)
 VARIANT = ("pairs", "noise", "seed", "w_phi", "w_phi_prime", "competence_phi", "competence_phi_prime",
            "competence_spread")
 SWEPT = {"pairs": ("reward_model.pairs", "rm_pairs"), "noise": ("reward_model.noise", "rm_noise"),

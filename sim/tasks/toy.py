@@ -17,7 +17,7 @@ from sim.config_values import ConfigError, choice, int_list, integer
 
 REWARDS = ("phi", "phi_prime")
 SHAPES = ("mean", "all")
-# The task section's keys (task.phi_prime also takes relative_weight: config.DERIVED_KEYS) and a reward's
+# The task section's keys (task.phi_prime also takes relative_weight: hparams.DERIVED_KEYS) and a reward's
 KEYS = {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"}
 REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
 

@@ -38,7 +38,7 @@ def test_relative_weight_sets_w2_from_w1_at_every_point(small):
 
 
 def test_a_kappa_axis_solves_each_points_competence(small):
-    """task.phi_prime.kappa is resolved per sweep point (config.resolve_kappa_targets): a larger
+    """task.phi_prime.kappa is resolved per sweep point (hparams.resolve_kappa_targets): a larger
     target asymmetry needs a reference that is better at phi_prime (kappa > 1 iff p > 1/2 for a
     binary behaviour; here the 'mean' shape over 4 positions)."""
     b = expand(small("seeds=1", "task.phi_prime.kappa=[0.5,1.5,2.2]"))
