@@ -78,7 +78,7 @@ _REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "ka
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model",
-         "batch_invariant", "logger", "verdict"},
+         "batch_invariant", "logger", "verdict", "decomposition"},
     "verdict": {"margin"},
     "reward_model": reward_model.KEYS,
     "runtime": {"compilation_cache", "cpu_devices", "sft_cache", "mesh", "distributed"},
@@ -151,6 +151,8 @@ class Static:
     # step), and held-out prompts the logged metrics are evaluated on (0: the training prompts)
     prompts_per_step: int = 0
     eval_prompts: int = 0
+    # log the gradient decomposition (sim/rl/decomposition.py) at logged steps: which term moves E[phi']
+    decomposition: bool = False
 
 
 @dataclass(frozen=True)
@@ -484,6 +486,7 @@ def parse(cfg: Mapping) -> Experiment:
         eval_samples=integer(cfg, "policy.eval.samples", 2) if neural else 0,
         enumerate_max=integer(cfg, "policy.eval.enumerate_max", 0) if neural else 0,
         batch_invariant=flag(cfg, "batch_invariant", False),
+        decomposition=flag(cfg, "decomposition", False),
     )
     _check_algo(static, text)
     runtime = parse_runtime(cfg)
@@ -501,6 +504,9 @@ def parse(cfg: Mapping) -> Experiment:
     if rm is not None and kind == "pretrained":
         raise ConfigError(f"reward_model={rm.family}: learned reward models train on the toy task; allowed with "
                           f"policy=pretrained: reward_model=none")
+    if rm is not None and static.decomposition:
+        raise ConfigError(f"decomposition=true: splits the update by the gold rewards phi and phi_prime; "
+                          f"with reward_model={rm.family} the update follows one proxy. Allowed: reward_model=none")
     static = replace(static, reward_model=rm)
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
     hparams, axes, derived = _hparams(cfg, {**_OPTIONAL, **_TEXT_ABSENT} if is_text else _OPTIONAL)
