@@ -2,9 +2,10 @@
 same tiny checkpoints.
 
 Skipped (with the reason) when torch or transformers is not importable: sim's own environment has
-neither, on purpose. To run it, use the peer environment of experiments/trl/requirements.txt:
+neither, on purpose. To run it, use the peer environment of experiments/trl/requirements.txt, with
+sim's own jax, optax, hydra-core and pytest installed into it, and without the xdist options:
 
-    PYTHONPATH=$PWD /work/peer-venv/bin/python -m pytest -q tests/lm/test_parity.py
+    PYTHONPATH=$PWD /work/peer-venv/bin/python -m pytest -q -s -o addopts="" tests/lm/test_parity.py
 
 transformers reads the HF directories (and the GGUF files) that tests/lm/tiny.py writes; sim reads
 them with sim.lm.weights.load. Both run in float32 on the CPU. The tolerance, 1e-4 of the
