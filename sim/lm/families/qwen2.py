@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sim.lm.config import CheckpointError, LMConfig
-from sim.lm.families import llama
+import sim.lm.families.llama as llama  # the module, not the package (whose __init__ imports this one)
 
 NAME = "qwen2"
 BLOCK_NAMES, TOP_NAMES, BIASES = llama.BLOCK_NAMES, llama.TOP_NAMES, llama.BIASES
