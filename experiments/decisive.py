@@ -72,7 +72,7 @@ def pairs(spec: dict) -> dict:
     from sim.run import CONF_DIR
 
     tok = tokenizer_lib.load(text_rewards.MODEL)
-    vocab = weights.config_from_gguf(weights.gguf_reader(weights.resolve(text_rewards.MODEL))).vocab
+    vocab = weights.read_header(text_rewards.MODEL)[0].vocab  # the sizes only
     stored = np.load(text_rewards.TOKENS)["tokens_SxPxN"]
     out = {}
     for pair, task in spec["pairs"].items():
