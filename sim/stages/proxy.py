@@ -1,7 +1,7 @@
 """The reward-model stage: one frozen proxy per distinct variant of a batch, fit and cached on disk.
 
-An edge module (file I/O and a progress bar) like reference.py, whose caching it copies; the model
-and its fit are reward_model.py. A variant is what determines a proxy: the pairs, the label noise,
+An edge module (file I/O and a progress bar) like references.py; both go through the shared cache
+stage (cache.py). The model and its fit are sim/reward_models/model.py. A variant is what determines a proxy: the pairs, the label noise,
 the gold's weights (w1, w2: the labeller's reward) and the reference's competence point (where the
 pairs are drawn). Sweep points that differ in anything else (beta, the learning rate, seeds) share
 one proxy. Each variant is fit alone, in a program compiled per number of pairs, so its numbers do
@@ -14,11 +14,7 @@ compute it (editing them invalidates old entries). Files are written atomically.
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
-import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -29,7 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from sim.stages import references as reference
+from sim.stages import cache, references as reference
 from sim.reward_models import model as rm_lib
 from sim.tasks import toy as task_lib
 from sim.config import Experiment
@@ -54,12 +50,8 @@ def cache_dir(exp: Experiment) -> Path:
 
 
 def cache_key(exp: Experiment, variant_8: np.ndarray) -> str:
-    blob = json.dumps({
-        "task": asdict(exp.static.task), "model": asdict(exp.static.reward_model), "fit": asdict(exp.reward_fit),
-        "variant": [float(np.float32(v)) for v in variant_8], "jax": jax.__version__,
-        "source": hashlib.sha256("".join(inspect.getsource(m) for m in _SOURCES).encode()).hexdigest(),
-    }, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+    return cache.key({"task": asdict(exp.static.task), "model": asdict(exp.static.reward_model),
+                      "fit": asdict(exp.reward_fit), "variant": [float(np.float32(v)) for v in variant_8]}, _SOURCES)
 
 
 def variants_R(exp: Experiment, batch) -> np.ndarray:
@@ -130,10 +122,8 @@ def prepare(exp: Experiment, batch) -> Proxies:
     variant_Kx8, index_R = np.unique(variant_Rx8, axis=0, return_inverse=True)
     index_R = index_R.reshape(-1)
     paths = [cache_dir(exp) / f"{cache_key(exp, v)}.npz" for v in variant_Kx8]
-    found = [reference.load(p, template(exp), _MEASURED) for p in paths]
-    missing = [k for k, f in enumerate(found) if f is None]
-    t0 = time.perf_counter()
-    if missing:
+
+    def fit(missing: list[int]):
         family = exp.static.reward_model.family
         print(f"sim: fitting {len(missing)} {family} reward model(s), compiling ...", file=sys.stderr, flush=True)
         with tqdm(total=len(missing) * exp.reward_fit.steps, unit="step", file=sys.stderr, dynamic_ncols=True,
@@ -141,17 +131,15 @@ def prepare(exp: Experiment, batch) -> Proxies:
             for k in missing:
                 proxy, loss_S, measured = fit_variant(exp, variant_Kx8[k], bar.update)
                 bar.set_postfix(loss=f"{measured['final_loss']:.4f}", held_out=f"{measured['agreement_held_out']:.3f}")
-                reference.save(paths[k], proxy, loss_S, measured, _MEASURED)
-                found[k] = (proxy, loss_S, measured)
-    seconds = time.perf_counter() - t0
-    if len(missing) < len(found):
-        print(f"sim: {len(found) - len(missing)} reward model(s) loaded from {cache_dir(exp)}", file=sys.stderr)
-    params_K = jax.tree.map(lambda *xs: np.stack(xs), *[f[0] for f in found])
-    variants = [{**{name: float(x) for name, x in zip(VARIANT, variant_Kx8[k])}, **m, "cached": k not in missing,
-                 "file": str(paths[k])} for k, (_, _, m) in enumerate(found)]
-    variants = [v | {"pairs": int(v["pairs"]), "seed": int(v["seed"])} for v in variants]
-    return Proxies(jax.tree.map(lambda x: x[index_R], params_K), np.stack([f[1] for f in found]), variants, seconds)
+                yield proxy, loss_S, measured
 
+    stage = cache.run(paths, index_R, template(exp), _MEASURED, fit)
+    if any(item.cached for item in stage.items):
+        print(f"sim: {sum(item.cached for item in stage.items)} reward model(s) loaded from {cache_dir(exp)}", file=sys.stderr)
+    variants = [{**{name: float(x) for name, x in zip(VARIANT, variant_Kx8[k])}, **item.measured, "cached": item.cached,
+                 "file": str(item.path)} for k, item in enumerate(stage.items)]
+    variants = [v | {"pairs": int(v["pairs"]), "seed": int(v["seed"])} for v in variants]
+    return Proxies(stage.params_R, stage.loss_KxS, variants, stage.seconds)
 
 def frozen_equal(before, after) -> bool:
     """Whether two proxies are bit-identical (the RL run must not have changed its reward model)."""
