@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.stats import binomtest
 
-from experiments.regenerate import Run
+from experiments.runs import Run
 from sim.reward_models import hacking
 from sim.output import plots
 from sim.analysis import stats
