@@ -50,8 +50,13 @@ def cache_dir(exp: Experiment) -> Path:
 
 
 def cache_key(exp: Experiment, variant_8: np.ndarray) -> str:
-    return cache.key({"task": asdict(exp.static.task), "model": asdict(exp.static.reward_model),
-                      "fit": asdict(exp.reward_fit), "variant": [float(np.float32(v)) for v in variant_8]}, _SOURCES)
+    """The objective is left out (every objective of an ensemble shares its members), and so is the
+    ensemble size of a single model (one key for a single model whatever its objective settings)."""
+    rm = exp.static.reward_model
+    model = {k: v for k, v in asdict(rm).items() if k not in ("ensemble", "objective", "uncertainty_weight")}
+    fields = {"task": asdict(exp.static.task), "model": model, "fit": asdict(exp.reward_fit),
+              "variant": [float(np.float32(v)) for v in variant_8]}
+    return cache.key(fields | ({"ensemble": rm.ensemble} if rm.ensemble > 1 else {}), _SOURCES)
 
 
 def variants_R(exp: Experiment, batch) -> np.ndarray:
@@ -69,11 +74,13 @@ def _programs(model: rm_lib.RewardModel, task: task_lib.Task, fit: rm_lib.Fit, n
         ref_logits = task_lib.reference_logits_PxLxV(task, (v_8[5], v_8[6]), v_8[7])
         return rm_lib.preference_data(task, n, v_8[2], v_8[1], v_8[3:5], ref_logits, stream)
 
-    def start(v_8):
-        net = rm_lib.init(model, task, rm_lib.seed_key(v_8[2], 2))
-        return (net, optax.adam(fit.lr).init(net)), data(v_8, n, 0)
+    def start(v_8, member):
+        rows_N = rm_lib.member_rows_N(v_8[2], member, n)  # all pairs in order for member 0 (the single model)
+        net = rm_lib.init(model, task, rm_lib.member_init_key(v_8[2], member))
+        return (net, optax.adam(fit.lr).init(net)), tuple(x[rows_N] for x in data(v_8, n, 0))
 
-    def finish(net, data_n, v_8):
+    def finish(net, v_8):
+        data_n = data(v_8, n, 0)  # every member is calibrated and scored on the pairs themselves
         prompts_N, a_NxL, b_NxL, _, gold_a_N, gold_b_N = data_n
         proxy = rm_lib.calibrate(model, task, net, prompts_N, a_NxL, b_NxL, gold_a_N, gold_b_N)
         held = data(v_8, rm_lib.HELD_OUT_PAIRS, 1)
@@ -84,20 +91,21 @@ def _programs(model: rm_lib.RewardModel, task: task_lib.Task, fit: rm_lib.Fit, n
     return jax.jit(start), step, jax.jit(finish)
 
 
-def fit_variant(exp: Experiment, variant_8: np.ndarray, on_steps=None) -> tuple[dict, np.ndarray, dict]:
-    """(proxy, loss per step, measured) of one variant; `on_steps(k)` after every k steps."""
+def fit_variant(exp: Experiment, variant_8: np.ndarray, on_steps=None, member: int = 0) -> tuple[dict, np.ndarray, dict]:
+    """(proxy, loss per step, measured) of one variant's member (0: the single model); `on_steps(k)`
+    after every k steps."""
     fit = exp.reward_fit
     chunk = next(c for c in range(max(1, fit.steps // CHUNKS), 0, -1) if fit.steps % c == 0)
-    start, step, finish = _programs(exp.static.reward_model, exp.static.task, fit, int(variant_8[0]), chunk)
+    start, step, finish = _programs(rm_lib.member(exp.static.reward_model), exp.static.task, fit, int(variant_8[0]), chunk)
     v = jnp.asarray(variant_8, jnp.float32)
-    carry, data = start(v)
+    carry, data = start(v, jnp.int32(member))
     losses = []
     for _ in range(fit.steps // chunk):
         carry, loss_C = step(carry, data)
         losses.append(np.asarray(loss_C))
         if on_steps is not None:
             on_steps(chunk)
-    proxy, measured = finish(carry[0], data, v)
+    proxy, measured = finish(carry[0], v)
     loss_S = np.concatenate(losses)
     measured = {k: float(x) for k, x in measured.items()} | {"final_loss": float(np.mean(loss_S[-max(1, fit.steps // 10):]))}
     return jax.tree.map(np.asarray, proxy), loss_S, measured
@@ -106,14 +114,28 @@ def fit_variant(exp: Experiment, variant_8: np.ndarray, on_steps=None) -> tuple[
 class Proxies(NamedTuple):
     params_R: object  # each run's frozen proxy (leading [R] axis), for train(..., proxy_R=...)
     loss_KxS: np.ndarray  # Bradley-Terry loss curve of each distinct variant
-    variants: list[dict]  # per distinct variant: its values, agreement with gold, cache file
+    variants: list[dict]  # per distinct variant: its values, agreement with gold (an ensemble: members' mean), cache file
     seconds: float  # fitting time of this call (0 when every proxy was cached)
 
 
 def template(exp: Experiment) -> dict:
+    """The proxy's shapes: with an ensemble, a leading member axis on every leaf."""
     model, task = exp.static.reward_model, exp.static.task
-    return jax.eval_shape(lambda: {"net": rm_lib.init(model, task, jax.random.key(0)),
-                                   "scale": jnp.float32(0), "shift": jnp.float32(0)})
+    one = jax.eval_shape(lambda: {"net": rm_lib.init(model, task, jax.random.key(0)),
+                                  "scale": jnp.float32(0), "shift": jnp.float32(0)})
+    if model.ensemble == 1:
+        return one
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((model.ensemble, *x.shape), x.dtype), one)
+
+
+def fit_ensemble(exp: Experiment, variant_8: np.ndarray, on_steps=None) -> tuple[dict, np.ndarray, dict]:
+    """A single model, or an ensemble's members stacked (loss and measures: means over members)."""
+    k = exp.static.reward_model.ensemble
+    if k == 1:
+        return fit_variant(exp, variant_8, on_steps)
+    fits = [fit_variant(exp, variant_8, on_steps, member) for member in range(k)]
+    proxy = jax.tree.map(lambda *xs: np.stack(xs), *[f[0] for f in fits])
+    return proxy, np.mean([f[1] for f in fits], 0), {m: float(np.mean([f[2][m] for f in fits])) for m in _MEASURED}
 
 
 def prepare(exp: Experiment, batch) -> Proxies:
@@ -126,10 +148,10 @@ def prepare(exp: Experiment, batch) -> Proxies:
     def fit(missing: list[int]):
         family = exp.static.reward_model.family
         print(f"sim: fitting {len(missing)} {family} reward model(s), compiling ...", file=sys.stderr, flush=True)
-        with tqdm(total=len(missing) * exp.reward_fit.steps, unit="step", file=sys.stderr, dynamic_ncols=True,
+        with tqdm(total=len(missing) * exp.static.reward_model.ensemble * exp.reward_fit.steps, unit="step", file=sys.stderr, dynamic_ncols=True,
                   desc="reward model", mininterval=0.2) as bar:
             for k in missing:
-                proxy, loss_S, measured = fit_variant(exp, variant_Kx8[k], bar.update)
+                proxy, loss_S, measured = fit_ensemble(exp, variant_Kx8[k], bar.update)
                 bar.set_postfix(loss=f"{measured['final_loss']:.4f}", held_out=f"{measured['agreement_held_out']:.3f}")
                 yield proxy, loss_S, measured
 
