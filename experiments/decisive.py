@@ -3,6 +3,7 @@
     python -m experiments.decisive pairs              score the two reward pairs on the stored reference samples
     python -m experiments.decisive run pilot|main     train the primary arms of both pairs (resumable)
     python -m experiments.decisive run secondary [--only NAME ...]
+    python -m experiments.decisive run toy             the toy's prediction for the same structures (minutes)
     python -m experiments.decisive power              the main run's seeds, from the pilot's spread
 
 The design is experiments/decisive.yaml, written before the main run. Results go to
@@ -44,6 +45,8 @@ def stage_overrides(spec: dict, stage: str, seeds: int | None = None) -> list[st
 
 def configurations(spec: dict, stage: str, only: list[str] | None = None) -> dict[str, list[str]]:
     """name -> overrides of every sim.run of a stage: one per pair (primary), or per pair and arm."""
+    if stage == "toy":
+        return {f"toy_{name}": list(overrides) for name, overrides in spec["toy"].items()}
     sizes = stage_overrides(spec, "main" if stage == "secondary" else stage)
     out = {}
     for pair, task in spec["pairs"].items():
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("pairs", help="score the reward pairs on the stored reference samples -> pairs.json")
     p_run = sub.add_parser("run", help="train a stage's configurations (slow; resumable)")
-    p_run.add_argument("stage", choices=("pilot", "main", "secondary"))
+    p_run.add_argument("stage", choices=("pilot", "main", "secondary", "toy"))
     p_run.add_argument("--only", nargs="+", metavar="NAME", help="only these pairs (pilot, main) or arms (secondary)")
     p_run.add_argument("--extra", nargs="+", default=[], metavar="OVERRIDE", help="more sim.run overrides")
     sub.add_parser("power", help="the main run's seeds from the pilot's spread -> power.json")
