@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from experiments import decisive_report
 from experiments.real_model import run_one
 from sim.analysis import stats
 
@@ -90,23 +91,13 @@ def pairs(spec: dict) -> dict:
 
 # ---- power: the main run's seeds from the pilot ----
 
-def endpoint_N(metrics_csv: Path, point: int, metric: str = "phi_prime", last: int = 2) -> np.ndarray:
-    """Per seed: the metric averaged over the last `last` logged steps, minus its step-0 value."""
-    import csv
-
-    rows = [r for r in csv.DictReader(metrics_csv.open()) if int(r["point"]) == point]
-    seeds = sorted({int(r["seed"]) for r in rows})
-    steps = sorted({int(r["step"]) for r in rows})
-    value = {(int(r["seed"]), int(r["step"])): float(r[metric]) for r in rows}
-    return np.array([np.mean([value[s, t] for t in steps[-last:]]) - value[s, steps[0]] for s in seeds])
-
-
 def contrasts(spec: dict, runs: Path) -> dict[str, np.ndarray]:
     """The primary contrasts' per-seed values: point 0 is the paid arm (w2 = 1), point 1 the unpaid."""
     out = {}
+    last = spec["endpoint"]["last_evaluations"]
     for pair in spec["pairs"]:
-        csv_path = runs / pair / "metrics.csv"
-        paid, unpaid = endpoint_N(csv_path, 0), endpoint_N(csv_path, 1)
+        run = decisive_report.read_runs(runs / pair / "metrics.csv")
+        paid, unpaid = (decisive_report.endpoint_N(run[point], spec["endpoint"]["metric"], last) for point in (0, 1))
         out[f"{pair}.paid"], out[f"{pair}.unpaid"], out[f"{pair}.paid-unpaid"] = paid, unpaid, paid - unpaid
     return out
 

@@ -1,5 +1,4 @@
 """experiments/decisive.py: the design's configurations, its endpoint and its power calculation."""
-import csv
 import importlib.metadata
 
 import numpy as np
@@ -37,18 +36,6 @@ def test_every_primary_configuration_is_valid(spec):
         exp = validate(overrides)[0]  # a ConfigError (one line) if not
         assert exp.static.decomposition and exp.static.lm.adapter == "lora", name
         assert exp.static.eval_prompts == 16 and exp.axes, name
-
-
-def test_endpoint_is_the_mean_of_the_last_evaluations_minus_step_0_per_seed(tmp_path):
-    path = tmp_path / "metrics.csv"
-    rows = [(point, seed, step, 0.5 + 0.01 * step * (seed + 1) - 0.1 * point)
-            for point in (0, 1) for seed in (0, 1, 2) for step in (0, 5, 10, 15)]
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["run", "seed", "point", "step", "phi_prime"])
-        w.writerows([(i, s, p, t, v) for i, (p, s, t, v) in enumerate(rows)])
-    got = decisive.endpoint_N(path, point=1)
-    np.testing.assert_allclose(got, [0.01 * 12.5 * (s + 1) for s in (0, 1, 2)])  # mean of steps 10, 15 minus step 0
 
 
 def test_seeds_needed_meets_the_target_and_one_fewer_does_not():
