@@ -21,6 +21,10 @@ Key/value cache (sampling): `init_cache` preallocates N x B x S x K x Dh for S =
 tokens; `hidden_cached` writes the T new keys/values at slot `index` and attends over all S slots
 with `kv_mask_BxS` (True on real slots; slots not yet written are excluded by causality).
 
+LoRA: `_dense` adds a block's adapters; a position-split adapter (two sets, docs/real-models.md)
+takes a per-slot set selector (`lora_set_BxT`, True: set 1) in `hidden`, `hidden_grouped` and
+`hidden_cached`; which slot predicts which response position is the caller's (sampling.lora_set).
+
 Other families: Qwen2 is Llama with biases on q/k/v (`cfg.attn_bias`, handled in `_attention`).
 GPT-2 would add learned positions in `_embed`, a LayerNorm in `_norm` and a GELU branch in `_mlp`
 (with the extra parameters in the layout): each is one function below, not a copy of the model.
