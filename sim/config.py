@@ -21,7 +21,7 @@ from sim.output import trackers
 from sim.config_values import (CLIP, EPS_HIGH, FINITE_NONNEG, KAPPA, POSITIVE, PROBABILITY, UNIT, ConfigError,
                                choice, flag, int_list, integer, is_list, lookup, real, sweep_axis)
 from sim.policies.autoregressive import POSITIONS, Arch
-from sim.policies.pretrained import ADAPTERS, DTYPES, LORA_TARGETS, Settings
+from sim.policies.pretrained import ADAPTERS, DTYPES, LORA_SPLITS, LORA_TARGETS, Settings
 from sim.policies.sft import SFT
 from sim.tasks.toy import MAX_RESPONSES, SHAPES, RewardSpec, Task
 
@@ -114,7 +114,7 @@ _POLICY_KEYS: dict[str, set[str]] = {
     "transformer": _NEURAL_KEYS | {"layers", "heads", "positions"},
     "pretrained": {"kind", "checkpoint", "dtype", "remat", "temperature", "top_k", "top_p", "eval", "adapter", "lora"},
 }
-_LORA_KEYS = {"rank", "alpha", "targets", "runs_per_block"}
+_LORA_KEYS = {"rank", "alpha", "targets", "runs_per_block", "split"}
 
 
 @dataclass(frozen=True)
@@ -423,7 +423,7 @@ def _pretrained(cfg) -> Settings:
 
 
 def _adapter(cfg) -> dict:
-    """policy.adapter and, for lora, policy.lora's rank, alpha, targets and runs_per_block."""
+    """policy.adapter and, for lora, policy.lora's rank, alpha, targets, runs_per_block and split."""
     adapter = choice(cfg, "policy.adapter", ADAPTERS) if "adapter" in lookup(cfg, "policy") else "none"
     if adapter == "none":
         return {"adapter": "none"}
@@ -434,7 +434,8 @@ def _adapter(cfg) -> dict:
                           f"a non-empty list of distinct matrices from {', '.join(LORA_TARGETS)}")
     return {"adapter": adapter, "lora_rank": integer(cfg, "policy.lora.rank", 1),
             "lora_alpha": real(cfg, "policy.lora.alpha", *POSITIVE), "lora_targets": tuple(targets),
-            "runs_per_block": integer(cfg, "policy.lora.runs_per_block", 1)}
+            "runs_per_block": integer(cfg, "policy.lora.runs_per_block", 1),
+            "lora_split": choice(cfg, "policy.lora.split", LORA_SPLITS) if "split" in lookup(cfg, "policy.lora") else "none"}
 
 
 def task_kind(cfg: Mapping) -> str:

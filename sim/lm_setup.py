@@ -22,7 +22,7 @@ from sim.tasks import text as text_task
 from sim.config import Experiment
 from sim.config_values import ConfigError
 from sim.lm import weights as checkpoint, tokenizer as tokenizer_lib
-from sim.policies.pretrained import Frozen
+from sim.policies.pretrained import Frozen, split_boundary
 from sim.rl.sweep import Batch
 
 
@@ -46,6 +46,7 @@ def load(exp: Experiment) -> Loaded:
                             exp.text.new_tokens)
     eos = tok.eos_id if tok.eos_id is not None else cfg.eos_id
     static = replace(exp.static, task=text.task, lm=replace(settings, model=cfg, eos_id=eos))
+    split_boundary(static.lm, static.task)  # a position-split adapter's reward windows, refused before any compile
     if settings.sharded:
         preflight.check_mesh(static)
     shared = Frozen(jax.tree.map(jnp.asarray, params), jnp.asarray(text.prompt_ids_PxT, jnp.int32),

@@ -37,5 +37,5 @@ def build(kind: str, task: Task, ref_logits_PxLxV: jax.Array, hp: dict, key: jax
     if kind == "pretrained":
         if lm is None or ref_params is None:
             raise ValueError("policy.kind='pretrained' needs its settings and the loaded checkpoint")
-        return pretrained.make(lm, ref_params, task.length, key, task.prompts)
+        return pretrained.make(lm, ref_params, task.length, key, task.prompts, pretrained.split_boundary(lm, task))
     raise ValueError(f"policy.kind={kind!r}; allowed: {', '.join(KINDS)}")
