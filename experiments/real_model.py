@@ -22,29 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from experiments.real_model_report import RUNS, command, load_spec, overrides, render, replace_section
 
 HERE = Path(__file__).resolve().parent
-SPEC = HERE / "real_model.yaml"
-RUNS = HERE / "real_model" / "runs"
 # what a run directory keeps (small text files, committed); provenance.json lets sim.run tell a
 # finished run of the same configuration ("done": left alone) from another one
 STORED = ("config.yaml", "provenance.json", "metrics.csv", "summary.json", "samples.jsonl", "run.json")
-SECTION_BEGIN, SECTION_END = "<!-- real-model section: begin -->", "<!-- real-model section: end -->"
-
-
-def load_spec(path: Path = SPEC) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def overrides(spec: dict, name: str) -> list[str]:
-    """The sim.run overrides of one configuration: the file's `common` ones, then its own."""
-    return list(spec.get("common", [])) + list(spec["runs"][name])
-
-
-def command(spec: dict, name: str) -> str:
-    """The shell command that redoes one configuration alone (its output directory aside)."""
-    return "python -m sim.run " + " ".join(shlex.quote(o) for o in overrides(spec, name))
 
 
 def prune(run_dir: Path) -> None:
@@ -78,15 +61,6 @@ def run_one(spec: dict, name: str, runs_dir: Path, extra: list[str], python: str
     return status
 
 
-def replace_section(report_text: str, section: str) -> str:
-    """REPORT.md with its real-model section (between the markers) replaced, or appended."""
-    block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
-    if SECTION_BEGIN in report_text and SECTION_END in report_text:
-        head, rest = report_text.split(SECTION_BEGIN, 1)
-        return head + block + rest.split(SECTION_END, 1)[1].lstrip("\n")
-    return report_text.rstrip("\n") + "\n\n" + block
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.real_model", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -110,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         statuses = [run_one(spec, name, args.runs, args.extra) for name in names]
         return max(statuses)
-    from experiments import real_model_report
-
     report_path = args.out / "REPORT.md"
-    section = real_model_report.render(spec, args.runs, args.out)
+    section = render(spec, args.runs, args.out)
     report_path.write_text(replace_section(report_path.read_text() if report_path.exists() else "", section))
     print(f"wrote the real-model section of {report_path}", file=sys.stderr)
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,37 @@ import numpy as np
 import yaml
 
 from experiments import figures
-from experiments.real_model import command, overrides
 from experiments.report import MARGIN, fmt, judge, mean_ci95, table
 from sim.analysis import stats
 from sim.analysis.diagnostics import CELLS, TIE
+
+HERE = Path(__file__).resolve().parent
+SPEC = HERE / "real_model.yaml"
+RUNS = HERE / "real_model" / "runs"
+SECTION_BEGIN, SECTION_END = "<!-- real-model section: begin -->", "<!-- real-model section: end -->"
+
+def load_spec(path: Path = SPEC) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def overrides(spec: dict, name: str) -> list[str]:
+    """The sim.run overrides of one configuration: the file's `common` ones, then its own."""
+    return list(spec.get("common", [])) + list(spec["runs"][name])
+
+
+def command(spec: dict, name: str) -> str:
+    """The shell command that redoes one configuration alone (its output directory aside)."""
+    return "python -m sim.run " + " ".join(shlex.quote(o) for o in overrides(spec, name))
+
+
+def replace_section(report_text: str, section: str) -> str:
+    """REPORT.md with its real-model section (between the markers) replaced, or appended."""
+    block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
+    if SECTION_BEGIN in report_text and SECTION_END in report_text:
+        head, rest = report_text.split(SECTION_BEGIN, 1)
+        return head + block + rest.split(SECTION_END, 1)[1].lstrip("\n")
+    return report_text.rstrip("\n") + "\n\n" + block
+
 
 # The roles the verdict reads; experiments/real_model.yaml names its configurations so.
 MAIN, NO_FLOOR, STRONG_KL, RARE = "main", "no_phi_prime", "beta_x10", "rare_phi_prime"
@@ -286,7 +314,7 @@ def _minutes(seconds) -> str:
     return "n/a" if seconds is None else f"{seconds / 60:.1f}"
 
 
-def precision(runs: dict[str, Stored], reference_file: Path = Path(__file__).resolve().parent / "text_rewards.json") -> str:
+def precision(runs: dict[str, Stored], reference_file: Path = HERE / "text_rewards.json") -> str:
     """What one logged value is made of, so a zero-width interval is read right; and the default
     pair's κ measured on many more reference samples (experiments/text_rewards.json), when stored."""
     s = runs.get(MAIN) or next(iter(runs.values()))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import figures, report_reward
-from experiments.regenerate import Run
+from experiments.runs import Run
 from sim.output import plots
 from sim.analysis import stats
 from sim.output.per_point import quadrant_summaries

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.stats import binomtest
 
-from experiments.regenerate import Run
+from experiments.runs import Run
 from sim.reward_models import hacking
 from sim.output import plots
 from sim.analysis import stats
@@ -84,6 +84,35 @@ def _row(label: str, run: Run, **where) -> list:
             fitted_peak(fit), f"{sum(f['peak_in_data'] for f in fits)} of {len(fits)}"]
 
 
+ENSEMBLES = {"mean": "ensemble_mean", "worst case": "ensemble_worst", "uncertainty-weighted (λ = 1)": "ensemble_uncertainty"}
+
+
+def matched_gold_N(arm: Run, single: Run, **where) -> np.ndarray:
+    """Per reward model: the arm's gold minus the single model's at the same KL, d* = the smaller of
+    the two runs' final d (each curve interpolated where it first reaches d*)."""
+    g_a, d_a = (series(arm, k) for k in ("gold", "sqrt_kl"))
+    g_s, d_s = (series(single, k, **where) for k in ("gold", "sqrt_kl"))
+    d_star = np.minimum(d_a[-1], d_s[-1])
+    return np.array([hacking.gold_at_d(d_a[:, i], g_a[:, i], d_star[i]) - hacking.gold_at_d(d_s[:, i], g_s[:, i], d_star[i])
+                     for i in range(len(d_star))])
+
+
+def ensemble_findings(runs: dict[str, Run]) -> tuple[dict, list]:
+    """Each objective against the single linear 8-pair model (its member 0), paired by seed, one Holm family."""
+    single, where = runs["linear"], {"beta": 0.0, "pairs": 8}
+    per_model = {name: matched_gold_N(runs[key], single, **where) for name, key in ENSEMBLES.items()}
+    f = {"verdicts": judge(per_model), "matched": {k: mean_ci95(v) for k, v in per_model.items()},
+         "matched_pos": {k: int(np.sum(v > 0)) for k, v in per_model.items()}}
+    peak0, _, end0, _, _ = peaks(single, **where)
+    f["fall_single"] = mean_ci95(peak0 - end0)
+    f["fall"] = {}
+    for name, key in ENSEMBLES.items():
+        peak, _, end, _, _ = peaks(runs[key])
+        f["fall"][name] = mean_ci95(peak - end)
+    rows = [_row(f"linear ensemble of 4, 8 pairs, {name}, β = 0", runs[key]) for name, key in ENSEMBLES.items()]
+    return f, rows
+
+
 def figure(path: Path, runs: dict[str, Run]) -> None:
     lin, mlp = runs["linear"], runs["mlp"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
@@ -102,6 +131,24 @@ def figure(path: Path, runs: dict[str, Run]) -> None:
     fig.suptitle("Gold (solid) and proxy (dashed) against d: mean over 8 reward models (thin: each model's gold)",
                  fontsize=10)
     plots.save(fig, path)
+
+
+def ensemble_text(e: dict, runs: dict[str, Run]) -> str:
+    word = {"up": "more gold", "down": "less gold", "equivalent": f"the same gold within ±{MARGIN:g} (TOST)",
+            "inconclusive": "no clear difference (inconclusive)"}
+    parts = "; ".join(f"{name}: {fmt(e['matched'][name])}, higher in {e['matched_pos'][name]} of 8 models, "
+                      f"{word[e['verdicts'][name]]}" for name in ENSEMBLES)
+    falls = ", ".join(f"{name} {fmt(e['fall'][name])}" for name in ENSEMBLES)
+    return (
+        "- **Reward-model ensembles** (Coste et al. 2023): 4 linear members per seed, member 0 the single 8-pair "
+        "model above, members 1-3 fit to bootstrap resamples of the same 8 pairs (the same data budget), RL "
+        f"against the members' mean, their minimum, or mean − 1·variance (`{runs['ensemble_worst'].command}`, "
+        "and `reward_model.objective=mean|uncertainty`). At the same KL (each model's gold where both runs reach "
+        "d* = the smaller of their final d, minus the single model's there; paired by seed, Holm over the three "
+        f"objectives) the ensemble gives {parts}. The fall of gold from its peak: single model "
+        f"{fmt(e['fall_single'])}; {falls}. Where the members agree (the 8 pairs already pin the gold's best "
+        "tokens) the ensemble changes nothing; where they disagree the worst-case and uncertainty objectives "
+        "refuse the tokens only some members like, which were the proxy's mistakes.\n")
 
 
 def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
@@ -143,6 +190,8 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     rows = [_row(f"linear, {p} pairs, β = {b:g}", lin, pairs=p, beta=b) for b in (0.0, 0.2) for p in (8, 64, 256)]
     rows += [_row(f"MLP, {p} pairs, β = 0", mlp, pairs=p) for p in (8, 256)]
     rows += [_row(f"linear, 64 pairs, noise τ = {t:g}, β = 0", noise, noise=t) for t in (0.0, 2.0)]
+    f["ensemble"], ensemble_rows = ensemble_findings(runs)
+    rows += ensemble_rows
     header = ["reward model", "peak gold (mean [CI])", "d at peak", "final gold", "final proxy (mean curve)",
               "final gold − proxy", "final d", "Gao fit α, β, R² (mean curve)", "fitted peak d* (mean curve)",
               "models whose own fit peaks in their data"]
@@ -189,6 +238,7 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         "capacity helps when the model is too simple for the gold (Gao et al.'s setting), which this task is not.\n"
         f"- **Noisier labels** (τ = 2 instead of 0, 64 pairs) {effect(f['v']['noise_gold'])} the peak gold: "
         f"{fmt(f['noise_gold'])}.\n"
+        + ensemble_text(f["ensemble"], runs) +
         "- **RL vs SFT** (lecture notes point 6) is a statement about gradients, checked exactly in "
         "tests/test_claims_reward_model.py (claim 4): RL's expected gradient on a token the policy never produces "
         "is exactly 0, however high its reward; SFT's on a demonstration containing it is −1 (it pushes "

@@ -120,7 +120,7 @@ def score(section: dict, tok, vocab: int, tokens_SxPxN: np.ndarray, key: jax.Arr
 
 
 def measure(candidates: Path = CANDIDATES) -> None:
-    cfg_m = checkpoint.config_from_gguf(checkpoint.gguf_reader(checkpoint.resolve(MODEL)))  # the sizes only
+    cfg_m, _ = checkpoint.read_header(MODEL)  # the sizes only
     tok = tokenizer_lib.load(MODEL)
     tokens_SxPxN = np.load(TOKENS)["tokens_SxPxN"]
     key = jax.random.key(0)

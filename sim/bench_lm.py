@@ -25,18 +25,20 @@ LORA_RANK = 16
 SEED_COUNTS = (1, 4, 8)
 
 
-def step_flops(cfg, P: int, G: int, T: int, N: int, lora_rank: int = 0, lora_targets: int = 7) -> dict[str, float]:
+def step_flops(cfg, P: int, G: int, T: int, N: int, lora_rank: int = 0, lora_targets: int = 7,
+               lora_sets: int = 1) -> dict[str, float]:
     """Matmul FLOPs of one GRPO step, from the shapes, by part. A dense token costs 2 x (the
     block matrices' sizes) per layer; attention 4 x (slots attended) x H x Dh per query and layer;
     the head 2 x D x V per predicted token. Each prompt is computed once (P x T tokens), its G
     responses (B = P x G) attend to its T slots and their own. The sampler's decode attends over
     all T + N cache slots (they are masked, not skipped). Full fine-tuning's backward pass costs 2x
     its forward (activation and weight gradients); LoRA's 1x (no base weight gradients). An adapter
-    adds ~2 x r x 2D per token (A, then B) to every dense token of each pass."""
+    adds ~2 x r x 2D per token (A, then B) to every dense token of each pass; a position-split
+    adapter (lora_sets=2) runs both of its sets on every token (model._dense), so twice that."""
     D, F, L, V = cfg.d_model, cfg.ffn, cfg.layers, cfg.vocab
     HD, KD = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     B = P * G
-    dense = 2 * L * (D * HD + 2 * D * KD + HD * D + 3 * D * F) + 2 * L * lora_targets * lora_rank * 2 * D  # per token
+    dense = 2 * L * (D * HD + 2 * D * KD + HD * D + 3 * D * F) + 2 * L * lora_sets * lora_targets * lora_rank * 2 * D  # per token
     attn = lambda slots: 4 * L * slots * HD  # noqa: E731  (per query token)
     head = 2 * D * V
     sampling = P * T * (dense + attn(T)) + P * head + (N - 1) * B * (dense + attn(T + N) + head)
@@ -125,7 +127,8 @@ def measure(config: str, seeds: int, repeats: int, checkpoint: str | None = None
     step_s = float(np.median(times))
     T = int(loaded.shared.prompt_ids_PxT.shape[1])
     lm = static.lm
-    flops = step_flops(lm.model, PROMPTS, GROUP, T, NEW_TOKENS, lm.lora_rank if lm.lora else 0, len(lm.lora_targets))
+    flops = step_flops(lm.model, PROMPTS, GROUP, T, NEW_TOKENS, lm.lora_rank if lm.lora else 0, len(lm.lora_targets),
+                       lm.lora_sets)
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params_R, opt_R))) / seeds
     # this process's estimate (the step alone: the benchmark runs no evaluation), for its measured peak RSS
     est = memory.estimate(lm.model, static, seeds, T, concurrent_runs=seeds if lm.lora else 1)

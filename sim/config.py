@@ -52,7 +52,7 @@ RUN_ROWS_LIMIT = 1_000_000
 _KEYS: dict[str, set[str]] = {
     "": {"task", "policy", "algo", "optim", "seed", "seeds", "steps", "log_every", "plots", "record", "runtime",
          "analysis", "chunk_steps", "checkpoint_seconds", "resume", "overwrite", "reward_model",
-         "batch_invariant", "logger", "verdict"},
+         "batch_invariant", "logger", "verdict", "decomposition"},
     "verdict": {"margin"},
     "reward_model": reward_model.KEYS,
     "runtime": runtime_lib.KEYS,
@@ -114,6 +114,8 @@ class Static:
     # step), and held-out prompts the logged metrics are evaluated on (0: the training prompts)
     prompts_per_step: int = 0
     eval_prompts: int = 0
+    # log the gradient decomposition (sim/rl/decomposition.py) at logged steps: which term moves E[phi']
+    decomposition: bool = False
 
     @property
     def complete(self) -> bool:
@@ -244,6 +246,7 @@ def _static(cfg, kind: str, task: Task | None) -> Static:
         aggregation=choice(cfg, "algo.loss.aggregation", algos.AGGREGATIONS),
         epochs=integer(cfg, "algo.loss.epochs", 1),
         batch_invariant=flag(cfg, "batch_invariant", False),
+        decomposition=flag(cfg, "decomposition", False),
         **policies.family(kind).parse(cfg),
     )
 
@@ -281,6 +284,9 @@ def parse(cfg: Mapping) -> Experiment:
     if rm is not None and family.kind == policies.PRETRAINED:
         raise ConfigError(f"reward_model={rm.family}: learned reward models train on the toy task; allowed with "
                           f"policy=pretrained: reward_model=none")
+    if rm is not None and static.decomposition:
+        raise ConfigError(f"decomposition=true: splits the update by the gold rewards phi and phi_prime; "
+                          f"with reward_model={rm.family} the update follows one proxy. Allowed: reward_model=none")
     static = replace(static, reward_model=rm)
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
     optional = {**hparams_lib.OPTIONAL, **hparams_lib.TEXT_ABSENT} if is_text else hparams_lib.OPTIONAL

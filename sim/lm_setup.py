@@ -18,13 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sim import preflight
 from sim.tasks import text as text_task
 from sim.config import Experiment
 from sim.config_values import ConfigError
 from sim.lm import weights as checkpoint, tokenizer as tokenizer_lib
 from sim.lm.config import LMConfig
-from sim.policies.pretrained import Frozen
+from sim.policies.pretrained import Frozen, split_boundary
 from sim.rl.sweep import Batch
 
 
@@ -54,16 +53,44 @@ def complete(exp: Experiment, model: LMConfig, tok: tokenizer_lib.Tokenizer, whe
              ) -> tuple[Experiment, text_task.TextTask]:
     """The one place a pretrained run's Static is completed (config.parse cannot: it needs files):
     the text task built on the checkpoint's tokenizer (static.task), the checkpoint's architecture
-    and EOS (static.lm.model, eos_id), checked against the model's context and runtime.mesh. The
+    and EOS (static.lm.model, eos_id), checked against the model's context, a position-split
+    adapter's windows and runtime.mesh. The
     preflight and `load` both call it, so what is checked is what trains. Reads no file itself
     beyond the prompts file the text task names. `where` names the checkpoint in errors."""
     text = text_task.build(exp.text, tok, vocab=model.vocab)  # prompts file, prompt count, rules
-    preflight.check_context(where, model, int(text.prompt_ids_PxT.shape[1]), exp.text.new_tokens)
+    check_context(where, model, int(text.prompt_ids_PxT.shape[1]), exp.text.new_tokens)
     eos = tok.eos_id if tok.eos_id is not None else model.eos_id
     static = replace(exp.static, task=text.task, lm=replace(exp.static.lm, model=model, eos_id=eos))
+    split_boundary(static.lm, static.task)  # a position-split adapter's reward windows, refused before any compile
     if static.lm.sharded:
-        preflight.check_mesh(static)
+        check_mesh(static)
     return replace(exp, static=static), text
+
+
+def check_mesh(static) -> None:
+    """runtime.mesh against this checkpoint and batch: one line naming the degree and what it
+    does not divide (the devices, the model's widths, or a batch split over data x fsdp)."""
+    from sim.lm import sharding
+
+    mesh = sharding.make_mesh(*static.lm.mesh)
+    sharding.check_divides(static.lm.model, mesh)
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    train = ("task.prompts_per_step", static.prompts_per_step) if static.prompts_per_step else ("task.prompts",
+                                                                                                static.task.prompts)
+    held_out = ("task.eval_prompts", static.eval_prompts) if static.eval_prompts else ("task.prompts", static.task.prompts)
+    for what, size in ((f"{train[0]} x algo.group_size", train[1] * static.group_size),
+                       (f"{held_out[0]} x policy.eval.samples", held_out[1] * static.eval_samples)):
+        if size % split:
+            raise ConfigError(f"runtime.mesh data x fsdp = {split}: must divide the batch {what} = {size}")
+
+
+def check_context(where: str, model, prompt_tokens: int, new_tokens: int) -> None:
+    """The longest prompt and its response must fit the model's context (its rotary positions are
+    trained up to max_positions; JAX would otherwise allocate the attention of any length asked)."""
+    if prompt_tokens + new_tokens > model.max_positions:
+        raise ConfigError(f"task.new_tokens={new_tokens}: the longest prompt ({prompt_tokens} tokens) and its response "
+                          f"need {prompt_tokens + new_tokens} positions; {where} has a context of "
+                          f"{model.max_positions}; allowed: task.new_tokens <= {model.max_positions - prompt_tokens}")
 
 
 class SamplesWriter:

@@ -70,23 +70,6 @@ def check_pretrained(ctx: Context) -> Context:
     return replace(ctx, exp=exp, model=model, shapes=shapes, text=text)
 
 
-def check_mesh(static) -> None:
-    """runtime.mesh against this checkpoint and batch: one line naming the degree and what it
-    does not divide (the devices, the model's widths, or a batch split over data x fsdp)."""
-    from sim.lm import sharding
-
-    mesh = sharding.make_mesh(*static.lm.mesh)
-    sharding.check_divides(static.lm.model, mesh)
-    split = mesh.shape["data"] * mesh.shape["fsdp"]
-    train = ("task.prompts_per_step", static.prompts_per_step) if static.prompts_per_step else ("task.prompts",
-                                                                                                static.task.prompts)
-    held_out = ("task.eval_prompts", static.eval_prompts) if static.eval_prompts else ("task.prompts", static.task.prompts)
-    for what, size in ((f"{train[0]} x algo.group_size", train[1] * static.group_size),
-                       (f"{held_out[0]} x policy.eval.samples", held_out[1] * static.eval_samples)):
-        if size % split:
-            raise ConfigError(f"runtime.mesh data x fsdp = {split}: must divide the batch {what} = {size}")
-
-
 def check_memory(ctx: Context) -> None:
     """The estimated peak of the whole run (every run's state, a block of runs computing at once)
     against the machine's memory: refused in one line before the model is read."""
@@ -98,12 +81,3 @@ def check_memory(ctx: Context) -> None:
     devices, block = batch_layout(exp.static, exp.n_runs, runtime.cpu_device_count(exp.runtime.cpu_devices))
     concurrent = devices * block if exp.static.lm.lora else 1
     memory.check_fits(ctx.model, exp.static, exp.n_runs, ctx.prompt_tokens, concurrent)
-
-
-def check_context(where: str, model, prompt_tokens: int, new_tokens: int) -> None:
-    """The longest prompt and its response must fit the model's context (its rotary positions are
-    trained up to max_positions; JAX would otherwise allocate the attention of any length asked)."""
-    if prompt_tokens + new_tokens > model.max_positions:
-        raise ConfigError(f"task.new_tokens={new_tokens}: the longest prompt ({prompt_tokens} tokens) and its response "
-                          f"need {prompt_tokens + new_tokens} positions; {where} has a context of "
-                          f"{model.max_positions}; allowed: task.new_tokens <= {model.max_positions - prompt_tokens}")

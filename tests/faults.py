@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sim.lm.config import FAMILIES
+from sim.lm.families import FAMILIES
 from tests.lm.tiny import write_tiny
 
 # a tiny pretrained run that the preflight accepts: 2 prompts, 8 new tokens

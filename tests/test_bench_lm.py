@@ -19,6 +19,9 @@ def test_step_flops_by_hand():
     lora = bench_lm.step_flops(TINY, P=1, G=2, T=3, N=2, lora_rank=1)
     assert lora["reference"] == 3024.0 + 112 * (3 + 4)
     assert lora["policy_forward_backward"] == 2 * lora["reference"]
+    # a position-split adapter runs both of its sets on every token: twice the adapters' FLOPs
+    split = bench_lm.step_flops(TINY, P=1, G=2, T=3, N=2, lora_rank=1, lora_sets=2)
+    assert split["reference"] == 3024.0 + 2 * 112 * (3 + 4)
 
 
 def test_report_names_each_configuration_with_the_machines_matmul_speed():

@@ -20,6 +20,9 @@ What holds (numbers and figures: experiments/REPORT.md, section "Reward hacking"
 3. holds for more pairs (256 vs 8): a higher gold peak at a larger d. A bigger reward model is not
    tested here: the linear one is already the right form (experiments/REPORT.md measures mlp).
 4. holds exactly.
+5. holds for two of three objectives: a 4-member ensemble (member 0 the single 8-pair model, the
+   others on bootstrap resamples of its pairs) gives more gold than the single model at the same KL
+   with the worst-case and uncertainty-weighted objectives; with the mean it is inconclusive.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ import pytest
 
 from conftest import experiment
 from sim import experiment as experiment_lib
+from sim.analysis import stats
+from sim.reward_models import hacking
 from sim.stages import proxy
 from sim.rl import step as step_lib
 from sim.policies import tabular
@@ -126,6 +131,50 @@ def test_claim3_more_pairs_move_the_gold_peak_to_larger_d_and_higher_gold(traine
     g256, d256, _, _ = _peak_and_end(trained, beta=0.0, pairs=256)
     assert mean_ci95(g256 - g8)[1] > 0, mean_ci95(g256 - g8)
     assert mean_ci95(d256 - d8)[1] > 0, mean_ci95(d256 - d8)
+
+
+ENSEMBLE = TINY + ["reward_model=linear", "reward_model.pairs=8", f"reward_model.seed={SEEDS}", "algo.kl.beta=0",
+                   "steps=120", "log_every=10", "reward_model.ensemble=4"]
+OBJECTIVES = {"mean": [], "worst": ["reward_model.objective=worst"],
+              "uncertainty": ["reward_model.objective=uncertainty", "reward_model.uncertainty_weight=1"]}
+
+
+@pytest.fixture(scope="module")
+def ensembles() -> dict[str, Trained]:
+    """One batch per objective (the objective is static): 8 reward-model seeds, each a 4-member ensemble
+    whose member 0 is the 8-pair model of the same seed in `trained` (its members are fit once, cached)."""
+    out = {}
+    for name, extra in OBJECTIVES.items():
+        exp = experiment(ENSEMBLE + extra)
+        batch = expand(exp)
+        proxies = proxy.prepare(exp, batch)
+        out[name] = Trained(exp, batch, proxies, make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R),
+                                                                         proxy_R=proxies.params_R))
+    return out
+
+
+def test_claim5_ensembles_worst_case_and_uncertainty_objectives_reduce_overoptimisation_at_the_same_kl(trained, ensembles):
+    """Coste et al. 2023 in the toy: against the single linear 8-pair model (beta = 0), paired by
+    reward-model seed (seeds 0-7; exact mode, so the runs are deterministic given the seed).
+    Statistic: each seed's gold where the ensemble run and the single-model run both reach
+    d* = min(their final d), interpolated between logged rows (hacking.gold_at_d), ensemble minus
+    single; one family of the three objectives, Holm-corrected paired t-tests (stats.verdicts_of).
+    Measured: mean +0.65 [-0.10, +1.41] (3 of 8 seeds up by > 1.5, the rest within 0.02; p = 0.080:
+    inconclusive), worst case +1.08 [+0.30, +1.86] (p = 0.014), uncertainty +1.12 [+0.34, +1.91]
+    (p = 0.012). Threshold: worst case and uncertainty "up" after Holm (p 0.012 < 0.05/3 and
+    0.014 < 0.05/2); the mean is asserted only not to be "down". Safe because nothing here is sampled: the runs
+    are the expected update from fixed seeds, so the numbers are the measured ones up to float
+    rounding, far from the thresholds."""
+    g0, d0 = trained.series("gold", beta=0.0, pairs=8), trained.series("sqrt_kl", beta=0.0, pairs=8)
+    per_seed = {}
+    for name, t in ensembles.items():
+        g, d = t.series("gold"), t.series("sqrt_kl")
+        d_star = np.minimum(d[-1], d0[-1])
+        per_seed[name] = np.array([hacking.gold_at_d(d[:, i], g[:, i], d_star[i]) - hacking.gold_at_d(d0[:, i], g0[:, i], d_star[i])
+                                   for i in range(len(SEEDS))])
+    verdicts = stats.verdicts_of(per_seed)
+    assert verdicts["worst"] == "up" and verdicts["uncertainty"] == "up", (verdicts, per_seed)
+    assert verdicts["mean"] != "down", (verdicts, per_seed)
 
 
 def test_claim4_rl_gives_no_gradient_to_a_response_it_never_produces_sft_does():

@@ -112,6 +112,8 @@ BAD = [
     (["task=text", "policy=pretrained", "policy.lora.targets=[wq,wx]"],
      "policy.lora.targets=['wq', 'wx']: must be a non-empty list of distinct matrices from wq, wk, wv, wo"),
     (["task=text", "policy=pretrained", "policy.lora.rank=0"], "policy.lora.rank=0: must be an integer >= 1"),
+    (["task=text", "policy=pretrained", "policy.lora.split=phi"],
+     "policy.lora.split='phi': allowed values are none, reward_positions"),
     (["task=text", "policy=pretrained", "+policy.lora.dropout=0.1"], "policy.lora.dropout: unknown key"),
     (["task=text", "policy=pretrained", "task.prompts_per_step=65"], "task.prompts_per_step=65: must be an integer in [1, 64]"),
     (["task=text", "policy=pretrained", "task.eval_prompts=-1"], "task.eval_prompts=-1: must be an integer >= 0"),

@@ -47,7 +47,7 @@ def write_run(d, d_phi_N, d_pp_N, d_spill=(0.1, 0.12, 0.09), kappa=(1.3, 0.05), 
 
 @pytest.fixture
 def spec():
-    return real_model.load_spec()
+    return rmr.load_spec()
 
 
 def stored(tmp_path, main_d_pp):
@@ -139,11 +139,11 @@ def test_no_stored_results_says_how_to_get_them(tmp_path, spec):
 
 
 def test_replace_section_keeps_the_rest_of_the_report():
-    once = real_model.replace_section("# Report\n\nbody\n", "## 8. old\n")
-    twice = real_model.replace_section(once, "## 8. new\n")
+    once = rmr.replace_section("# Report\n\nbody\n", "## 8. old\n")
+    twice = rmr.replace_section(once, "## 8. new\n")
     assert twice.startswith("# Report\n\nbody\n") and "## 8. new" in twice and "old" not in twice
-    assert twice.count(real_model.SECTION_BEGIN) == 1
-    assert real_model.replace_section(twice + "tail\n", "## 8. new\n").endswith("tail\n")
+    assert twice.count(rmr.SECTION_BEGIN) == 1
+    assert rmr.replace_section(twice + "tail\n", "## 8. new\n").endswith("tail\n")
 
 
 def test_run_keeps_only_the_small_files_and_records_the_command(tmp_path, spec):
@@ -158,8 +158,8 @@ def test_run_keeps_only_the_small_files_and_records_the_command(tmp_path, spec):
     kept = sorted(os.listdir(tmp_path / "runs" / "main"))
     assert kept == sorted(real_model.STORED)
     info = json.loads((tmp_path / "runs" / "main" / "run.json").read_text())
-    assert info["command"] == real_model.command(spec, "main") + " steps=2"
-    assert info["overrides"] == real_model.overrides(spec, "main") + ["steps=2"]
+    assert info["command"] == rmr.command(spec, "main") + " steps=2"
+    assert info["overrides"] == rmr.overrides(spec, "main") + ["steps=2"]
     assert info["wall_seconds"] > 0
 
 
@@ -174,5 +174,5 @@ def test_every_configuration_is_valid(spec):
 
     assert set(spec["runs"]) >= {rmr.MAIN, rmr.NO_FLOOR, rmr.STRONG_KL, rmr.RARE}
     for name in spec["runs"]:
-        exp = validate(real_model.overrides(spec, name))[0]  # a ConfigError (one line) if not
+        exp = validate(rmr.overrides(spec, name))[0]  # a ConfigError (one line) if not
         assert exp.static.lm is not None, name

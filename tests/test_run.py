@@ -82,6 +82,22 @@ def test_pretrained_end_to_end_on_a_tiny_checkpoint(tmp_path):
     assert np.mean([x["phi"] for x in ref]) == pytest.approx(point["geometry"]["phi"]["mean"])
 
 
+def test_pretrained_end_to_end_on_a_tiny_qwen2_checkpoint(tmp_path):
+    """The same command on a tiny Qwen2 (q/k/v biases, untied head, rope theta 1e6, Qwen2's
+    tokenizer), 2 seeds x 2 steps of the smallest valid text task: it trains (KL moves off 0)."""
+    from tests.faults import overrides
+    from tests.lm.tiny import write_tiny_qwen2
+
+    ckpt = write_tiny_qwen2(tmp_path / "ckpt")["hf_dir"]
+    out = tmp_path / "run"
+    proc = sim_run(*overrides({"policy.checkpoint": str(ckpt), "seeds": "2", "steps": "2", "optim.lr": "0.01"}),
+                   f"hydra.run.dir={out}", cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "summary.json").read_text())["points"][0]["metrics"]
+    assert m["phi"]["n_seeds"] == 2 and m["kl"]["start"] == 0 and m["kl"]["end"] > 0
+    assert (out / "samples.jsonl").stat().st_size > 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["policy=cnn"], "policy=cnn: unknown option; allowed values are"),
     (["algo=ppo"], "algo=ppo: unknown option; allowed values are"),

@@ -9,7 +9,7 @@ is refused before it starts rather than killed an hour in.
 - base: the frozen checkpoint in policy.dtype, one copy for every run (and, while it loads, the
   float32 copy it is read into);
 - state: each run's trained weights and Adam's two moments in float32: the whole model under full
-  fine-tuning, the adapters under LoRA;
+  fine-tuning, the adapters under LoRA (both sets of a position-split adapter);
 - transient, per run, times the runs that compute at once (a block per device): the step's
   activations kept for the backward pass (each prompt once: P x T tokens, its G responses B x N)
   and the logits of the response tokens with their log-softmax and gradient, or the sampler's
@@ -63,7 +63,7 @@ def estimate(cfg: LMConfig, static, n_runs: int, prompt_slots: int, concurrent_r
     lm, task = static.lm, static.task
     dtype_bytes = 2 if lm.dtype == "bfloat16" else 4
     n = param_count(cfg)
-    trained = lora_count(cfg, lm.lora_rank, lm.lora_targets) if lm.lora else n
+    trained = lm.lora_sets * lora_count(cfg, lm.lora_rank, lm.lora_targets) if lm.lora else n
     P = static.prompts_per_step or task.prompts
     G, N, T, V, L = static.group_size, task.length, prompt_slots, cfg.vocab, cfg.layers
     B, H, KD = P * G, cfg.heads, cfg.kv_heads * cfg.head_dim

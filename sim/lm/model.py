@@ -21,6 +21,10 @@ Key/value cache (sampling): `init_cache` preallocates N x B x S x K x Dh for S =
 tokens; `hidden_cached` writes the T new keys/values at slot `index` and attends over all S slots
 with `kv_mask_BxS` (True on real slots; slots not yet written are excluded by causality).
 
+LoRA: `_dense` adds a block's adapters; a position-split adapter (two sets, docs/real-models.md)
+takes a per-slot set selector (`lora_set_BxT`, True: set 1) in `hidden`, `hidden_grouped` and
+`hidden_cached`; which slot predicts which response position is the caller's (sampling.lora_set).
+
 Other families: Qwen2 is Llama with biases on q/k/v (`cfg.attn_bias`, handled in `_attention`).
 GPT-2 would add learned positions in `_embed`, a LayerNorm in `_norm` and a GELU branch in `_mlp`
 (with the extra parameters in the layout): each is one function below, not a copy of the model.
@@ -99,21 +103,30 @@ def lora_shapes(cfg: LMConfig, targets: tuple[str, ...]) -> dict[str, tuple[int,
     return {name: io[name] for name in targets}
 
 
-def _dense(p: dict, name: str, x: jax.Array, lora_scale: float) -> jax.Array:
+def _dense(p: dict, name: str, x: jax.Array, lora_scale: float, lora_set=None) -> jax.Array:
     """x @ W, plus the low-rank adapter's (lora_scale) * (x @ A) @ B where the block has one for W
     (p["lora"][name], LoRA: Hu et al. 2021). B starts at 0, so an untrained adapter adds exactly 0.
-    The adapter is cast to the compute dtype; its float32 master copy stays with the optimizer."""
+    The adapter is cast to the compute dtype; its float32 master copy stays with the optimizer.
+
+    Position-split adapters (`lora_set` given, True where a token slot uses set 1, broadcastable to
+    x's leading axes): A and B carry a set axis of 2 after the layer axis; both sets run on every
+    token and each token keeps its own set's product (`where`, so the other set gets an exactly zero
+    gradient from it). Adapters are rank r: the second product costs ~r/D of the base matmul."""
     y = x @ p[name]
     adapter = p.get("lora", {}).get(name)
     if adapter is not None:
         a, b = adapter["a"].astype(x.dtype), adapter["b"].astype(x.dtype)
-        y = y + lora_scale * ((x @ a) @ b)
+        if lora_set is None:
+            y = y + lora_scale * ((x @ a) @ b)
+        else:
+            y0, y1 = (x @ a[0]) @ b[0], (x @ a[1]) @ b[1]
+            y = y + lora_scale * jnp.where(jnp.asarray(lora_set)[..., None], y1, y0)
     return y
 
 
-def _mlp(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, lora_scale: float = 1.0) -> jax.Array:
-    gate, up = _dense(p, "w_gate", h_BxTxD, lora_scale), _dense(p, "w_up", h_BxTxD, lora_scale)
-    return _dense(p, "w_down", jax.nn.silu(gate) * up, lora_scale)
+def _mlp(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, lora_scale: float = 1.0, lora_set=None) -> jax.Array:
+    gate, up = _dense(p, "w_gate", h_BxTxD, lora_scale, lora_set), _dense(p, "w_up", h_BxTxD, lora_scale, lora_set)
+    return _dense(p, "w_down", jax.nn.silu(gate) * up, lora_scale, lora_set)
 
 
 def _attend(cfg: LMConfig, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, allowed_BxTxS) -> jax.Array:
@@ -130,9 +143,9 @@ def _attend(cfg: LMConfig, q_BxTxHxDh, k_BxSxKxDh, v_BxSxKxDh, allowed_BxTxS) ->
     return o_BxTxKxGxDh.reshape(B, T, H * Dh)
 
 
-def _qkv(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, cos_sin, lora_scale: float = 1.0):
+def _qkv(cfg: LMConfig, p: dict, h_BxTxD: jax.Array, cos_sin, lora_scale: float = 1.0, lora_set=None):
     B, T, _ = h_BxTxD.shape
-    q, k, v = (_dense(p, w, h_BxTxD, lora_scale) for w in ("wq", "wk", "wv"))
+    q, k, v = (_dense(p, w, h_BxTxD, lora_scale, lora_set) for w in ("wq", "wk", "wv"))
     if cfg.attn_bias:  # Qwen2
         q, k, v = q + p["bq"], k + p["bk"], v + p["bv"]
     q_BxTxHxDh = _rotate(q.reshape(B, T, cfg.heads, cfg.head_dim), cos_sin)
@@ -158,16 +171,19 @@ def _allowed_BxTxS(q_slot_T: jax.Array, kv_mask_BxS: jax.Array) -> jax.Array:
 
 
 def hidden(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
-           mask_BxT: jax.Array, remat: bool = False, lora_scale: float = 1.0) -> jax.Array:
-    """Final-normed hidden states B x T x D of a whole sequence (training, teacher forcing)."""
+           mask_BxT: jax.Array, remat: bool = False, lora_scale: float = 1.0, lora_set_BxT=None) -> jax.Array:
+    """Final-normed hidden states B x T x D of a whole sequence (training, teacher forcing).
+    `lora_set_BxT` (broadcastable to B x T; None: one adapter set): True on the token slots that
+    use a position-split adapter's set 1 (`_dense`)."""
     T = ids_BxT.shape[1]
     cos_sin = _rotary(cfg, positions_BxT)
     allowed = _allowed_BxTxS(jnp.arange(T), mask_BxT.astype(bool))
+    lora = (lora_scale, lora_set_BxT)
 
     def block(x_BxTxD, p):
-        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin, lora_scale)
-        x_BxTxD = x_BxTxD + _dense(p, "wo", _attend(cfg, q, k, v, allowed), lora_scale)
-        return x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]), lora_scale), None
+        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin, *lora)
+        x_BxTxD = x_BxTxD + _dense(p, "wo", _attend(cfg, q, k, v, allowed), *lora)
+        return x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]), *lora), None
 
     if remat:  # keep only each block's input for the backward pass; recompute the rest
         block = jax.checkpoint(block)
@@ -196,7 +212,8 @@ def _attend_grouped(cfg: LMConfig, q_BxNxHxDh, k_PxTxKxDh, v_PxTxKxDh, prompt_ma
 
 
 def hidden_grouped(params: dict, cfg: LMConfig, prompt_ids_PxT: jax.Array, prompt_mask_PxT: jax.Array,
-                   ids_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0) -> tuple[jax.Array, jax.Array]:
+                   ids_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0,
+                   lora_sets: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
     """Teacher forcing of G continuations per prompt (B = P x G, prompt-major) with each prompt
     computed once: final-normed hidden states of the prompts (P x T x D, left-padded) and of the
     continuations (B x N x D). Equal to `hidden` on the concatenated [prompt; continuation]
@@ -204,7 +221,8 @@ def hidden_grouped(params: dict, cfg: LMConfig, prompt_ids_PxT: jax.Array, promp
     prompt's keys and values through every continuation that attends to them.
 
     The dense layers run on the prompts' and continuations' tokens together (one M x D matmul,
-    M = P*T + B*N); only the attention sees the two apart."""
+    M = P*T + B*N); only the attention sees the two apart. `lora_sets`: a position-split adapter's
+    set per slot (`_dense`), (prompt slots T, continuation slots N), the same for every row."""
     P, T = prompt_ids_PxT.shape
     B, N = ids_BxN.shape
     D = cfg.d_model
@@ -214,16 +232,20 @@ def hidden_grouped(params: dict, cfg: LMConfig, prompt_ids_PxT: jax.Array, promp
     positions_1xM = jnp.concatenate([positions_PxT.reshape(-1), positions_BxN.reshape(-1)])[None]
     cos_sin = _rotary(cfg, positions_1xM)
     allowed_PxTxT = _allowed_BxTxS(jnp.arange(T), pmask_PxT)
+    lora = (lora_scale, None)
+    if lora_sets is not None:
+        set_T, set_N = (jnp.broadcast_to(jnp.asarray(s, bool), (n,)) for s, n in zip(lora_sets, (T, N)))
+        lora = (lora_scale, jnp.concatenate([jnp.tile(set_T, P), jnp.tile(set_N, B)])[None])
 
     def split(x_1xMx__):
         return x_1xMx__[0, :P * T].reshape(P, T, *x_1xMx__.shape[2:]), x_1xMx__[0, P * T:].reshape(B, N, *x_1xMx__.shape[2:])
 
     def block(x_1xMxD, p):
-        q, k, v = (split(a) for a in _qkv(cfg, p, _norm(cfg, x_1xMxD, p["attn_norm"]), cos_sin, lora_scale))
+        q, k, v = (split(a) for a in _qkv(cfg, p, _norm(cfg, x_1xMxD, p["attn_norm"]), cos_sin, *lora))
         o_prompt = _attend(cfg, q[0], k[0], v[0], allowed_PxTxT).reshape(1, P * T, -1)
         o_cont = _attend_grouped(cfg, q[1], k[0], v[0], pmask_PxT, k[1], v[1]).reshape(1, B * N, -1)
-        x_1xMxD = x_1xMxD + _dense(p, "wo", jnp.concatenate([o_prompt, o_cont], 1), lora_scale)
-        return x_1xMxD + _mlp(cfg, p, _norm(cfg, x_1xMxD, p["mlp_norm"]), lora_scale), None
+        x_1xMxD = x_1xMxD + _dense(p, "wo", jnp.concatenate([o_prompt, o_cont], 1), *lora)
+        return x_1xMxD + _mlp(cfg, p, _norm(cfg, x_1xMxD, p["mlp_norm"]), *lora), None
 
     if remat:
         block = jax.checkpoint(block)
@@ -234,9 +256,9 @@ def hidden_grouped(params: dict, cfg: LMConfig, prompt_ids_PxT: jax.Array, promp
 
 
 def forward(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
-            mask_BxT: jax.Array, remat: bool = False, lora_scale: float = 1.0) -> jax.Array:
+            mask_BxT: jax.Array, remat: bool = False, lora_scale: float = 1.0, lora_set_BxT=None) -> jax.Array:
     """Next-token logits B x T x V (float32) at every position."""
-    return head(params, cfg, hidden(params, cfg, ids_BxT, positions_BxT, mask_BxT, remat, lora_scale))
+    return head(params, cfg, hidden(params, cfg, ids_BxT, positions_BxT, mask_BxT, remat, lora_scale, lora_set_BxT))
 
 
 def init_cache(cfg: LMConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
@@ -246,25 +268,28 @@ def init_cache(cfg: LMConfig, batch: int, length: int, dtype=jnp.float32) -> dic
 
 
 def hidden_cached(params: dict, cfg: LMConfig, ids_BxT: jax.Array, positions_BxT: jax.Array,
-                  kv_mask_BxS: jax.Array, cache: dict, index, lora_scale: float = 1.0) -> tuple[jax.Array, dict]:
+                  kv_mask_BxS: jax.Array, cache: dict, index, lora_scale: float = 1.0,
+                  lora_set_BxT=None) -> tuple[jax.Array, dict]:
     """Hidden states of T new tokens placed at slots index .. index+T-1 of the cache, and the cache
     with their keys/values written. Prefill: index 0 and the whole prompt; decode: T = 1.
+    `lora_set_BxT`: a position-split adapter's set of each new token (`hidden`).
 
     The cache is carried through the layer scan and updated in place (dynamic_update_slice on a
     loop carry), so a decode step copies nothing but the new keys and values."""
     T = ids_BxT.shape[1]
     cos_sin = _rotary(cfg, positions_BxT)
     allowed = _allowed_BxTxS(index + jnp.arange(T), kv_mask_BxS.astype(bool))
+    lora = (lora_scale, lora_set_BxT)
 
     def block(carry, p_and_layer):
         x_BxTxD, k_NxBxSxKxDh, v_NxBxSxKxDh = carry
         p, layer = p_and_layer
-        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin, lora_scale)
+        q, k, v = _qkv(cfg, p, _norm(cfg, x_BxTxD, p["attn_norm"]), cos_sin, *lora)
         k_NxBxSxKxDh = lax.dynamic_update_slice(k_NxBxSxKxDh, k[None].astype(k_NxBxSxKxDh.dtype), (layer, 0, index, 0, 0))
         v_NxBxSxKxDh = lax.dynamic_update_slice(v_NxBxSxKxDh, v[None].astype(v_NxBxSxKxDh.dtype), (layer, 0, index, 0, 0))
         o = _attend(cfg, q, k_NxBxSxKxDh[layer], v_NxBxSxKxDh[layer], allowed)
-        x_BxTxD = x_BxTxD + _dense(p, "wo", o, lora_scale)
-        x_BxTxD = x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]), lora_scale)
+        x_BxTxD = x_BxTxD + _dense(p, "wo", o, *lora)
+        x_BxTxD = x_BxTxD + _mlp(cfg, p, _norm(cfg, x_BxTxD, p["mlp_norm"]), *lora)
         return (x_BxTxD, k_NxBxSxKxDh, v_NxBxSxKxDh), None
 
     carry = (_embed(cfg, params, ids_BxT), cache["k"], cache["v"])

@@ -8,6 +8,10 @@ the same sequence at the same positions.
 
 After EOS a response is finished: `generate` keeps decoding (shapes are fixed) and its later
 tokens are whatever was sampled; `response_mask` is the one place that says which tokens count.
+
+Position-split LoRA (`lora_split_at`, an int; None: one adapter set): the slot that predicts
+response token i uses adapter set 1 if i >= lora_split_at, else set 0 (`lora_set`); every prompt
+slot but the last predicts no response token (set 0), the last predicts token 0.
 """
 from __future__ import annotations
 
@@ -37,6 +41,13 @@ def filter_logits(logits_BxV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> 
     return logits_BxV
 
 
+def lora_set(predicted_positions, split_at: int | None):
+    """A position-split adapter's set of each slot, from the response position of the token the slot
+    predicts (negative for prompt slots before the last): True (set 1) from split_at on; None
+    without a split."""
+    return None if split_at is None else jnp.asarray(predicted_positions) >= split_at
+
+
 def _sample(key, logits_BxV, temperature, top_k: int, top_p: float) -> jax.Array:
     """Temperature 0 is greedy (argmax); the branch is a `where`, so temperature may be traced."""
     greedy_B = jnp.argmax(logits_BxV, -1)
@@ -45,10 +56,11 @@ def _sample(key, logits_BxV, temperature, top_k: int, top_p: float) -> jax.Array
     return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("cfg", "new_tokens", "top_k", "top_p", "per_prompt", "lora_scale"))
+@partial(jax.jit, static_argnames=("cfg", "new_tokens", "top_k", "top_p", "per_prompt", "lora_scale",
+                                   "lora_split_at"))
 def generate(params: dict, cfg: LMConfig, key: jax.Array, prompt_ids_PxT: jax.Array, prompt_mask_PxT: jax.Array,
              new_tokens: int, temperature=1.0, top_k: int = 0, top_p: float = 1.0, per_prompt: int = 1,
-             lora_scale: float = 1.0) -> jax.Array:
+             lora_scale: float = 1.0, lora_split_at: int | None = None) -> jax.Array:
     """N = new_tokens sampled tokens for each of `per_prompt` responses to each prompt, B x N int32
     with B = P x per_prompt, prompt-major: one prefill of the P prompts into a cache of T + N slots,
     that cache repeated per_prompt times (a group's prompt is computed once), then N - 1
@@ -59,7 +71,8 @@ def generate(params: dict, cfg: LMConfig, key: jax.Array, prompt_ids_PxT: jax.Ar
     positions_PxT = model.positions_from_mask(prompt_mask_PxT)
     kv_mask_PxS = jnp.concatenate([prompt_mask_PxT.astype(bool), jnp.ones((P, N), bool)], 1)
     cache = model.init_cache(cfg, P, T + N, params["embed"].dtype)
-    h_PxTxD, cache = model.hidden_cached(params, cfg, prompt_ids_PxT, positions_PxT, kv_mask_PxS, cache, 0, lora_scale)
+    h_PxTxD, cache = model.hidden_cached(params, cfg, prompt_ids_PxT, positions_PxT, kv_mask_PxS, cache, 0, lora_scale,
+                                         lora_set(jnp.arange(T) + 1 - T, lora_split_at))
     cache = jax.tree.map(lambda c_NxPxSxKxDh: jnp.repeat(c_NxPxSxKxDh, G, 1), cache)
     kv_mask_BxS = jnp.repeat(kv_mask_PxS, G, 0)
     keys = jax.random.split(key, N)
@@ -70,7 +83,7 @@ def generate(params: dict, cfg: LMConfig, key: jax.Array, prompt_ids_PxT: jax.Ar
     def step(carry, key_i):
         cache, token_B, i = carry  # token i of the response, at slot T + i
         h_Bx1xD, cache = model.hidden_cached(params, cfg, token_B[:, None], (next_position_B + i)[:, None],
-                                             kv_mask_BxS, cache, T + i, lora_scale)
+                                             kv_mask_BxS, cache, T + i, lora_scale, lora_set(i + 1, lora_split_at))
         new_B = _sample(key_i, model.head(params, cfg, h_Bx1xD)[:, 0], temperature, top_k, top_p)
         return (cache, new_B, i + 1), new_B
 
@@ -87,8 +100,8 @@ def response_mask(tokens_BxN: jax.Array, eos_id: int | None) -> jax.Array:
 
 
 def response_log_probs(params: dict, cfg: LMConfig, prompt_ids_BxT: jax.Array, prompt_mask_BxT: jax.Array,
-                       tokens_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0
-                       ) -> tuple[jax.Array, jax.Array]:
+                       tokens_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0,
+                       lora_split_at: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced log pi(token_i | prompt, tokens_<i), B x N, and the logits B x N x V (float32)
     they come from: one forward pass over prompt + response; the head only on the N positions that
     predict response tokens. Not masked after EOS: multiply by `response_mask`."""
@@ -96,28 +109,33 @@ def response_log_probs(params: dict, cfg: LMConfig, prompt_ids_BxT: jax.Array, p
     N = tokens_BxN.shape[1]
     ids_BxL = jnp.concatenate([jnp.asarray(prompt_ids_BxT, jnp.int32), jnp.asarray(tokens_BxN, jnp.int32)], 1)
     mask_BxL = jnp.concatenate([prompt_mask_BxT.astype(bool), jnp.ones((B, N), bool)], 1)
-    h_BxLxD = model.hidden(params, cfg, ids_BxL, model.positions_from_mask(mask_BxL), mask_BxL, remat, lora_scale)
+    h_BxLxD = model.hidden(params, cfg, ids_BxL, model.positions_from_mask(mask_BxL), mask_BxL, remat, lora_scale,
+                           lora_set(jnp.arange(T + N) + 1 - T, lora_split_at))
     logits_BxNxV = model.head(params, cfg, h_BxLxD[:, T - 1:T + N - 1])
     logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, -1)
     return jnp.take_along_axis(logp_BxNxV, ids_BxL[:, T:, None], -1)[..., 0], logits_BxNxV
 
 
-def _group_hidden(params, cfg, prompt_ids_PxT, prompt_mask_PxT, tokens_BxN, remat, lora_scale) -> jax.Array:
+def _group_hidden(params, cfg, prompt_ids_PxT, prompt_mask_PxT, tokens_BxN, remat, lora_scale, lora_split_at
+                  ) -> jax.Array:
     """The final hidden states that predict each response token, B x N x D: the prompt's last slot
     (token 0, computed once per prompt) and response slot i - 1 (token i)."""
-    P = prompt_ids_PxT.shape[0]
+    P, T = prompt_ids_PxT.shape
+    N = tokens_BxN.shape[1]
+    sets = None if lora_split_at is None else (lora_set(jnp.arange(T) + 1 - T, lora_split_at),
+                                               lora_set(jnp.arange(N) + 1, lora_split_at))
     h_PxTxD, h_BxNxD = model.hidden_grouped(params, cfg, prompt_ids_PxT, prompt_mask_PxT, tokens_BxN, remat,
-                                            lora_scale)
+                                            lora_scale, sets)
     return jnp.concatenate([jnp.repeat(h_PxTxD[:, -1:], tokens_BxN.shape[0] // P, 0), h_BxNxD[:, :-1]], 1)
 
 
 def group_log_probs(params: dict, cfg: LMConfig, prompt_ids_PxT: jax.Array, prompt_mask_PxT: jax.Array,
-                    tokens_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0
-                    ) -> tuple[jax.Array, jax.Array]:
+                    tokens_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0,
+                    lora_split_at: int | None = None) -> tuple[jax.Array, jax.Array]:
     """`response_log_probs` of B = P x G responses, G to each prompt (prompt-major), with each
     prompt computed once (model.hidden_grouped)."""
     logits_BxNxV = model.head(params, cfg, _group_hidden(params, cfg, prompt_ids_PxT, prompt_mask_PxT, tokens_BxN,
-                                                         remat, lora_scale))
+                                                         remat, lora_scale, lora_split_at))
     logp_BxNxV = jax.nn.log_softmax(logits_BxNxV, -1)
     return jnp.take_along_axis(logp_BxNxV, jnp.asarray(tokens_BxN, jnp.int32)[..., None], -1)[..., 0], logits_BxNxV
 
@@ -127,13 +145,13 @@ HEAD_CHUNK = 256  # response tokens whose logits exist at once in group_token_lo
 
 def group_token_log_probs(params: dict, cfg: LMConfig, prompt_ids_PxT: jax.Array, prompt_mask_PxT: jax.Array,
                           tokens_BxN: jax.Array, remat: bool = False, lora_scale: float = 1.0,
-                          temperature=1.0, chunk: int = HEAD_CHUNK) -> jax.Array:
+                          temperature=1.0, chunk: int = HEAD_CHUNK, lora_split_at: int | None = None) -> jax.Array:
     """log softmax(logits / temperature) at each response token, B x N, as group_log_probs, but
     without ever holding the B x N x V logits: the head and its log-softmax run on `chunk` tokens at
     a time and are recomputed in the backward pass (jax.checkpoint), so only the B x N x D hidden
     states are kept. At SmolLM2's 49k vocabulary the logits were most of a step's memory."""
     B, N = tokens_BxN.shape
-    h_BNxD = _group_hidden(params, cfg, prompt_ids_PxT, prompt_mask_PxT, tokens_BxN, remat, lora_scale)
+    h_BNxD = _group_hidden(params, cfg, prompt_ids_PxT, prompt_mask_PxT, tokens_BxN, remat, lora_scale, lora_split_at)
     h_BNxD = h_BNxD.reshape(B * N, -1)
     tokens_BN = jnp.asarray(tokens_BxN, jnp.int32).reshape(-1)
     pad = -(B * N) % chunk

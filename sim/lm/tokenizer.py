@@ -1,6 +1,6 @@
 """Tokenizers of real checkpoints, on the `tokenizers` package, with the checkpoint's chat template.
 
-`load(source)` takes what `checkpoint.load` takes (a registered name, an HF directory, a .gguf):
+`load(source)` takes what `weights.load` takes (a registered name, an HF directory, a .gguf):
 
 - HF directory: tokenizer.json as transformers' fast tokenizer runs it, plus tokenizer_config.json
   (special tokens, chat_template; add_bos_token when it is given, else the post-processor decides).
@@ -25,7 +25,9 @@ from pathlib import Path
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 
-from sim.lm.weights import CheckpointError, gguf_reader, resolve
+from sim.lm.config import CheckpointError
+from sim.lm.formats.gguf import reader as gguf_reader
+from sim.lm.weights import resolve
 
 # llama.cpp's tokenizer.ggml.pre -> the pre-tokenizer of its regexes (llama-vocab.cpp), and
 # whether that family adds BOS by default and ignores merges for whole words (llama.cpp's flags)

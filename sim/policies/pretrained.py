@@ -19,6 +19,13 @@ family's: per_prompt responses to each prompt, prompt-major; `prompts_B` indexes
   the frozen shared copy and is also the reference (adapters off), as in TRL, verl and Tunix. A run
   is then a few MB, so runs are vmapped against the one base (train.py, layout.py). Written by hand:
   the JAX LoRA libraries hook Flax modules (qwix, flax nnx) and this model is a plain pytree.
+- `lora_split: reward_positions` gives each run TWO adapter sets, split by response position at
+  phi_prime's first position b (`split_boundary`): a slot that predicts a token at a position < b
+  (every prompt slot included) uses set 0, one that predicts a position >= b set 1 (model._dense).
+  phi's log-probs then depend on set 0 alone (gradient exactly 0 for set 1); phi_prime's depend on
+  set 1 directly and on set 0 through the context (attention to the earlier slots' keys and values,
+  which no causal LM can avoid). The real model's counterpart of the tabular control (nothing
+  shared between the rewards' positions). Both sets start as the unsplit run's adapters.
 - A group's prompt is computed once: the sampler prefills each prompt and repeats its cache, and
   teacher forcing (`group_token_logits`) lets the group's responses attend to it (model.hidden_grouped).
 """
@@ -38,11 +45,12 @@ from sim.policies.base import BuildArgs, Params, Policy
 
 DTYPES = ("float32", "bfloat16")
 ADAPTERS = ("none", "lora")
+LORA_SPLITS = ("none", "reward_positions")  # one adapter set | one for phi's positions and before, one from phi_prime's
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")  # every dense matrix of a block
 # The policy section's keys, and policy.lora's (read by `_lora`)
 KEYS = {"kind", "checkpoint", "dtype", "remat", "temperature", "top_k", "top_p", "eval", "adapter", "lora"}
 EVAL_KEYS = {"samples", "enumerate_max"}
-LORA_KEYS = {"rank", "alpha", "targets", "runs_per_block"}
+LORA_KEYS = {"rank", "alpha", "targets", "runs_per_block", "split"}
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,16 @@ class Settings:
     lora_alpha: float = 32.0  # the adapter's output is scaled by alpha / rank (peft's convention)
     lora_targets: tuple[str, ...] = LORA_TARGETS
     runs_per_block: int = 1  # LoRA runs vmapped together (train.py's run blocks): memory vs speed
+    lora_split: str = "none"  # LORA_SPLITS: reward_positions gives each run two adapter sets (split_boundary)
 
     @property
     def lora(self) -> bool:
         return self.adapter == "lora"
+
+    @property
+    def lora_sets(self) -> int:
+        """Adapter sets per run: 2 under a position split, else 1."""
+        return 2 if self.lora and self.lora_split != "none" else 1
 
     @property
     def lora_scale(self) -> float:
@@ -90,22 +104,42 @@ def cast(params: Params, dtype: str) -> Params:
     return jax.tree.map(lambda x: x.astype(dtype), params)
 
 
-def init_lora(cfg: LMConfig, targets: tuple[str, ...], rank: int, key: jax.Array) -> Params:
+def init_lora(cfg: LMConfig, targets: tuple[str, ...], rank: int, key: jax.Array, sets: int = 1) -> Params:
     """Adapters of every layer, float32: A ~ U(-1/sqrt(fan in), 1/sqrt(fan in)) (peft's Kaiming
-    init), B = 0, so that the policy starts exactly at the base."""
+    init), B = 0, so that the policy starts exactly at the base. sets=2 (a position split): a set
+    axis after the layer axis, both sets a copy of the one-set adapters of the same key, so a split
+    run starts with the parameters of the unsplit run of its seed and differs only in what it shares."""
     shapes = model.lora_shapes(cfg, targets)
     keys = jax.random.split(key, len(shapes))
-    return {name: {"a": jax.random.uniform(k, (cfg.layers, i, rank), jnp.float32, -i ** -0.5, i ** -0.5),
-                   "b": jnp.zeros((cfg.layers, rank, o), jnp.float32)}
-            for k, (name, (i, o)) in zip(keys, shapes.items())}
+    one = {name: {"a": jax.random.uniform(k, (cfg.layers, i, rank), jnp.float32, -i ** -0.5, i ** -0.5),
+                  "b": jnp.zeros((cfg.layers, rank, o), jnp.float32)}
+           for k, (name, (i, o)) in zip(keys, shapes.items())}
+    return one if sets == 1 else jax.tree.map(lambda x: jnp.stack([x] * sets, 1), one)
+
+
+def split_boundary(settings: Settings, task) -> int | None:
+    """The response position from which a position-split adapter uses set 1: phi_prime's first
+    position (task: toy.Task, whose rewards carry their positions). None without a split. phi's
+    positions must all come before it, else phi would read set 1: a one-line ConfigError."""
+    if settings.lora_sets == 1:
+        return None
+    phi, phi_prime = task.phi.positions, task.phi_prime.positions
+    if max(phi) >= min(phi_prime):
+        raise ConfigError(f"policy.lora.split={settings.lora_split}: needs task.phi.positions (last {max(phi)}) "
+                          f"before task.phi_prime.positions (first {min(phi_prime)}); allowed: phi's stop <= "
+                          "phi_prime's start, or policy.lora.split=none")
+    return min(phi_prime)
 
 
 def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | None = None,
-         prompts: int | None = None) -> Policy:
+         prompts: int | None = None, split_at: int | None = None) -> Policy:
     """The policy of the checkpoint whose frozen params are `frozen.params` (stored in
     settings.dtype); `key` draws a LoRA run's A matrices. `prompts`: the task's (training) prompts,
-    the first of frozen's table, which `sample` answers unless told others (None: the whole table)."""
+    the first of frozen's table, which `sample` answers unless told others (None: the whole table).
+    `split_at`: a position-split adapter's boundary (`split_boundary`; required with the split)."""
     cfg, dtype, scale = settings.model, settings.dtype, settings.lora_scale
+    if (settings.lora_sets == 2) != (split_at is not None):
+        raise ValueError(f"policy.lora.split={settings.lora_split} (adapter {settings.adapter}) with split_at={split_at}")
     ids_PxT, mask_PxT = frozen.prompt_ids_PxT, frozen.prompt_mask_PxT
     train_P = jnp.arange(ids_PxT.shape[0] if prompts is None else prompts)
     batch, weights = lambda x: x, lambda p: p  # noqa: E731  (no mesh: leave placement to the runs' layout)
@@ -129,17 +163,18 @@ def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | N
     def token_logits(params, prompts_B, tokens_BxL):
         _, logits_BxLxV = sampling.response_log_probs(model_params(params), cfg, batch(ids_PxT[prompts_B]),
                                                       batch(mask_PxT[prompts_B]), batch(tokens_BxL),
-                                                      settings.remat, scale)
+                                                      settings.remat, scale, split_at)
         return logits_BxLxV.astype(jnp.float32) / settings.temperature
 
     def group_token_logits(params, prompts_P, tokens_BxL):
         _, logits_BxLxV = sampling.group_log_probs(model_params(params), cfg, ids_PxT[prompts_P], mask_PxT[prompts_P],
-                                                   batch(tokens_BxL), settings.remat, scale)
+                                                   batch(tokens_BxL), settings.remat, scale, split_at)
         return logits_BxLxV.astype(jnp.float32) / settings.temperature
 
     def group_log_probs(params, prompts_P, tokens_BxL):
         return sampling.group_token_log_probs(model_params(params), cfg, ids_PxT[prompts_P], mask_PxT[prompts_P],
-                                              batch(tokens_BxL), settings.remat, scale, settings.temperature)
+                                              batch(tokens_BxL), settings.remat, scale, settings.temperature,
+                                              lora_split_at=split_at)
 
     def log_probs(params, prompts_B, tokens_BxL):
         logp_BxLxV = jax.nn.log_softmax(token_logits(params, prompts_B, tokens_BxL))
@@ -150,12 +185,12 @@ def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | N
         prompts_P = train_P if prompts_P is None else prompts_P
         ids, mask = ids_PxT[prompts_P], mask_PxT[prompts_P]
         return batch(sampling.generate(model_params(params), cfg, key, ids, mask, new_tokens, settings.temperature,
-                                       settings.top_k, settings.top_p, per_prompt, scale).astype(jnp.int32))
+                                       settings.top_k, settings.top_p, per_prompt, scale, split_at).astype(jnp.int32))
 
     def init():
         if settings.lora:
             return init_lora(cfg, settings.lora_targets, settings.lora_rank,
-                             jax.random.key(0) if key is None else key)
+                             jax.random.key(0) if key is None else key, settings.lora_sets)
         return weights(cast(frozen.params, "float32"))
 
     response_mask = None
@@ -169,7 +204,7 @@ def make(settings: Settings, frozen: Frozen, new_tokens: int, key: jax.Array | N
 def build(args: BuildArgs) -> Policy:
     if args.lm is None or args.ref is None:
         raise ValueError("policy.kind='pretrained' needs its settings and the loaded checkpoint")
-    return make(args.lm, args.ref, args.task.length, args.key, args.task.prompts)
+    return make(args.lm, args.ref, args.task.length, args.key, args.task.prompts, split_boundary(args.lm, args.task))
 
 
 def parse(cfg) -> dict:
@@ -198,7 +233,7 @@ def parse(cfg) -> dict:
 
 
 def _lora(cfg) -> dict:
-    """policy.adapter and, for lora, policy.lora's LORA_KEYS (Settings' adapter fields)."""
+    """policy.adapter and, for lora, policy.lora's LORA_KEYS: rank, alpha, targets, runs_per_block and split."""
     adapter = choice(cfg, "policy.adapter", ADAPTERS) if "adapter" in lookup(cfg, "policy") else "none"
     if adapter == "none":
         return {"adapter": "none"}
@@ -209,4 +244,5 @@ def _lora(cfg) -> dict:
                           f"a non-empty list of distinct matrices from {', '.join(LORA_TARGETS)}")
     return {"adapter": adapter, "lora_rank": integer(cfg, "policy.lora.rank", 1),
             "lora_alpha": real(cfg, "policy.lora.alpha", *POSITIVE), "lora_targets": tuple(targets),
-            "runs_per_block": integer(cfg, "policy.lora.runs_per_block", 1)}
+            "runs_per_block": integer(cfg, "policy.lora.runs_per_block", 1),
+            "lora_split": choice(cfg, "policy.lora.split", LORA_SPLITS) if "split" in lookup(cfg, "policy.lora") else "none"}

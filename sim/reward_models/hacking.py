@@ -44,6 +44,20 @@ def gao_curve(d: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return np.where(d > 0, d * (alpha - beta * np.log(np.where(d > 0, d, 1.0))), 0.0)
 
 
+def gold_at_d(d_T: np.ndarray, gold_T: np.ndarray, d_star: float) -> float:
+    """The gold where the run first reaches distance d_star, linearly interpolated between the two
+    logged rows around it (None-like nan when it never does): how to compare runs at the same KL."""
+    d_T, gold_T = np.asarray(d_T, np.float64), np.asarray(gold_T, np.float64)
+    after = np.flatnonzero(d_T >= d_star)
+    if after.size == 0:
+        return float("nan")
+    k = int(after[0])
+    if k == 0 or d_T[k] == d_star:
+        return float(gold_T[k])
+    w = (d_star - d_T[k - 1]) / (d_T[k] - d_T[k - 1])
+    return float(gold_T[k - 1] + w * (gold_T[k] - gold_T[k - 1]))
+
+
 def summary(steps_T: np.ndarray, gold_T: np.ndarray, proxy_T: np.ndarray, d_T: np.ndarray) -> dict:
     """One sweep point's curves (means over its seeds) -> peak gold, the end, the gap and the Gao fit."""
     gold_T, proxy_T, d_T = (np.asarray(x, np.float64) for x in (gold_T, proxy_T, d_T))

@@ -13,13 +13,21 @@ Families of growing capacity, all r(prompt, response) -> scalar:
   transformer  sim/policies/transformer.py's network reading [BOS_prompt, y_0..y_{L-1}], its output
                head of width 1 at the last position the score
 
+An ensemble (reward_model.ensemble = k > 1, after Coste et al. 2023, "Reward Model Ensembles Help
+Mitigate Overoptimization") is k members of one family: member 0 is the single model (all n pairs,
+the usual init), members 1..k-1 are fit to bootstrap resamples of the same n pairs from their own
+init, so the data budget is the single model's and even the convex linear family gets diverse
+members. RL optimises one objective of the members' calibrated scores R_i: `mean` (mean_i R_i),
+`worst` (min_i R_i) or `uncertainty` (mean_i R_i - lambda * var_i R_i, lambda =
+reward_model.uncertainty_weight, var over members).
+
 After the fit the proxy is put on the gold's scale: a*r + b with the mean and standard deviation
 of the gold over the pairs' own responses (a monotone map: it changes no preference, only the
 step size of RL and where the proxy curve starts, so that gold and proxy can share an axis).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import jax
@@ -36,6 +44,7 @@ from sim.tasks.toy import Task
 SOURCES = (task_lib, transformer, ar, policy_base)
 
 FAMILIES = ("none", "linear", "mlp", "transformer")
+OBJECTIVES = ("mean", "worst", "uncertainty")  # of an ensemble's member scores
 HELD_OUT_PAIRS = 4096  # fresh reference pairs on which the fitted proxy's agreement with gold is measured
 
 
@@ -49,6 +58,9 @@ class RewardModel:
     heads: int = 0
     enumerate_max: int = 4096  # the logged E[proxy] by enumeration when vocab**length <= this
     eval_samples: int = 64  # else Monte Carlo responses per prompt (with a standard error)
+    ensemble: int = 1  # members (1: a single model; the proxy then has no member axis)
+    objective: str = "mean"  # what RL optimises of an ensemble (OBJECTIVES)
+    uncertainty_weight: float = 0.0  # lambda of the `uncertainty` objective
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,7 @@ class Fit:
 # --- config --------------------------------------------------------------------------------------
 
 KEYS = {"family", "pairs", "noise", "steps", "lr", "l2", "seed", "d_model", "hidden", "layers", "heads",
-        "enumerate_max", "eval_samples"}
+        "enumerate_max", "eval_samples", "ensemble", "objective", "uncertainty_weight"}
 
 
 def parse(cfg) -> tuple[RewardModel | None, Fit | None]:
@@ -83,6 +95,12 @@ def parse(cfg) -> tuple[RewardModel | None, Fit | None]:
         shape |= {"d_model": integer(cfg, "reward_model.d_model", 1), "heads": integer(cfg, "reward_model.heads", 1)}
         if shape["d_model"] % shape["heads"]:
             raise ConfigError(f"reward_model.heads={shape['heads']}: must divide reward_model.d_model={shape['d_model']}")
+    ensemble = integer(cfg, "reward_model.ensemble", 1)
+    objective = choice(cfg, "reward_model.objective", OBJECTIVES)
+    weight = real(cfg, "reward_model.uncertainty_weight", *FINITE_NONNEG)
+    if ensemble > 1:  # a single model ignores the objective (one Static, one compiled program, for all of them)
+        shape |= {"ensemble": ensemble, "objective": objective,
+                  "uncertainty_weight": weight if objective == "uncertainty" else 0.0}
     rm = RewardModel(family, **shape, enumerate_max=integer(cfg, "reward_model.enumerate_max", 0),
                      eval_samples=integer(cfg, "reward_model.eval_samples", 2))
     fit = Fit(steps=integer(cfg, "reward_model.steps", 1), lr=real(cfg, "reward_model.lr", *POSITIVE),
@@ -126,8 +144,30 @@ def raw_score_B(rm: RewardModel, task: Task, net: dict, prompts_B: jax.Array, to
     return transformer.forward(net, _transformer_config(rm, task), ids_BxT)[:, -1, 0]
 
 
+def member(rm: RewardModel) -> RewardModel:
+    """One member of an ensemble: what each is fit and measured as."""
+    return replace(rm, ensemble=1, objective="mean", uncertainty_weight=0.0)
+
+
+def member_scores_KxB(rm: RewardModel, task: Task, proxy: dict, prompts_B, tokens_BxL) -> jax.Array:
+    """Each ensemble member's calibrated score (the proxy's leaves have a leading member axis)."""
+    one = lambda p: p["scale"] * raw_score_B(rm, task, p["net"], prompts_B, tokens_BxL) + p["shift"]  # noqa: E731
+    return jax.vmap(one)(proxy)
+
+
+def combine_B(rm: RewardModel, scores_KxB: jax.Array) -> jax.Array:
+    """An ensemble's objective over its members' scores."""
+    if rm.objective == "worst":
+        return jnp.min(scores_KxB, 0)
+    if rm.objective == "uncertainty":
+        return jnp.mean(scores_KxB, 0) - rm.uncertainty_weight * jnp.var(scores_KxB, 0)
+    return jnp.mean(scores_KxB, 0)
+
+
 def score_B(rm: RewardModel, task: Task, proxy: dict, prompts_B: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
-    """The frozen proxy reward of each response: the calibrated score."""
+    """The frozen proxy reward of each response: the calibrated score (an ensemble's: its objective)."""
+    if rm.ensemble > 1:
+        return combine_B(rm, member_scores_KxB(rm, task, proxy, prompts_B, tokens_BxL))
     return proxy["scale"] * raw_score_B(rm, task, proxy["net"], prompts_B, tokens_BxL) + proxy["shift"]
 
 
@@ -186,8 +226,21 @@ def fit_chunk(rm: RewardModel, task: Task, fit: Fit, steps: int, carry, data):
 
 
 def seed_key(seed: jax.Array, stream: int) -> jax.Array:
-    """Stream 0: training pairs; 1: held-out pairs; 2: network init."""
+    """Stream 0: training pairs; 1: held-out pairs; 2: network init; 3: ensemble members' resamples."""
     return jax.random.fold_in(jax.random.key(jnp.asarray(seed, jnp.int32)), stream)
+
+
+def member_init_key(seed: jax.Array, member: jax.Array) -> jax.Array:
+    """Member 0's init key is the single model's; member i > 0 folds i into it."""
+    base = seed_key(seed, 2)
+    data = jnp.where(member == 0, jax.random.key_data(base), jax.random.key_data(jax.random.fold_in(base, member)))
+    return jax.random.wrap_key_data(data)
+
+
+def member_rows_N(seed: jax.Array, member: jax.Array, n: int) -> jax.Array:
+    """The pairs member `member` is fit on: all n in order for member 0, a bootstrap resample else."""
+    drawn = jax.random.randint(jax.random.fold_in(seed_key(seed, 3), member), (n,), 0, n)
+    return jnp.where(member == 0, jnp.arange(n), drawn)
 
 
 def preference_data(task: Task, n: int, seed, noise, w_2, ref_logits_PxLxV: jax.Array, stream: int = 0):

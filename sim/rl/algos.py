@@ -114,6 +114,39 @@ NEEDS_GROUPS = ("rloo", "grpo", "dr_grpo", "gdpo", "reinforce_pp_baseline")  # c
 NEEDS_BATCH = ("reinforce_pp",)  # whitens over the batch: needs B = P*G >= 2
 
 
+def component_advantages(name: str, rewards_PxGxK: jax.Array, w_K: jax.Array, eps: float = 1e-4,
+                         u_PxG: jax.Array | None = None) -> jax.Array:
+    """Each reward component's part of advantages_PxG(name, ...), K x P x G, adding up to it: the
+    estimator's centring applied to w_k * c_k alone, times the scale the total's statistics set
+    (GRPO's 1 / (group std + eps), REINFORCE++'s batch one; 1 where there is none). gdpo: each
+    normalised component's share of the whitened sum. Used by the gradient decomposition
+    (sim/rl/decomposition.py) to tell which reward's advantage moves what."""
+    m = Moments(u_PxG)
+    w_K = jnp.asarray(w_K, rewards_PxGxK.dtype)
+    x_KxPxG = jnp.moveaxis(rewards_PxGxK * w_K, -1, 0)
+    r_PxG = rewards_PxGxK @ w_K
+    per_k = lambda f: jax.vmap(f)(x_KxPxG)  # noqa: E731
+    if name == "reinforce":
+        return x_KxPxG
+    if name == "reinforce_baseline":
+        return per_k(lambda x: x - m.batch_mean(x))
+    if name == "rloo":
+        return per_k(lambda x: x - m.leave_one_out_mean(x))
+    if name == "grpo":
+        return per_k(lambda x: x - m.group_mean(x)) / (m.group_std(r_PxG) + eps)
+    if name == "dr_grpo":
+        return per_k(lambda x: x - m.group_mean(x))
+    if name == "reinforce_pp":
+        return per_k(lambda x: x - m.batch_mean(x)) / (m.batch_std(r_PxG) + eps)
+    if name == "reinforce_pp_baseline":
+        d_KxPxG = per_k(lambda x: x - m.group_mean(x))
+        return jax.vmap(lambda d: d - m.batch_mean(d))(d_KxPxG) / (m.batch_std(r_PxG - m.group_mean(r_PxG)) + eps)
+    if name == "gdpo":
+        z_KxPxG = jax.vmap(lambda c_PxG: _group_normalised(c_PxG, eps, m), in_axes=-1)(rewards_PxGxK) * w_K[:, None, None]
+        return jax.vmap(lambda z: z - m.batch_mean(z))(z_KxPxG) / (m.batch_std(jnp.sum(z_KxPxG, 0)) + eps)
+    raise ValueError(f"advantage {name!r}; allowed: {', '.join(ADVANTAGES)}")
+
+
 def advantages_PxG(name: str, rewards_PxGxK: jax.Array, w_K: jax.Array, eps: float = 1e-4,
                    u_PxG: jax.Array | None = None) -> jax.Array:
     """Advantages from the reward components and their weights (r = rewards_PxGxK @ w_K).

@@ -15,6 +15,7 @@ from sim.config import Static
 from sim.policies import estimates
 from sim.policies.base import BuildArgs, Policy, reference_params
 from sim.reward_models import model as reward_model
+from sim.rl import decomposition
 from sim.rl.step import BATCH_METRICS, batch_statistics, make_optimizer, no_batch_statistics, train_step
 from sim.tasks import toy as task_lib
 
@@ -31,15 +32,22 @@ METRICS = EXACT_METRICS + KAPPA_METRICS + BATCH_METRICS
 
 
 def metric_names(static: Static) -> tuple[str, ...]:
-    """What a run of `static` logs: METRICS, plus `<name>_se` when its expectations are Monte Carlo."""
+    """What a run of `static` logs: METRICS, plus `<name>_se` when its expectations are Monte Carlo,
+    plus the gradient decomposition's when it is on."""
+    extra = decomposition.METRICS if static.decomposition else ()
     if static.lm is not None:  # a real model: Monte Carlo expectations, and no factorised kappa (analysis.py)
-        return EXACT_METRICS + BATCH_METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
+        return EXACT_METRICS + BATCH_METRICS + tuple(f"{name}_se" for name in estimates.NAMES) + extra
     names = METRICS
     if static.arch is not None and not estimates.enumerates(static.task, static.enumerate_max):
         names = METRICS + tuple(f"{name}_se" for name in estimates.NAMES)
     if static.reward_model is not None:  # gold, proxy, sqrt_kl (reward_model.logged)
         names += reward_model.metric_names(static.reward_model, static.task, names)
-    return names
+    return names + extra
+
+
+def no_step_metrics(static: Static) -> dict:
+    """A logged row's update statistics where no update describes them: NaN."""
+    return no_batch_statistics() | (decomposition.no_metrics() if static.decomposition else {})
 
 
 class RunState(NamedTuple):
@@ -121,7 +129,7 @@ def init_run(static: Static, hp: dict, key: jax.Array, ref=None, proxy=None, sha
                      step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref, proxy=proxy)
     row = with_proxy(static, policy, state, exact_metrics(static, policy, params, reference_params(policy), hp,
                                                           eval_key(state)))
-    row.update(no_batch_statistics())
+    row.update(no_step_metrics(static))
     row["diverged_at_step"] = state.diverged_at
     return state, row
 
@@ -149,8 +157,14 @@ def guarded_step(static: Static, policy: Policy, ref_params, hp: dict, state: Ru
     params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
                                      (params, opt_state), (state.params, state.opt_state))
     diverged_at = jnp.where((state.diverged_at < 0) & ~ok, step, state.diverged_at)
-    describe = lambda: batch_statistics(static, policy, ref_params, hp, state.params, *described)  # noqa: E731
-    m = jax.lax.cond(with_metrics, describe, no_batch_statistics)
+    def describe():
+        m = batch_statistics(static, policy, ref_params, hp, state.params, *described)
+        if static.decomposition:  # its gradient batch: a key of its own, so the training keys stay as they were
+            m |= decomposition.metrics(static, policy, ref_params, hp, state.params, batch,
+                                       jax.random.fold_in(step_key, 1))
+        return m
+
+    m = jax.lax.cond(with_metrics, describe, lambda: no_step_metrics(static))
     m = jax.tree.map(lambda x: jnp.where(ok, x, jnp.nan), m)  # no update happened: no batch statistics
     return state._replace(params=params, opt_state=opt_state, key=key, step=step, diverged_at=diverged_at), m
 
@@ -165,7 +179,7 @@ def run_chunk(static: Static, rows: int, state: RunState, hp: dict, shared=None)
         return guarded_step(static, policy, ref_params, hp, state, i == static.log_every - 1), None
 
     def one_interval(state, _):
-        (state, last), _ = jax.lax.scan(one_step, (state, no_batch_statistics()), jnp.arange(static.log_every))
+        (state, last), _ = jax.lax.scan(one_step, (state, no_step_metrics(static)), jnp.arange(static.log_every))
         row = with_proxy(static, policy, state, exact_metrics(static, policy, state.params, ref_params, hp,
                                                               eval_key(state))) | last
         row["diverged_at_step"] = state.diverged_at

@@ -1,7 +1,7 @@
 """The reward-model stage: one frozen proxy per distinct variant of a batch, fit and cached on disk.
 
-An edge module (file I/O and a progress bar) like reference.py, whose caching it copies; the model
-and its fit are reward_model.py. A variant is what determines a proxy: the pairs, the label noise,
+An edge module (file I/O and a progress bar) like references.py; both go through the shared cache
+stage (cache.py). The model and its fit are sim/reward_models/model.py. A variant is what determines a proxy: the pairs, the label noise,
 the gold's weights (w1, w2: the labeller's reward) and the reference's competence point (where the
 pairs are drawn). Sweep points that differ in anything else (beta, the learning rate, seeds) share
 one proxy. Each variant is fit alone, in a program compiled per number of pairs, so its numbers do
@@ -14,11 +14,7 @@ compute it (editing them invalidates old entries). Files are written atomically.
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
-import json
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -29,7 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from sim.stages import references as reference
+from sim.stages import cache, references as reference
 from sim.reward_models import model as rm_lib
 from sim.tasks import toy as task_lib
 from sim.config import Experiment
@@ -53,12 +49,13 @@ def cache_dir(exp: Experiment) -> Path:
 
 
 def cache_key(exp: Experiment, variant_8: np.ndarray) -> str:
-    blob = json.dumps({
-        "task": asdict(exp.static.task), "model": asdict(exp.static.reward_model), "fit": asdict(exp.reward_fit),
-        "variant": [float(np.float32(v)) for v in variant_8], "jax": jax.__version__,
-        "source": hashlib.sha256("".join(inspect.getsource(m) for m in _SOURCES).encode()).hexdigest(),
-    }, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
+    """The objective is left out (every objective of an ensemble shares its members), and so is the
+    ensemble size of a single model (one key for a single model whatever its objective settings)."""
+    rm = exp.static.reward_model
+    model = {k: v for k, v in asdict(rm).items() if k not in ("ensemble", "objective", "uncertainty_weight")}
+    fields = {"task": asdict(exp.static.task), "model": model, "fit": asdict(exp.reward_fit),
+              "variant": [float(np.float32(v)) for v in variant_8]}
+    return cache.key(fields | ({"ensemble": rm.ensemble} if rm.ensemble > 1 else {}), _SOURCES)
 
 
 def variants_R(exp: Experiment, batch) -> np.ndarray:
@@ -76,11 +73,13 @@ def _programs(model: rm_lib.RewardModel, task: task_lib.Task, fit: rm_lib.Fit, n
         ref_logits = task_lib.reference_logits_PxLxV(task, (v_8[5], v_8[6]), v_8[7])
         return rm_lib.preference_data(task, n, v_8[2], v_8[1], v_8[3:5], ref_logits, stream)
 
-    def start(v_8):
-        net = rm_lib.init(model, task, rm_lib.seed_key(v_8[2], 2))
-        return (net, optax.adam(fit.lr).init(net)), data(v_8, n, 0)
+    def start(v_8, member):
+        rows_N = rm_lib.member_rows_N(v_8[2], member, n)  # all pairs in order for member 0 (the single model)
+        net = rm_lib.init(model, task, rm_lib.member_init_key(v_8[2], member))
+        return (net, optax.adam(fit.lr).init(net)), tuple(x[rows_N] for x in data(v_8, n, 0))
 
-    def finish(net, data_n, v_8):
+    def finish(net, v_8):
+        data_n = data(v_8, n, 0)  # every member is calibrated and scored on the pairs themselves
         prompts_N, a_NxL, b_NxL, _, gold_a_N, gold_b_N = data_n
         proxy = rm_lib.calibrate(model, task, net, prompts_N, a_NxL, b_NxL, gold_a_N, gold_b_N)
         held = data(v_8, rm_lib.HELD_OUT_PAIRS, 1)
@@ -91,20 +90,21 @@ def _programs(model: rm_lib.RewardModel, task: task_lib.Task, fit: rm_lib.Fit, n
     return jax.jit(start), step, jax.jit(finish)
 
 
-def fit_variant(exp: Experiment, variant_8: np.ndarray, on_steps=None) -> tuple[dict, np.ndarray, dict]:
-    """(proxy, loss per step, measured) of one variant; `on_steps(k)` after every k steps."""
+def fit_variant(exp: Experiment, variant_8: np.ndarray, on_steps=None, member: int = 0) -> tuple[dict, np.ndarray, dict]:
+    """(proxy, loss per step, measured) of one variant's member (0: the single model); `on_steps(k)`
+    after every k steps."""
     fit = exp.reward_fit
     chunk = next(c for c in range(max(1, fit.steps // CHUNKS), 0, -1) if fit.steps % c == 0)
-    start, step, finish = _programs(exp.static.reward_model, exp.static.task, fit, int(variant_8[0]), chunk)
+    start, step, finish = _programs(rm_lib.member(exp.static.reward_model), exp.static.task, fit, int(variant_8[0]), chunk)
     v = jnp.asarray(variant_8, jnp.float32)
-    carry, data = start(v)
+    carry, data = start(v, jnp.int32(member))
     losses = []
     for _ in range(fit.steps // chunk):
         carry, loss_C = step(carry, data)
         losses.append(np.asarray(loss_C))
         if on_steps is not None:
             on_steps(chunk)
-    proxy, measured = finish(carry[0], data, v)
+    proxy, measured = finish(carry[0], v)
     loss_S = np.concatenate(losses)
     measured = {k: float(x) for k, x in measured.items()} | {"final_loss": float(np.mean(loss_S[-max(1, fit.steps // 10):]))}
     return jax.tree.map(np.asarray, proxy), loss_S, measured
@@ -113,14 +113,28 @@ def fit_variant(exp: Experiment, variant_8: np.ndarray, on_steps=None) -> tuple[
 class Proxies(NamedTuple):
     params_R: object  # each run's frozen proxy (leading [R] axis), for train(..., proxy_R=...)
     loss_KxS: np.ndarray  # Bradley-Terry loss curve of each distinct variant
-    variants: list[dict]  # per distinct variant: its values, agreement with gold, cache file
+    variants: list[dict]  # per distinct variant: its values, agreement with gold (an ensemble: members' mean), cache file
     seconds: float  # fitting time of this call (0 when every proxy was cached)
 
 
 def template(exp: Experiment) -> dict:
+    """The proxy's shapes: with an ensemble, a leading member axis on every leaf."""
     model, task = exp.static.reward_model, exp.static.task
-    return jax.eval_shape(lambda: {"net": rm_lib.init(model, task, jax.random.key(0)),
-                                   "scale": jnp.float32(0), "shift": jnp.float32(0)})
+    one = jax.eval_shape(lambda: {"net": rm_lib.init(model, task, jax.random.key(0)),
+                                  "scale": jnp.float32(0), "shift": jnp.float32(0)})
+    if model.ensemble == 1:
+        return one
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((model.ensemble, *x.shape), x.dtype), one)
+
+
+def fit_ensemble(exp: Experiment, variant_8: np.ndarray, on_steps=None) -> tuple[dict, np.ndarray, dict]:
+    """A single model, or an ensemble's members stacked (loss and measures: means over members)."""
+    k = exp.static.reward_model.ensemble
+    if k == 1:
+        return fit_variant(exp, variant_8, on_steps)
+    fits = [fit_variant(exp, variant_8, on_steps, member) for member in range(k)]
+    proxy = jax.tree.map(lambda *xs: np.stack(xs), *[f[0] for f in fits])
+    return proxy, np.mean([f[1] for f in fits], 0), {m: float(np.mean([f[2][m] for f in fits])) for m in _MEASURED}
 
 
 def prepare(exp: Experiment, batch) -> Proxies:
@@ -129,28 +143,24 @@ def prepare(exp: Experiment, batch) -> Proxies:
     variant_Kx8, index_R = np.unique(variant_Rx8, axis=0, return_inverse=True)
     index_R = index_R.reshape(-1)
     paths = [cache_dir(exp) / f"{cache_key(exp, v)}.npz" for v in variant_Kx8]
-    found = [reference.load(p, template(exp), _MEASURED) for p in paths]
-    missing = [k for k, f in enumerate(found) if f is None]
-    t0 = time.perf_counter()
-    if missing:
+
+    def fit(missing: list[int]):
         family = exp.static.reward_model.family
         print(f"sim: fitting {len(missing)} {family} reward model(s), compiling ...", file=sys.stderr, flush=True)
-        with tqdm(total=len(missing) * exp.reward_fit.steps, unit="step", file=sys.stderr, dynamic_ncols=True,
+        with tqdm(total=len(missing) * exp.static.reward_model.ensemble * exp.reward_fit.steps, unit="step", file=sys.stderr, dynamic_ncols=True,
                   desc="reward model", mininterval=0.2) as bar:
             for k in missing:
-                proxy, loss_S, measured = fit_variant(exp, variant_Kx8[k], bar.update)
+                proxy, loss_S, measured = fit_ensemble(exp, variant_Kx8[k], bar.update)
                 bar.set_postfix(loss=f"{measured['final_loss']:.4f}", held_out=f"{measured['agreement_held_out']:.3f}")
-                reference.save(paths[k], proxy, loss_S, measured, _MEASURED)
-                found[k] = (proxy, loss_S, measured)
-    seconds = time.perf_counter() - t0
-    if len(missing) < len(found):
-        print(f"sim: {len(found) - len(missing)} reward model(s) loaded from {cache_dir(exp)}", file=sys.stderr)
-    params_K = jax.tree.map(lambda *xs: np.stack(xs), *[f[0] for f in found])
-    variants = [{**{name: float(x) for name, x in zip(VARIANT, variant_Kx8[k])}, **m, "cached": k not in missing,
-                 "file": str(paths[k])} for k, (_, _, m) in enumerate(found)]
-    variants = [v | {"pairs": int(v["pairs"]), "seed": int(v["seed"])} for v in variants]
-    return Proxies(jax.tree.map(lambda x: x[index_R], params_K), np.stack([f[1] for f in found]), variants, seconds)
+                yield proxy, loss_S, measured
 
+    stage = cache.run(paths, index_R, template(exp), _MEASURED, fit)
+    if any(item.cached for item in stage.items):
+        print(f"sim: {sum(item.cached for item in stage.items)} reward model(s) loaded from {cache_dir(exp)}", file=sys.stderr)
+    variants = [{**{name: float(x) for name, x in zip(VARIANT, variant_Kx8[k])}, **item.measured, "cached": item.cached,
+                 "file": str(item.path)} for k, item in enumerate(stage.items)]
+    variants = [v | {"pairs": int(v["pairs"]), "seed": int(v["seed"])} for v in variants]
+    return Proxies(stage.params_R, stage.loss_KxS, variants, stage.seconds)
 
 def frozen_equal(before, after) -> bool:
     """Whether two proxies are bit-identical (the RL run must not have changed its reward model)."""

@@ -4,20 +4,14 @@ An edge module (file I/O and a progress bar), like experiment.py; the training i
 seeds of a sweep point share one reference (their RL sampling differs); points that differ only
 in numbers SFT does not read (learning rate, beta, reward weights, ...) share one too.
 
-A reference is stored as `<cache dir>/<key>.npz`; the key hashes everything that determines it:
-the task, the architecture, the SFT settings, the point's competences, the jax version and the
-source code of the modules that compute it (so editing them invalidates old entries). Files are
-written atomically, so concurrent runs can share a cache directory.
+A reference is stored as `<cache dir>/<key>.npz` by the shared cache stage (cache.py); the key
+hashes everything that determines it: the task, the architecture, the SFT settings, the point's
+competences, the jax version and the source code of the modules that compute it.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import os
 import sys
-import time
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -27,10 +21,10 @@ import numpy as np
 from tqdm import tqdm
 
 from sim import policies
-from sim.policies import estimates, sft
+from sim.policies import base, estimates, sft
+from sim.stages import cache
 from sim.tasks import toy as task_lib
 from sim.config import Experiment
-from sim.policies import base
 from sim.rl.train import auto_rows_per_chunk
 
 COMPETENCE_HPARAMS = ("competence_phi", "competence_phi_prime", "competence_spread")
@@ -46,41 +40,10 @@ def default_cache_dir() -> Path:
     return Path(root) / "sft"
 
 
-def _source_hash(kind: str) -> str:
-    modules = _SOURCES + policies.family(kind).sources
-    return hashlib.sha256("".join(inspect.getsource(m) for m in modules).encode()).hexdigest()
-
-
 def cache_key(exp: Experiment, competence_3: np.ndarray) -> str:
-    blob = json.dumps({
-        "task": asdict(exp.static.task), "arch": asdict(exp.static.arch), "sft": asdict(exp.sft),
-        "competence": [float(np.float32(c)) for c in competence_3],
-        "jax": jax.__version__, "source": _source_hash(exp.static.policy),
-    }, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:24]
-
-
-def save(path: Path, params, loss_S: np.ndarray, measured: dict, names: tuple[str, ...] = _MEASURED) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(params))}
-    arrays.update({"loss_S": loss_S}, **{f"measured_{k}": np.asarray(measured[k]) for k in names})
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def load(path: Path, template, names: tuple[str, ...] = _MEASURED) -> tuple[object, np.ndarray, dict] | None:
-    """(params, loss_S, measured), or None when absent or not shaped like `template` (then retrained)."""
-    leaves, treedef = jax.tree.flatten(template)
-    try:
-        with np.load(path) as f:
-            stored = [f[f"leaf_{i}"] for i in range(len(leaves))]
-            if f"leaf_{len(leaves)}" in f or any(s.shape != t.shape for s, t in zip(stored, leaves)):
-                return None
-            measured = {k: float(f[f"measured_{k}"]) for k in names}
-            return jax.tree.unflatten(treedef, stored), np.asarray(f["loss_S"]), measured
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # absent, truncated, or another format
-        return None
+    return cache.key({"task": asdict(exp.static.task), "arch": asdict(exp.static.arch), "sft": asdict(exp.sft),
+                      "competence": [float(np.float32(c)) for c in competence_3]},
+                     _SOURCES + policies.family(exp.static.policy).sources)
 
 
 class References(NamedTuple):
@@ -110,20 +73,16 @@ def prepare(exp: Experiment, hparams_R: dict[str, np.ndarray]) -> References:
     cache_dir = Path(exp.runtime.sft_cache).expanduser() if exp.runtime.sft_cache else default_cache_dir()
     paths = [cache_dir / f"{cache_key(exp, c)}.npz" for c in competence_Kx3]
     template = jax.eval_shape(policies.net(exp.static.arch, exp.static.task).init, jax.random.key(0))
-    found = [load(p, template) for p in paths]
-    missing = [k for k, f in enumerate(found) if f is None]
-    t0 = time.perf_counter()
-    if missing:
+
+    def fit(missing: list[int]):
         params_M, loss_MxS, measured = _train_missing(exp, competence_Kx3[missing])
-        for m, k in enumerate(missing):
-            params = jax.tree.map(lambda x: np.asarray(x[m]), params_M)
-            save(paths[k], params, loss_MxS[m], {name: v[m] for name, v in measured.items()})
-            found[k] = (params, loss_MxS[m], {name: float(v[m]) for name, v in measured.items()})
-    seconds = time.perf_counter() - t0
-    if len(missing) < len(found):
-        print(f"sim: {len(found) - len(missing)} SFT reference(s) loaded from {cache_dir}", file=sys.stderr)
-    params_K = jax.tree.map(lambda *xs: np.stack(xs), *[f[0] for f in found])
-    loss_KxS = np.stack([f[1] for f in found])
+        return [(jax.tree.map(lambda x: np.asarray(x[m]), params_M), loss_MxS[m],
+                 {name: float(v[m]) for name, v in measured.items()}) for m in range(len(missing))]
+
+    stage = cache.run(paths, point_R, template, _MEASURED, fit)
+    if any(item.cached for item in stage.items):
+        print(f"sim: {sum(item.cached for item in stage.items)} SFT reference(s) loaded from {cache_dir}", file=sys.stderr)
+    loss_KxS = stage.loss_KxS
     tail = max(1, exp.sft.steps // 10)
     points = [{
         **{name: float(c) for name, c in zip(COMPETENCE_HPARAMS, competence_Kx3[k])},
@@ -132,8 +91,7 @@ def prepare(exp: Experiment, hparams_R: dict[str, np.ndarray]) -> References:
                      "phi_prime": m["competence_phi_prime"], "phi_prime_se": m["competence_phi_prime_se"]},
         "final_loss": float(np.mean(loss_KxS[k, -tail:])),  # mean over the last 10% of steps
         "loss_floor": m["loss_floor"],
-        "cached": k not in missing,
-        "file": str(paths[k]),
-    } for k, (_, _, m) in enumerate(found)]
-    params_R = jax.tree.map(lambda x: x[point_R], params_K)
-    return References(params_R, loss_KxS, points, seconds)
+        "cached": item.cached,
+        "file": str(item.path),
+    } for k, (item, m) in enumerate((i, i.measured) for i in stage.items)]
+    return References(stage.params_R, loss_KxS, points, stage.seconds)

@@ -6,7 +6,7 @@ import importlib.metadata
 
 import pytest
 
-from tests.lm.tiny import write_tiny
+from tests.lm.tiny import write_tiny, write_tiny_qwen2
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,9 @@ def smollm2(smollm2_tokenizer):
     from sim.lm import weights as checkpoint
     cfg, params = checkpoint.load("smollm2-135m")
     return cfg, params, smollm2_tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(tmp_path_factory) -> dict:
+    """write_tiny_qwen2's dict: q/k/v biases, untied head, rope theta 1e6, Qwen2's tokenizer."""
+    return write_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"))

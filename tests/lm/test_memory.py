@@ -6,6 +6,8 @@ shapes), so the test is quick. The whole-process figure (with the runtime) is ch
 measured peak RSS by `python -m sim.bench lm` (docs/real-models.md)."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -75,6 +77,19 @@ def test_the_estimate_is_within_25_percent_of_xlas_memory_analysis(P, G, N, T, r
     ours = est["base"] + est["state"] + est["step"]  # what the step program holds; runtime and evaluation aside
     print(f"estimate {ours / 2**20:.0f} MiB, XLA {xla / 2**20:.0f} MiB")
     assert 0.75 <= ours / xla <= 1.25
+
+
+def test_a_position_split_adapters_state_is_both_of_its_sets():
+    """Each run's state (adapters and Adam's two moments, float32) counts the elements that
+    init_lora really makes: twice the one-set adapters under policy.lora.split."""
+    one, split = _static(8, 4, 16, 2, True, False), _static(8, 4, 16, 2, True, False)
+    split = Static(**{**split.__dict__, "lm": dataclasses.replace(split.lm, lora_split="reward_positions")})
+    for static, sets in ((one, 1), (split, 2)):
+        shapes = jax.eval_shape(lambda k: pretrained.init_lora(CFG, static.lm.lora_targets, 8, k, sets),
+                                jax.random.key(0))
+        elements = sum(x.size for x in jax.tree.leaves(shapes))
+        assert memory.estimate(CFG, static, 3, 20, 2)["state"] == 3 * 3 * 4 * elements
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == 2 * memory.lora_count(CFG, 8, split.lm.lora_targets)
 
 
 def test_a_config_over_the_machines_memory_is_refused_in_one_line():

@@ -3,6 +3,8 @@ architecture's definition (per-head loops, explicit repeat of key/value heads, r
 a triangular mask); the key/value cache against the full forward pass; left padding; remat."""
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,6 +157,143 @@ def test_remat_gives_the_same_gradients():
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0)) > 1e-3  # gradients are not all zero
+
+
+# ---------------------------------------------------------------- position-split LoRA adapters
+# Two prompts of 5 slots (the second left-padded by 2), two responses of 6 tokens to each. Slot j of
+# a [prompt; response] sequence predicts the token at slot j + 1, at response position j + 1 - 5;
+# the boundary (phi_prime's first position) is response position 3: slots predicting positions < 3
+# (every prompt slot, and response slots 0 and 1) use adapter set 0, the others set 1. Written
+# here from that definition, not by sim's helper.
+SPLIT_T, SPLIT_N, SPLIT_G, SPLIT_AT = 5, 6, 2, 3
+PREDICTS_L = np.arange(SPLIT_T + SPLIT_N) + 1 - SPLIT_T
+SET1_L = PREDICTS_L >= SPLIT_AT
+BEFORE_L = PREDICTS_L < SPLIT_AT
+SPLIT_PATHS = ["whole sequences", "prompt once"]
+
+
+def _split_data(cfg):
+    rng = np.random.default_rng(11)
+    prompts = rng.integers(0, cfg.vocab, (2, SPLIT_T), np.int32)
+    pmask = np.arange(SPLIT_T)[None, :] >= np.array([0, 2])[:, None]
+    tokens = rng.integers(0, cfg.vocab, (2 * SPLIT_G, SPLIT_N), np.int32)
+    return prompts, pmask, tokens
+
+
+def _split_adapters(cfg, key, sets=2, rank=3) -> dict:
+    """Random adapters, A and B both non-zero, with a set axis of `sets` after the layer axis (None: no axis)."""
+    keys = iter(jax.random.split(key, 14))
+    lead = (cfg.layers,) if sets is None else (cfg.layers, sets)
+    return {name: {"a": 0.2 * jax.random.normal(next(keys), (*lead, i, rank)),
+                   "b": 0.2 * jax.random.normal(next(keys), (*lead, rank, o))}
+            for name, (i, o) in model.lora_shapes(cfg, ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")).items()}
+
+
+def _with(base, adapters):
+    return base | {"blocks": base["blocks"] | {"lora": adapters}}
+
+
+@jax.jit
+def _swap_set(adapters, other, which):
+    """`adapters` with set `which` (0 or 1) taken from `other`."""
+    return jax.tree.map(lambda x, y: jnp.where((jnp.arange(2) == which)[None, :, None, None], y, x), adapters, other)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _split_logits(path, cfg, params, set_L):
+    """Logits B x L x V of the [prompt; response] sequences: teacher forcing of whole sequences
+    (model.hidden) or each prompt computed once (model.hidden_grouped). set_L: each slot's adapter
+    set (True: set 1), or None for one adapter set."""
+    prompts, pmask, tokens = _split_data(cfg)
+    if path == "whole sequences":
+        ids = np.concatenate([np.repeat(prompts, SPLIT_G, 0), tokens], 1)
+        mask = np.concatenate([np.repeat(pmask, SPLIT_G, 0), np.ones(tokens.shape, bool)], 1)
+        return model.forward(params, cfg, ids, model.positions_from_mask(mask), mask, False, 0.5,
+                             None if set_L is None else set_L[None])
+    sets = None if set_L is None else (set_L[:SPLIT_T], set_L[SPLIT_T:])
+    h_P, h_B = model.hidden_grouped(params, cfg, prompts, pmask, tokens, False, 0.5, sets)
+    return jnp.concatenate([jnp.repeat(model.head(params, cfg, h_P), SPLIT_G, 0), model.head(params, cfg, h_B)], 1)
+
+
+def _valid_L(cfg):
+    """Slots that are real in every row (the second prompt's padding excluded)."""
+    return np.arange(SPLIT_T + SPLIT_N) >= 2
+
+
+@pytest.mark.parametrize("path", SPLIT_PATHS)
+def test_set_1_of_a_split_adapter_leaves_the_logits_before_the_boundary_exactly_unchanged(tiny, path):
+    """Changing set 1 changes not one bit of the logits that predict positions before the boundary
+    (prompt slots included) and changes every logit from it on. Changing set 0 changes the logits
+    on both sides: the later slots attend to the earlier slots' keys and values, computed with set 0
+    (the context a causal model cannot split), so that is expected."""
+    cfg, base = tiny["cfg"], jax.tree.map(jnp.asarray, tiny["params"])
+    adapters, other = _split_adapters(cfg, jax.random.key(1)), _split_adapters(cfg, jax.random.key(2))
+    logits = np.asarray(_split_logits(path, cfg, _with(base, adapters), SET1_L))
+    new_set1 = np.asarray(_split_logits(path, cfg, _with(base, _swap_set(adapters, other, 1)), SET1_L))
+    new_set0 = np.asarray(_split_logits(path, cfg, _with(base, _swap_set(adapters, other, 0)), SET1_L))
+    valid = _valid_L(cfg)
+    # (a padded slot sees no key, so its softmax is uniform over every slot: garbage that callers mask)
+    np.testing.assert_array_equal(new_set1[:, BEFORE_L & valid], logits[:, BEFORE_L & valid])
+    change = lambda a, where: np.abs(a - logits)[:, where & valid].max(axis=(0, 2))  # noqa: E731  per slot
+    assert change(new_set1, SET1_L).min() > 1e-3  # every slot from the boundary on moved
+    assert change(new_set0, BEFORE_L).min() > 1e-3 and change(new_set0, SET1_L).min() > 1e-3
+
+
+@pytest.mark.parametrize("path", SPLIT_PATHS)
+def test_a_split_adapter_with_both_sets_equal_is_the_unsplit_adapter(tiny, path):
+    cfg, base = tiny["cfg"], jax.tree.map(jnp.asarray, tiny["params"])
+    one = _split_adapters(cfg, jax.random.key(3), sets=None)
+    both = jax.tree.map(lambda x: jnp.stack([x, x], 1), one)
+    unsplit = np.asarray(_split_logits(path, cfg, _with(base, one), None))
+    split = np.asarray(_split_logits(path, cfg, _with(base, both), SET1_L))
+    valid = _valid_L(cfg)
+    np.testing.assert_allclose(split[:, valid], unsplit[:, valid], rtol=1e-6, atol=1e-6)
+    assert np.abs(unsplit - np.asarray(_split_logits(path, cfg, base, None)))[:, valid].max() > 1e-2  # adapters matter
+
+
+@pytest.mark.parametrize("path", SPLIT_PATHS)
+def test_no_gradient_reaches_set_1_from_the_logits_before_the_boundary(tiny, path):
+    """The gradient of log-probs at the slots predicting positions < boundary (phi's window) with
+    respect to set 1 is exactly zero; from the slots after it, it is not (the test can fail)."""
+    cfg, base = tiny["cfg"], jax.tree.map(jnp.asarray, tiny["params"])
+    _, _, tokens = _split_data(cfg)
+    targets_BxL = np.concatenate([np.zeros((tokens.shape[0], SPLIT_T - 1), np.int32), tokens, tokens[:, :1]], 1)
+
+    def log_probs(adapters, window_L):
+        logp = jax.nn.log_softmax(_split_logits(path, cfg, _with(base, adapters), SET1_L))
+        picked = jnp.take_along_axis(logp, targets_BxL[..., None], -1)[..., 0]
+        return jnp.sum(picked * (window_L & _valid_L(cfg)))
+
+    adapters = _split_adapters(cfg, jax.random.key(4))
+    grad = jax.jit(jax.grad(log_probs))  # one compile: the window is an argument
+    before, after = grad(adapters, BEFORE_L), grad(adapters, SET1_L)
+    for g in jax.tree.leaves(before):
+        assert np.all(np.asarray(g)[:, 1] == 0)
+    assert max(float(jnp.abs(g[:, 0]).max()) for g in jax.tree.leaves(before)) > 1e-4
+    assert min(float(jnp.abs(g[:, 1]).max()) for g in jax.tree.leaves(after)) > 1e-6
+
+
+def test_a_split_adapter_in_the_kv_cache_gives_the_teacher_forced_logits(tiny):
+    """Prefill the prompts, then decode the responses one token at a time, each new token's slot
+    with its own set: the logits of teacher forcing with the split, which differ from set 0 alone."""
+    cfg, base = tiny["cfg"], jax.tree.map(jnp.asarray, tiny["params"])
+    params = _with(base, _split_adapters(cfg, jax.random.key(5)))
+    prompts, pmask, tokens = _split_data(cfg)
+    ids = np.concatenate([np.repeat(prompts, SPLIT_G, 0), tokens], 1)
+    mask = np.concatenate([np.repeat(pmask, SPLIT_G, 0), np.ones(tokens.shape, bool)], 1)
+    pos, T, B = model.positions_from_mask(mask), SPLIT_T, ids.shape[0]
+    cache = model.init_cache(cfg, B, ids.shape[1])
+    h, cache = hidden_cached(params, cfg, ids[:, :T], pos[:, :T], mask, cache, 0, 0.5, SET1_L[None, :T])
+    steps = [model.head(params, cfg, h)]
+    for t in range(T, ids.shape[1]):
+        h, cache = hidden_cached(params, cfg, ids[:, t:t + 1], pos[:, t:t + 1], mask, cache, t, 0.5, SET1_L[None, t:t + 1])
+        steps.append(model.head(params, cfg, h))
+    cached = np.concatenate(steps, 1)
+    valid = _valid_L(cfg)
+    teacher = np.asarray(_split_logits("whole sequences", cfg, params, SET1_L))
+    np.testing.assert_allclose(cached[:, valid], teacher[:, valid], rtol=1e-5, atol=1e-5)
+    set0_only = np.asarray(_split_logits("whole sequences", cfg, params, np.zeros_like(SET1_L)))
+    assert np.abs(set0_only - teacher)[:, valid & SET1_L].max() > 1e-3
 
 
 # Ordinary English prose written for this test (97 tokens with SmolLM2's tokenizer).

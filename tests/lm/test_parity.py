@@ -1,11 +1,13 @@
-"""Optional parity with transformers: sim's Llama vs `LlamaForCausalLM` on the same tiny checkpoint.
+"""Optional parity with transformers: sim's model vs `LlamaForCausalLM` and `Qwen2ForCausalLM` on the
+same tiny checkpoints.
 
 Skipped (with the reason) when torch or transformers is not importable: sim's own environment has
-neither, on purpose. To run it, use the peer environment of experiments/trl/requirements.txt:
+neither, on purpose. To run it, use the peer environment of experiments/trl/requirements.txt, with
+sim's own jax, optax, hydra-core and pytest installed into it, and without the xdist options:
 
-    PYTHONPATH=$PWD /work/peer-venv/bin/python -m pytest -q tests/lm/test_parity.py
+    PYTHONPATH=$PWD /work/peer-venv/bin/python -m pytest -q -s -o addopts="" tests/lm/test_parity.py
 
-transformers reads the HF directory (and the GGUF file) that tests/lm/tiny.py writes; sim reads
+transformers reads the HF directories (and the GGUF files) that tests/lm/tiny.py writes; sim reads
 them with sim.lm.weights.load. Both run in float32 on the CPU. The tolerance, 1e-4 of the
 largest |logit|, is float32 round-off for a 2-layer model (the measured difference is ~1e-6
 relative); a wrong rotary layout, a missing norm or a transposed weight gives O(1) differences.
@@ -72,3 +74,18 @@ def test_gguf_logits_match_transformers(tiny, batch):
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                            dtype=torch.float32).eval()
     assert_close(sim_logits(path, ids, mask), hf_logits(hf, ids, mask), mask, "GGUF")
+
+
+@pytest.mark.parametrize("source", ["hf_dir", "gguf"])
+def test_qwen2_logits_match_transformers(tiny_qwen2, batch, source):
+    """Qwen2 (q/k/v biases, rope theta 1e6, untied head): from its HF directory and from its GGUF,
+    whose Q/K rows llama.cpp does not permute for this architecture."""
+    ids, mask = batch
+    path = tiny_qwen2[source]
+    if source == "hf_dir":
+        hf = transformers.Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    else:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                               dtype=torch.float32).eval()
+    assert type(hf).__name__ == "Qwen2ForCausalLM"
+    assert_close(sim_logits(path, ids, mask), hf_logits(hf, ids, mask), mask, f"Qwen2 {source}")

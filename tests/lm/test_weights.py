@@ -12,7 +12,9 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from sim.config_values import ConfigError
 from sim.lm import weights as ck
+from sim.lm.families.llama import unpermute_qk
 from sim.lm.config import LMConfig
 from tests.lm.tiny import QUANT, hf_state, write_tiny
 
@@ -65,7 +67,7 @@ def test_gguf_stores_qk_permuted_and_the_loader_undoes_it(tiny):
                 np.testing.assert_array_equal(raw[base + 2 * j], hf_rows[base + j])
                 np.testing.assert_array_equal(raw[base + 2 * j + 1], hf_rows[base + half + j])
         np.testing.assert_array_equal(np.asarray(loaded["blocks"][key][0]).T, hf_rows)
-    wrong = ck.unpermute_qk(stored["blk.0.attn_k.weight"], cfg.heads)
+    wrong = unpermute_qk(stored["blk.0.attn_k.weight"], cfg.heads)
     assert not np.array_equal(wrong, orig["wk"][0].T)
 
 
@@ -137,7 +139,7 @@ def test_config_json_round_trip():
 
 def one_line(excinfo) -> str:
     msg = str(excinfo.value)
-    assert "\n" not in msg and isinstance(excinfo.value, ck.ConfigError)
+    assert "\n" not in msg and isinstance(excinfo.value, ConfigError)
     return msg
 
 

@@ -6,10 +6,19 @@
       gguf_quant  Path: the same, with some tensors quantised (QUANT below) to exercise dequantising
       cfg         LMConfig (2 layers, d=64, 4 heads / 2 KV heads of 16, FFN 128, vocab ~300)
       params      the original weights, numpy float32, in sim/lm/config.py's layout
+    write_tiny_qwen2(directory, *, seed=0, tied=False) -> the same dict for a Qwen2 checkpoint
 
 The tokenizer is a byte-level BPE trained here on a few sentences (SmolLM2's pre-tokenizer:
 single digits, then GPT-2's split; special tokens <|endoftext|> <|im_start|> <|im_end|> =
 ids 0, 1, 2; BOS 1, EOS = PAD 2 as in SmolLM2) with a ChatML chat template.
+
+The Qwen2 checkpoint has q/k/v biases (larger than Llama's test biases, so they matter), an untied
+head by default, rope theta 1e6 and RMSNorm eps 1e-6; its config.json is written as transformers'
+Qwen2Config writes it (no attention_bias key, sliding-window fields off); its tokenizer uses
+Qwen2's pre-tokenizer regex (tokenizer.json's Split + ByteLevel; GGUF tokenizer.ggml.pre "qwen2"),
+BOS = PAD = <|endoftext|> (0) and EOS = <|im_end|> (2) as Qwen2.5-Instruct has them (its config.json
+has no pad id: cfg.pad_id is None, and the GGUF's is the tokenizer's, 0); its GGUF has
+architecture "qwen2" and Q/K rows as HF has them (llama.cpp's Qwen2 converter does not permute).
 
 Everything here is written independently of sim/lm/weights.py (its own HF names, its own
 llama.cpp permutation, gguf's own writer), so a test comparing the two formats can fail.
@@ -22,7 +31,7 @@ from pathlib import Path
 
 import gguf
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from sim.lm.config import LMConfig
 
@@ -47,12 +56,27 @@ QUANT = {"attn_q.weight": gguf.GGMLQuantizationType.Q8_0, "attn_k.weight": gguf.
          "ffn_gate.weight": gguf.GGMLQuantizationType.Q4_1, "attn_output.weight": gguf.GGMLQuantizationType.F16}
 
 
+# Qwen2's tokenizer.json: Split on this regex (isolated), then ByteLevel without its own regex
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_BOS, QWEN2_EOS, QWEN2_PAD = 0, 2, 0  # PAD: the tokenizer's and the GGUF's; Qwen2's config.json has none
+
+
+def tokenizer_pad(cfg: LMConfig) -> int:
+    return cfg.pad_id if cfg.pad_id is not None else QWEN2_PAD
+
+
 def make_tokenizer(pre: str = "smollm") -> Tokenizer:
-    """Byte-level BPE with SmolLM2's pre-tokenizer (pre="smollm") or GPT-2's (pre="gpt-2")."""
+    """Byte-level BPE with SmolLM2's pre-tokenizer (pre="smollm"), GPT-2's (pre="gpt-2") or
+    Qwen2's (pre="qwen2")."""
     tok = Tokenizer(models.BPE())
     gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    qwen2 = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.pre_tokenizer = {"smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2]),
-                         "gpt-2": gpt2}[pre]
+                         "gpt-2": gpt2, "qwen2": qwen2}[pre]
+    if pre == "qwen2":
+        tok.normalizer = normalizers.NFC()  # Qwen2's tokenizer.json has it (llama.cpp does not apply it)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL, show_progress=False,
@@ -61,7 +85,7 @@ def make_tokenizer(pre: str = "smollm") -> Tokenizer:
     return tok
 
 
-def random_params(cfg: LMConfig, seed: int = 0) -> dict:
+def random_params(cfg: LMConfig, seed: int = 0, bias_scale: float = 0.1) -> dict:
     """Weights at the scales of a trained model (unit-ish activations), float32, config.py's layout."""
     rng = np.random.default_rng(seed)
     N, D, F, V = cfg.layers, cfg.d_model, cfg.ffn, cfg.vocab
@@ -77,7 +101,8 @@ def random_params(cfg: LMConfig, seed: int = 0) -> dict:
               "wo": mat(N, Q, D), "mlp_norm": norm(N, D), "w_gate": mat(N, D, F), "w_up": mat(N, D, F),
               "w_down": mat(N, F, D)}
     if cfg.attn_bias:
-        blocks.update(bq=0.1 * mat(N, 1, Q)[:, 0], bk=0.1 * mat(N, 1, KV)[:, 0], bv=0.1 * mat(N, 1, KV)[:, 0])
+        blocks.update(bq=bias_scale * mat(N, 1, Q)[:, 0], bk=bias_scale * mat(N, 1, KV)[:, 0],
+                      bv=bias_scale * mat(N, 1, KV)[:, 0])
     params = {"embed": rng.standard_normal((V, D)).astype(np.float32), "blocks": blocks,
               "final_norm": norm(D)}
     if not cfg.tied_embeddings:
@@ -112,7 +137,8 @@ def hf_state(cfg: LMConfig, params: dict) -> dict[str, np.ndarray]:
 
 
 def gguf_state(cfg: LMConfig, params: dict) -> dict[str, np.ndarray]:
-    """GGUF tensor name -> float32 tensor as llama.cpp's converter writes it (Q/K rows permuted)."""
+    """GGUF tensor name -> float32 tensor as llama.cpp's converter writes it (Q/K rows permuted for
+    Llama; as they are for Qwen2)."""
     hf = hf_state(cfg, params)
     out = {"token_embd.weight": hf["model.embed_tokens.weight"], "output_norm.weight": hf["model.norm.weight"]}
     if "lm_head.weight" in hf:
@@ -127,32 +153,42 @@ def gguf_state(cfg: LMConfig, params: dict) -> dict[str, np.ndarray]:
         for h, g in names.items():
             if (w := hf.get(f"model.layers.{i}.{h}")) is None:
                 continue
-            if g.startswith("attn_q."):
+            if cfg.family == "llama" and g.startswith("attn_q."):
                 w = llamacpp_permute(w, cfg.heads)
-            elif g.startswith("attn_k."):
+            elif cfg.family == "llama" and g.startswith("attn_k."):
                 w = llamacpp_permute(w, cfg.kv_heads)
             out[f"blk.{i}.{g}"] = np.ascontiguousarray(w)
     return out
+
+
+def hf_config(cfg: LMConfig) -> dict:
+    """config.json as transformers' LlamaConfig / Qwen2Config (4.x, as the Hub's files are) write it."""
+    sizes = {"vocab_size": cfg.vocab, "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn,
+             "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads,
+             "hidden_act": "silu", "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps,
+             "tie_word_embeddings": cfg.tied_embeddings, "max_position_embeddings": cfg.max_positions,
+             "bos_token_id": cfg.bos_id, "eos_token_id": cfg.eos_id, "torch_dtype": "float32"}
+    if cfg.family == "qwen2":  # Qwen2Config: no attention_bias (always biased), no head_dim, no pad id
+        assert cfg.head_dim * cfg.heads == cfg.d_model
+        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **sizes, "attention_dropout": 0.0,
+                "initializer_range": 0.02, "max_window_layers": cfg.layers, "sliding_window": cfg.max_positions,
+                "use_sliding_window": False, "use_cache": True, "transformers_version": "4.43.1"}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **sizes, "head_dim": cfg.head_dim,
+            "rope_scaling": None, "attention_bias": cfg.attn_bias, "pad_token_id": cfg.pad_id}
 
 
 def write_hf(directory: Path, cfg: LMConfig, params: dict, tok: Tokenizer) -> Path:
     from safetensors.numpy import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab,
-              "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn, "num_hidden_layers": cfg.layers,
-              "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.kv_heads,
-              "head_dim": cfg.head_dim, "hidden_act": "silu", "rope_theta": cfg.rope_theta,
-              "rope_scaling": None, "rms_norm_eps": cfg.norm_eps, "tie_word_embeddings": cfg.tied_embeddings,
-              "attention_bias": cfg.attn_bias, "max_position_embeddings": cfg.max_positions,
-              "bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD, "torch_dtype": "float32"}
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    (directory / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
     save_file(hf_state(cfg, params), str(directory / "model.safetensors"), metadata={"format": "pt"})
     tok.save(str(directory / "tokenizer.json"))
+    bos = SPECIAL[cfg.bos_id] if cfg.family == "llama" else None  # Qwen2's tokenizer_config has bos_token null
     (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "bos_token": SPECIAL[BOS], "eos_token": SPECIAL[EOS],
-        "pad_token": SPECIAL[PAD], "unk_token": SPECIAL[0], "add_prefix_space": False,
-        "clean_up_tokenization_spaces": False, "model_max_length": cfg.max_positions,
+        "tokenizer_class": "GPT2Tokenizer" if cfg.family == "llama" else "Qwen2Tokenizer", "bos_token": bos,
+        "eos_token": SPECIAL[cfg.eos_id], "pad_token": SPECIAL[tokenizer_pad(cfg)], "unk_token": SPECIAL[0] if bos else None,
+        "add_prefix_space": False, "clean_up_tokenization_spaces": False, "model_max_length": cfg.max_positions,
         "chat_template": CHAT_TEMPLATE}, indent=2))
     return directory
 
@@ -162,19 +198,22 @@ def write_gguf(path: Path, cfg: LMConfig, params: dict, tok: Tokenizer, quant: d
     """A GGUF file as llama.cpp's converter writes it; `quant`: tensor name suffix -> GGML type;
     `pre`: tokenizer.ggml.pre (name of the pre-tokenizer `tok` was trained with)."""
     quant = quant or {}
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), cfg.family)  # general.architecture, and the prefix of the keys below
     w.add_block_count(cfg.layers)
     w.add_context_length(cfg.max_positions)
     w.add_embedding_length(cfg.d_model)
     w.add_feed_forward_length(cfg.ffn)
     w.add_head_count(cfg.heads)
     w.add_head_count_kv(cfg.kv_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
+    llama = cfg.family == "llama"  # Qwen2's converter leaves out head_dim (= d / heads) and the vocabulary size
+    if llama:
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_rope_dimension_count(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_vocab_size(cfg.vocab)
+    if llama:
+        w.add_vocab_size(cfg.vocab)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list([tok.id_to_token(i) for i in range(tok.get_vocab_size())])
@@ -183,9 +222,9 @@ def write_gguf(path: Path, cfg: LMConfig, params: dict, tok: Tokenizer, quant: d
                        for i in range(tok.get_vocab_size())])
     merges = json.loads(tok.to_str())["model"]["merges"]
     w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    w.add_bos_token_id(BOS)
-    w.add_eos_token_id(EOS)
-    w.add_pad_token_id(PAD)
+    w.add_bos_token_id(cfg.bos_id)
+    w.add_eos_token_id(cfg.eos_id)
+    w.add_pad_token_id(tokenizer_pad(cfg))
     w.add_add_bos_token(add_bos)
     w.add_chat_template(CHAT_TEMPLATE)
     for name, t in gguf_state(cfg, params).items():
@@ -214,4 +253,18 @@ def write_tiny(directory, *, seed: int = 0, tied: bool = False, attn_bias: bool 
     return dict(hf_dir=write_hf(directory / "hf", cfg, params, tok),
                 gguf=write_gguf(directory / "tiny-f32.gguf", cfg, params, tok),
                 gguf_quant=write_gguf(directory / "tiny-quant.gguf", cfg, params, tok, QUANT),
+                cfg=cfg, params=params)
+
+
+def write_tiny_qwen2(directory, *, seed: int = 0, tied: bool = False) -> dict:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = make_tokenizer("qwen2")
+    cfg = LMConfig(family="qwen2", vocab=tok.get_vocab_size(), rope_theta=1e6, norm_eps=1e-6,
+                   tied_embeddings=tied, attn_bias=True, max_positions=256,
+                   bos_id=QWEN2_BOS, eos_id=QWEN2_EOS, pad_id=None, **SIZES)
+    params = random_params(cfg, seed, bias_scale=1.0)
+    return dict(hf_dir=write_hf(directory / "hf", cfg, params, tok),
+                gguf=write_gguf(directory / "tiny-qwen2-f32.gguf", cfg, params, tok, pre="qwen2"),
+                gguf_quant=write_gguf(directory / "tiny-qwen2-quant.gguf", cfg, params, tok, QUANT, pre="qwen2"),
                 cfg=cfg, params=params)

@@ -13,6 +13,7 @@ import pytest
 
 from sim.rl import step
 from sim.config import Static
+from sim.config_values import ConfigError
 from sim.lm import model
 from sim.lm.config import LMConfig
 from sim.policies import pretrained
@@ -193,8 +194,8 @@ def test_a_model_sharded_over_runtime_mesh_trains_to_the_same_numbers(frozen):
 
 
 # ---------------------------------------------------------------- LoRA adapters: many runs, one base
-def _lora(static: Static, rank: int = 2, runs_per_block: int = 8, **kw) -> Static:
-    return dataclasses.replace(static, lm=dataclasses.replace(static.lm, adapter="lora", lora_rank=rank,
+def _lora(static: Static, rank: int = 2, runs_per_block: int = 8, split: str = "none", **kw) -> Static:
+    return dataclasses.replace(static, lm=dataclasses.replace(static.lm, adapter="lora", lora_rank=rank, lora_split=split,
                                                               lora_alpha=2.0 * rank, runs_per_block=runs_per_block, **kw))
 
 
@@ -303,3 +304,100 @@ def test_a_lora_runs_checkpoint_holds_its_adapters_and_their_optimizer_state_not
     assert state_elems / 2 < base_elems  # per run: no copy of the base
     shapes = {x.shape[1:] for x in jax.tree.leaves(snap.state.params)}
     assert not shapes & {x.shape for x in jax.tree.leaves(frozen.params)}
+
+
+# ---------------------------------------------------------------- position-split adapters
+# TASK: phi on response positions 0-2, phi_prime on 3-5, so the boundary is 3: the slots that
+# predict tokens 0-2 (the prompt's last slot and response slots 0, 1) use set 0, the others set 1.
+PHI_WINDOW, PHI_PRIME_WINDOW = np.arange(L) < 3, np.arange(L) >= 3
+
+
+def _split_policy(frozen, temperature: float = 1.0):
+    """A position-split LoRA policy and random non-zero adapters for it (A and B of both sets)."""
+    static = _lora(_static(temperature=temperature), split="reward_positions")
+    policy = _policy(static, frozen)
+    init = policy.init()
+    leaves, tree = jax.tree.flatten(init)
+    keys = jax.random.split(jax.random.key(21), len(leaves))
+    adapters = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    return static, policy, adapters
+
+
+def test_a_split_run_starts_with_two_copies_of_its_seeds_unsplit_adapters_at_the_reference(frozen):
+    static, policy, _ = _split_policy(frozen)
+    unsplit = _policy(_lora(_static()), frozen).init()
+    adapters = policy.init()
+    for name in pretrained.LORA_TARGETS:
+        for m in ("a", "b"):
+            assert adapters[name][m].shape == (CFG.layers, 2, *unsplit[name][m].shape[1:])
+            for s in (0, 1):
+                np.testing.assert_array_equal(adapters[name][m][:, s], unsplit[name][m])
+    prompts_B, tokens_BxL = prompt_major(3, 2), jax.random.randint(jax.random.key(1), (6, L), 0, 32)
+    np.testing.assert_array_equal(policy.log_probs(adapters, prompts_B, tokens_BxL),
+                                  policy.log_probs({}, prompts_B, tokens_BxL))
+
+
+def test_phis_log_probs_send_exactly_no_gradient_to_set_1(frozen):
+    """The gradient of phi's window's log-probs (positions 0-2) with respect to set 1 is exactly 0,
+    through the training step's grouped log-probs and through the plain ones; phi_prime's window
+    (3-5) gives set 1 a gradient, so the test can fail."""
+    _, policy, adapters = _split_policy(frozen)
+    G = 2
+    prompts_P, prompts_B = jnp.arange(3), prompt_major(3, G)
+    tokens_BxL = jax.random.randint(jax.random.key(2), (3 * G, L), 3, 32)
+
+    @jax.jit
+    def grads(params, window_L):
+        grouped = jax.grad(lambda p: jnp.sum(policy.group_log_probs(p, prompts_P, tokens_BxL) * window_L))(params)
+        plain = jax.grad(lambda p: jnp.sum(policy.log_probs(p, prompts_B, tokens_BxL) * window_L))(params)
+        return grouped, plain
+
+    for g in jax.tree.leaves(grads(adapters, PHI_WINDOW)):
+        assert np.all(np.asarray(g)[:, 1] == 0) and float(jnp.abs(g[:, 0]).max()) > 1e-5
+    assert all(float(jnp.abs(g[:, 1]).max()) > 1e-6 for g in jax.tree.leaves(grads(adapters, PHI_PRIME_WINDOW)))
+
+
+def test_the_cached_sampler_and_teacher_forcing_agree_with_a_split_adapter(frozen):
+    """At a temperature near 0 the sampler (prefill, then the KV cache) draws the greedy tokens, so
+    every sampled token must be the argmax of the teacher-forced logits of the same split adapters,
+    i.e. its teacher-forced log-prob is the largest. With set 0 alone on every slot teacher forcing
+    prefers other tokens after the boundary: the sampler's choice of set is what is tested."""
+    _, policy, adapters = _split_policy(frozen, temperature=1e-4)
+    G = 2
+    prompts_P = jnp.arange(3)
+    tokens_BxL = policy.sample(adapters, jax.random.key(3), G)
+    logits_BxLxV = np.asarray(policy.group_token_logits(adapters, prompts_P, tokens_BxL))
+    np.testing.assert_array_equal(np.argmax(logits_BxLxV, -1), np.asarray(tokens_BxL))
+    logp_BxL = np.asarray(policy.group_log_probs(adapters, prompts_P, tokens_BxL))
+    np.testing.assert_allclose(logp_BxL, jax.nn.log_softmax(logits_BxLxV, -1).max(-1), atol=1e-3)
+    set0 = jax.tree.map(lambda x: jnp.stack([x[:, 0], x[:, 0]], 1), adapters)
+    set0_argmax = np.argmax(np.asarray(policy.group_token_logits(set0, prompts_P, tokens_BxL)), -1)
+    assert np.array_equal(set0_argmax[:, :3], np.asarray(tokens_BxL)[:, :3])  # before the boundary: set 0 alone
+    assert not np.array_equal(set0_argmax[:, 3:], np.asarray(tokens_BxL)[:, 3:])
+
+
+def test_the_split_boundary_is_phi_primes_first_position_and_phi_must_come_before_it():
+    settings = dataclasses.replace(_lora(_static()).lm, lora_split="reward_positions")
+    assert pretrained.split_boundary(settings, TASK) == 3
+    assert pretrained.split_boundary(_lora(_static()).lm, TASK) is None
+    swapped = dataclasses.replace(TASK, phi=TASK.phi_prime, phi_prime=TASK.phi)
+    with pytest.raises(ConfigError) as info:
+        pretrained.split_boundary(settings, swapped)
+    text = str(info.value)
+    assert text.startswith("policy.lora.split=reward_positions: needs task.phi.positions") and "\n" not in text
+
+
+def test_the_split_key_parses_and_a_split_run_trains_both_sets_from_the_reference(frozen):
+    """policy.lora.split from the config; 2 seeds of a split run in one block: KL 0 at the start,
+    then both sets move (phi's and phi_prime's positions both have rewards)."""
+    from sim.config import parse
+    from tests.conftest import compose_plain
+
+    lm = parse(compose_plain(["task=text", "policy=pretrained", "policy.lora.split=reward_positions"])).static.lm
+    assert lm.lora_split == "reward_positions" and lm.lora_sets == 2
+    assert parse(compose_plain(["task=text", "policy=pretrained"])).static.lm.lora_split == "none"
+    static = _lora(_static(steps=2, log_every=1), runs_per_block=2, split="reward_positions")
+    result = make_train(static)(_hp_R(2), run_keys([0, 1]), shared=frozen)
+    assert np.all(result.metrics["kl"][0] == 0) and np.all(result.metrics["kl"][-1] > 0)
+    b = np.asarray(result.state.params["wq"]["b"])  # R x layers x sets x rank x out
+    assert float(np.abs(b[:, :, 0]).max()) > 1e-5 and float(np.abs(b[:, :, 1]).max()) > 1e-5

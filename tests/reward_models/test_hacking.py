@@ -52,3 +52,10 @@ def test_gao_fit_places_its_peak_and_says_when_it_lies_beyond_the_data():
     assert not short["peak_in_data"] and short["d_peak"] > short["d_max"]
     rising = hacking.gao_fit(np.linspace(0.1, 2, 30), hacking.gao_curve(np.linspace(0.1, 2, 30), 1.0, -0.2))
     assert rising["d_peak"] is None and not rising["peak_in_data"]
+
+
+def test_gold_at_d_interpolates_where_the_run_first_reaches_d():
+    d_T, gold_T = np.array([0.0, 1.0, 2.0, 1.5, 3.0]), np.array([0.0, 2.0, 4.0, 9.0, 1.0])
+    assert hacking.gold_at_d(d_T, gold_T, 1.5) == 3.0  # between rows 1 and 2, not row 3's later 1.5
+    assert hacking.gold_at_d(d_T, gold_T, 2.0) == 4.0 and hacking.gold_at_d(d_T, gold_T, 0.0) == 0.0
+    assert np.isnan(hacking.gold_at_d(d_T, gold_T, 3.5))  # never reached

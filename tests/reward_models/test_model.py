@@ -109,3 +109,40 @@ def test_config_group():
         with pytest.raises(ConfigError, match=None) as e:
             experiment(["reward_model=linear", bad])
         assert str(e.value).startswith(words) and "\n" not in str(e.value), str(e.value)
+
+
+def test_ensemble_objectives_over_known_member_scores():
+    scores_KxB = jnp.array([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # 3 members x 2 responses
+    # by hand: means (2, 1); minima (1, 0); population variances (2/3, 2)
+    ens = rm_lib.RewardModel("linear", ensemble=3)
+    np.testing.assert_allclose(rm_lib.combine_B(ens, scores_KxB), [2.0, 1.0])
+    np.testing.assert_allclose(rm_lib.combine_B(replace(ens, objective="worst"), scores_KxB), [1.0, 0.0])
+    uwo = replace(ens, objective="uncertainty", uncertainty_weight=0.5)
+    np.testing.assert_allclose(rm_lib.combine_B(uwo, scores_KxB), [2.0 - 0.5 * 2 / 3, 1.0 - 0.5 * 2.0], rtol=1e-6)
+
+
+def test_ensemble_members_member_zero_is_the_single_model_the_others_resample():
+    rows_0 = rm_lib.member_rows_N(jnp.float32(3), jnp.int32(0), 50)
+    rows_1, rows_2 = (rm_lib.member_rows_N(jnp.float32(3), jnp.int32(m), 50) for m in (1, 2))
+    np.testing.assert_array_equal(rows_0, np.arange(50))
+    assert not np.array_equal(rows_1, rows_2) and len(np.unique(rows_1)) < 50  # a bootstrap repeats rows
+    assert 0 <= int(rows_1.min()) and int(rows_1.max()) < 50
+    key = lambda m: jax.random.key_data(rm_lib.member_init_key(jnp.float32(3), jnp.int32(m)))  # noqa: E731
+    np.testing.assert_array_equal(key(0), jax.random.key_data(rm_lib.seed_key(jnp.float32(3), 2)))
+    assert not np.array_equal(key(0), key(1))
+
+
+def test_ensemble_config():
+    ens = experiment(["reward_model=linear", "reward_model.ensemble=4", "reward_model.objective=uncertainty",
+                      "reward_model.uncertainty_weight=0.5"]).static.reward_model
+    assert (ens.ensemble, ens.objective, ens.uncertainty_weight) == (4, "uncertainty", 0.5)
+    worst = experiment(["reward_model=linear", "reward_model.ensemble=4", "reward_model.objective=worst"])
+    assert worst.static.reward_model.uncertainty_weight == 0.0  # lambda is read by `uncertainty` only
+    single = experiment(["reward_model=linear", "reward_model.objective=worst"]).static.reward_model
+    assert single == rm_lib.RewardModel("linear")  # one model: its objective settings change nothing
+    for bad, words in [("reward_model.ensemble=0", "reward_model.ensemble=0: must be an integer >= 1"),
+                       ("reward_model.objective=median", "reward_model.objective='median': allowed values are mean, worst, uncertainty"),
+                       ("reward_model.uncertainty_weight=-1", "reward_model.uncertainty_weight=-1")]:
+        with pytest.raises(ConfigError) as e:
+            experiment(["reward_model=linear", bad])
+        assert str(e.value).startswith(words) and "\n" not in str(e.value), str(e.value)

@@ -1,0 +1,220 @@
+"""REPORT §9 from the decisive experiment's stored results (experiments/results/decisive/).
+
+`render(spec, results, out)` returns the section's markdown and draws its figures into `out`:
+phi and phi_prime against step for every arm of both pairs (mean and 95% band over seeds), the
+gradient decomposition, the primary contrasts with Holm-corrected verdicts (sim/analysis/stats.py),
+the reference's kappa with its error, and the toy's prediction for the same structures. A stage
+that has not run yet is said to be missing, with the command that runs it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sim.analysis import stats
+
+ARMS = {0: "paid (w = 4, 1)", 1: "unpaid (w = 4, 0)"}
+TERMS = {"phi": "φ's advantage", "phi_prime": "φ′'s advantage", "kl": "the KL term"}
+
+
+def read_runs(metrics_csv: Path) -> dict:
+    """point -> metric -> steps_T, values_TxN (seeds as columns), from a sim.run metrics.csv."""
+    rows = list(csv.DictReader(metrics_csv.open()))
+    out = {}
+    for point in sorted({int(r["point"]) for r in rows}):
+        mine = [r for r in rows if int(r["point"]) == point]
+        seeds, steps = sorted({int(r["seed"]) for r in mine}), sorted({int(r["step"]) for r in mine})
+        index = {(int(r["seed"]), int(r["step"])): r for r in mine}
+        metrics = [k for k in mine[0] if k not in ("run", "seed", "point", "step")]
+        out[point] = {"steps": np.array(steps), "seeds": seeds}
+        for m in metrics:
+            try:
+                out[point][m] = np.array([[float(index[s, t][m]) for s in seeds] for t in steps])
+            except ValueError:  # a non-numeric column (a swept value's label)
+                continue
+    return out
+
+
+def endpoint_N(run: dict, metric: str = "phi_prime", last: int = 2) -> np.ndarray:
+    x_TxN = run[metric]
+    return x_TxN[-last:].mean(0) - x_TxN[0]
+
+
+def primary_contrasts(spec: dict, runs: Path) -> list[dict]:
+    """The declared family (spec['contrasts']) with Holm-corrected verdicts and Bonferroni intervals
+    (simultaneous: each at level alpha / K, so that all K cover together)."""
+    values = {}
+    for pair in spec["pairs"]:
+        path = runs / pair / "metrics.csv"
+        if not path.exists():
+            continue
+        run = read_runs(path)
+        last = spec["endpoint"]["last_evaluations"]
+        paid, unpaid = (endpoint_N(run[point], spec["endpoint"]["metric"], last) for point in (0, 1))
+        values |= {f"{pair}.paid": paid, f"{pair}.unpaid": unpaid, f"{pair}.paid-unpaid": paid - unpaid}
+    family = [c for c in spec["contrasts"] if c in values]
+    if not family:
+        return []
+    verdicts = stats.family_verdicts([values[c] for c in family], spec["margin"], spec["alpha"])
+    out = []
+    for name, v in zip(family, verdicts):
+        wide = stats.contrast(values[name], spec["alpha"] / len(family))
+        out.append({"contrast": name, "seeds": int(values[name].size), "mean": float(np.mean(values[name])),
+                    "ci_bonferroni": [wide.lo, wide.hi]} | v)
+    return out
+
+
+def plot_rewards(spec: dict, runs: Path, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [p for p in spec["pairs"] if (runs / p / "metrics.csv").exists()]
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(9, 3.2 * len(pairs)), squeeze=False)
+    for row, pair in zip(axes, pairs):
+        run = read_runs(runs / pair / "metrics.csv")
+        for ax, metric, label in zip(row, ("phi", "phi_prime"), ("φ", "φ′")):
+            for point, arm in ARMS.items():
+                x_TxN = run[point][metric]
+                mean, half = x_TxN.mean(1), 1.96 * x_TxN.std(1, ddof=1) / np.sqrt(x_TxN.shape[1])
+                ax.plot(run[point]["steps"], mean, label=arm)
+                ax.fill_between(run[point]["steps"], mean - half, mean + half, alpha=0.2)
+            ax.set_title(f"pair {pair}: {label} (held-out, Rao-Blackwellised)")
+            ax.set_xlabel("step")
+        row[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_decomposition(spec: dict, runs: Path, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [p for p in spec["pairs"] if (runs / p / "metrics.csv").exists()]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 3.4), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        run = read_runs(runs / pair / "metrics.csv")[0]  # the paid arm
+        steps = run["steps"][1:]
+        for term, label in TERMS.items():
+            x_TxN = run[f"dphi_prime_by_{term}"][1:]
+            mean, half = x_TxN.mean(1), 1.96 * x_TxN.std(1, ddof=1) / np.sqrt(x_TxN.shape[1])
+            ax.errorbar(steps, mean, half, capsize=3, label=label)
+        ax.axhline(0, color="grey", lw=0.5)
+        cos = run["cos_grad_phi_phi_prime"][1:]
+        ax.set_title(f"pair {pair}: <-grad loss_t, grad E[φ′]>\ncos(∇E[φ], ∇E[φ′]) = {np.nanmean(cos):+.2f}")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt_ci(lo: float, hi: float) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def toy_rows(spec: dict, runs: Path) -> list[str]:
+    lines = []
+    for name in spec.get("toy", {}):
+        summary = runs / f"toy_{name}" / "summary.json"
+        if not summary.exists():
+            continue
+        points = json.loads(summary.read_text())["points"]
+        for point in points:
+            d = point["metrics"]["phi_prime"]
+            w2 = point["values"].get("task.phi_prime.weight")
+            lines.append(f"| toy, {name} | w₂ = {w2:g} | {d['delta_mean']:+.3f} {_fmt_ci(*d['delta_ci95'])} | "
+                         f"{d.get('verdict', '?')} |")
+    return lines
+
+
+def decomposition_table(spec: dict, runs: Path) -> list[str]:
+    """Mean over logged steps and seeds of each term's first-order change of E[phi'] (and E[phi])."""
+    lines = ["| pair | arm | on E[φ′]: by φ's adv. | by φ′'s adv. | by KL | on E[φ]: by φ's adv. | cos(∇E[φ], ∇E[φ′]) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for pair in spec["pairs"]:
+        path = runs / pair / "metrics.csv"
+        if not path.exists():
+            continue
+        for point, arm in ARMS.items():
+            run = read_runs(path)[point]
+            cells = []
+            for name in ("dphi_prime_by_phi", "dphi_prime_by_phi_prime", "dphi_prime_by_kl", "dphi_by_phi",
+                         "cos_grad_phi_phi_prime"):
+                x = run[name][1:].mean(0)  # per seed, over the logged updates
+                c = stats.contrast(x)
+                cells.append(f"{c.mean:+.2e} {_fmt_ci(c.lo, c.hi) if np.isfinite(c.lo) else ''}")
+            lines.append(f"| {pair} | {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def answer(rows: list[dict]) -> str:
+    """The blog's question answered by the verdicts' rule, whatever they are."""
+    v = {r["contrast"]: r["verdict"] for r in rows}
+    i, n = v.get("I.paid"), v.get("N.paid")
+    if i is None or n is None:
+        return "Not answered yet: a pair's primary runs are missing."
+    if i == "down" and n == "down":
+        return ("φ′ falls in both pairs, also where φ's tokens are good for φ′ (N): a fall that spill cannot "
+                "explain, as the KL-asymmetry account predicts.")
+    if i == "down" and n in ("up", "equivalent"):
+        return ("φ′ falls only where φ's tokens are bad for it (I), not where they are good for it (N), at the "
+                "same κ′: the spill account's outcome, not the KL-asymmetry account's.")
+    if i == "down":
+        return ("φ′ falls where φ's tokens are bad for it (I); in N the verdict is inconclusive, so the two "
+                "accounts are not told apart yet.")
+    if i in ("up", "equivalent") and n in ("up", "equivalent"):
+        return "φ′ does not fall in either pair at this size: neither account's fall is seen on this model."
+    return "Inconclusive: the runs cannot yet say whether φ′ falls (see the verdicts above)."
+
+
+def section(spec: dict, results: Path, out: Path) -> str:
+    """REPORT §9: from the main run where it exists, else from the pilot (said so)."""
+    pairs = json.loads((results / "pairs.json").read_text()) if (results / "pairs.json").exists() else {}
+    stage = "main" if all((results / "runs" / "main" / p / "metrics.csv").exists() for p in spec["pairs"]) else "pilot"
+    runs = results / "runs" / stage
+    lines = ["## 9. Does φ′ fall on a real model? The decisive experiment", ""]
+    lines += [f"SmolLM2-135M-Instruct, LoRA r16 on the frozen base, GRPO on r = 4·φ + w₂·φ′ with β = 0.04; "
+              f"design in experiments/decisive.yaml and docs/real-experiment.md, written before the main run."]
+    if stage == "pilot":
+        lines += ["", "**Only the pilot has run** (`python -m experiments.decisive run pilot`): its verdicts below "
+                  "are exploratory, from its few seeds; the main run's (`run main`, seeds from `power`) replace them."]
+    lines += ["", "| pair | φ at ref | φ′ at ref | corr(φ, φ′) | κ′ ± SE | φ's words in φ′'s window |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for pair, p in pairs.items():
+        k = p["kappa"]["phi_prime"]
+        role = "bad (spill lowers φ′)" if pair == "I" else "good (spill cannot lower φ′)"
+        lines.append(f"| {pair} | {p['mean_phi']:.3f} | {p['mean_phi_prime']:.3f} | {p['corr']:+.3f} "
+                     f"{_fmt_ci(*p['corr_ci95_bootstrap_prompts'])} | {k['kappa']:.3f} ± {k['kappa_se']:.3f} | {role} |")
+    rows = primary_contrasts(spec, runs)
+    if rows:
+        plot_rewards(spec, runs, out / "decisive.png", f"{stage}: mean and 95% band over seeds")
+        plot_decomposition(spec, runs, out / "decisive_decomposition.png")
+        lines += ["", "![phi and phi_prime against step](decisive.png)", "",
+                  f"Δφ′ (endpoint: the mean of the last {spec['endpoint']['last_evaluations']} evaluations minus "
+                  f"step 0, per seed), Holm-corrected over the {len(rows)} primary contrasts; the intervals are "
+                  f"simultaneous (Bonferroni, each at 1 − α/{len(rows)}); \"no change\" needs TOST within "
+                  f"±{spec['margin']}.", "",
+                  "| contrast | seeds | Δφ′ | simultaneous 95% CI | p (Holm) | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            p = "n/a" if r["p_holm"] is None else f"{r['p_holm']:.3g}"
+            lines.append(f"| {r['contrast']} | {r['seeds']} | {r['mean']:+.3f} | {_fmt_ci(*r['ci_bonferroni'])} | {p} | "
+                         f"{r['verdict']} |")
+        lines += ["", "**The answer, by the rule above:** " + answer(rows), "",
+                  "The gradient decomposition (docs/outputs.md): each term's first-order change of E[φ′] per unit "
+                  "learning rate, mean over the logged updates per seed, then over seeds with a 95% interval.", "",
+                  "![decomposition](decisive_decomposition.png)", ""] + decomposition_table(spec, runs)
+    else:
+        lines += ["", f"No {stage} runs are stored yet: `python -m experiments.decisive run {stage}`."]
+    toy = toy_rows(spec, results / "runs" / "toy")
+    if toy:
+        lines += ["", "The toy's prediction for the same structures (κ′ = 1.14, 32 seeds, 200 steps): with features "
+                  "shared across positions (I's structure), and with nothing shared (tabular: the KL asymmetry alone, "
+                  "what N isolates).", "", "| toy | arm | Δφ′ (95% CI) | verdict |", "| --- | --- | --- | --- |"] + toy
+    return "\n".join(lines) + "\n"

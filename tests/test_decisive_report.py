@@ -1,0 +1,52 @@
+"""experiments/decisive_report.py: REPORT §9 from stored runs, its verdict rule and its figures."""
+import csv
+
+import numpy as np
+import pytest
+
+from experiments import decisive, decisive_report as dr
+
+METRICS = ["phi", "phi_prime"] + [f"d{k}_by_{t}" for k in ("phi", "phi_prime") for t in ("phi", "phi_prime", "kl")] \
+    + ["cos_grad_phi_phi_prime"]
+
+
+def _write_run(path, fall_paid: float, fall_unpaid: float, seeds: int = 6, noise: float = 0.01, seed: int = 0):
+    """A sim.run-shaped metrics.csv: phi_prime drifts linearly to start - fall by step 20, per arm."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    with (path / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "seed", "point", "step"] + METRICS)
+        for point, fall in ((0, fall_paid), (1, fall_unpaid)):
+            for s in range(seeds):
+                for step in (0, 5, 10, 15, 20):
+                    phi_prime = 0.7 - fall * step / 20 + (noise * rng.normal() if step else 0.0)
+                    decomp = [np.nan] * 7 if step == 0 else list(rng.normal(size=7) * 1e-3)
+                    w.writerow([point * seeds + s, s, point, step, 0.2 + 0.01 * step, phi_prime] + decomp)
+
+
+@pytest.fixture
+def spec():
+    return decisive.load_spec()
+
+
+@pytest.mark.parametrize("fall_n, answer", [(0.2, "KL-asymmetry account predicts"), (0.0, "spill account's outcome")])
+def test_the_answer_follows_the_verdicts_of_both_pairs(tmp_path, spec, fall_n, answer):
+    runs = tmp_path / "runs" / "pilot"
+    _write_run(runs / "I", 0.2, 0.3)
+    _write_run(runs / "N", fall_n, fall_n, seed=1)
+    rows = dr.primary_contrasts(spec, runs)
+    assert [r["contrast"] for r in rows] == spec["contrasts"]
+    v = {r["contrast"]: r["verdict"] for r in rows}
+    assert v["I.paid"] == "down" and v["I.paid-unpaid"] == "up"  # the unpaid arm falls further
+    assert v["N.paid"] == ("down" if fall_n else "equivalent")
+    text = dr.section(spec, tmp_path, tmp_path)
+    assert answer in text and "Only the pilot has run" in text
+    assert (tmp_path / "decisive.png").exists() and (tmp_path / "decisive_decomposition.png").exists()
+
+
+def test_endpoint_is_the_mean_of_the_last_evaluations_minus_step_0_per_seed(tmp_path):
+    _write_run(tmp_path / "I", 0.2, 0.3, noise=0.0)
+    run = dr.read_runs(tmp_path / "I" / "metrics.csv")
+    np.testing.assert_allclose(dr.endpoint_N(run[0], last=2), -0.2 * 17.5 / 20)  # mean of steps 15 and 20
+    np.testing.assert_allclose(dr.endpoint_N(run[1], last=1), -0.3)
