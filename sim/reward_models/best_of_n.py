@@ -7,9 +7,11 @@ scores <= s, the best of n has a score in group s with probability F(s)^n - F(s-
 that group it is distributed as the reference restricted to it (ties are broken by draw order,
 which is independent of the response). Its gold is then an exact expectation.
 
-Its KL to the reference: KL = log n - (n - 1)/n when no two responses share a score (Stiennon et al.
-2020, appendix; Gao et al. 2022 use it as the distance of best-of-n), and at most that in general
-(Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy": ties lower it).
+Its KL to the reference: KL = log n - (n - 1)/n for a continuous score distribution (no atoms;
+Stiennon et al. 2020, appendix; Gao et al. 2022 use it as the distance of best-of-n), and an upper
+bound for a discrete one (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment
+policy"): atoms, ties among them most of all, lower it, and it can never exceed -log of the reference
+probability of the proxy's favourite response.
 `best_of_n` returns both the formula and the exact KL of the tie-aware distribution.
 
 Gao et al. fit the gold gained by best-of-n at d = sqrt(KL) with R(d) = d (alpha - beta d)
@@ -24,7 +26,7 @@ MIN_ROWS = 3  # as hacking.gao_fit: a two-parameter fit needs three points for i
 
 
 def kl_formula(n: np.ndarray | int) -> np.ndarray:
-    """log n - (n - 1)/n: the KL of best-of-n to the reference when the proxy has no ties."""
+    """log n - (n - 1)/n: the KL of best-of-n for a continuous score (an upper bound for a discrete one)."""
     n = np.asarray(n, np.float64)
     return np.log(n) - (n - 1) / n
 

@@ -22,14 +22,14 @@ def test_the_best_of_n_distribution_matches_sampling_with_ties_broken_by_draw_or
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 64])
-def test_without_ties_the_exact_kl_is_log_n_minus_n_minus_1_over_n(n):
+def test_with_many_small_untied_atoms_the_exact_kl_approaches_log_n_minus_n_minus_1_over_n(n):
     rng = np.random.default_rng(n)
     ref_PxN = rng.dirichlet(np.ones(5000), size=2)
     proxy_PxN = rng.normal(size=(2, 5000))  # distinct scores
     out = bon.best_of_n(ref_PxN, proxy_PxN, np.zeros((2, 5000)), n)
     assert out["kl_formula"] == pytest.approx(np.log(n) - (n - 1) / n, abs=1e-15)
-    # the identity holds for a continuous score; 5000 atoms of unequal mass come within a few 1e-3
-    assert out["kl_exact"] == pytest.approx(out["kl_formula"], abs=5e-3)
+    # the identity holds for a continuous score; 5000 atoms of unequal mass come within a few 1e-3, below it
+    assert out["kl_formula"] - 5e-3 <= out["kl_exact"] <= out["kl_formula"] + 1e-12
 
 
 def test_ties_lower_the_kl_and_n_1_is_the_reference():
