@@ -26,7 +26,7 @@ from experiments import best_of_n, real_model_report, report, runs as runs_lib
 
 HERE = Path(__file__).resolve().parent
 PROVENANCE = runs_lib.RESULTS / "regenerate.json"
-ORDER = ("blog", "controls", "floor", "phase_diagram", "sharing", "mechanism", "reward_hacking")
+ORDER = ("blog", "controls", "floor", "phase_diagram", "kappa_competence", "sharing", "mechanism", "reward_hacking")
 # experiments too slow to rerun here: their sections are re-rendered from stored results (their own command)
 STORED_ONLY = ("real_model",)
 
