@@ -512,6 +512,8 @@ def parse(cfg: Mapping) -> Experiment:
     seed, seeds = integer(cfg, "seed", 0), integer(cfg, "seeds", 1)
     hparams, axes, derived = _hparams(cfg, {**_OPTIONAL, **_TEXT_ABSENT} if is_text else _OPTIONAL)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
+    if rm is not None:  # an ensemble's objective: numbers per run, so its objectives share one program
+        hparams |= reward_model.objective_hparams(cfg, rm.ensemble)
     entropy_coefs = axes.get(SWEEP_KEYS["entropy_coef"], (hparams["entropy_coef"],))
     static = replace(static, entropy_bonus=any(c != 0 for c in entropy_coefs))
     _check_kappa_axes(task, hparams, axes)
