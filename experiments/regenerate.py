@@ -7,7 +7,8 @@ store their results and write the figures (experiments/*.png) and experiments/RE
 
 Results are stored under experiments/results/ (runs.py: toy/<name>.npz and .json; the real-model
 runs in real_model/, trained by `python -m experiments.real_model run`). The report's header (commit,
-wall time, machine, load) is stored with them (results/toy/regenerate.json), so --stored reproduces
+wall time, machine, load) is stored with them (results/toy/regenerate.json), and so is best-of-n against the reward-hacking proxies
+(results/toy/reward_hacking_best_of_n.json, experiments/best_of_n.py), so --stored reproduces
 REPORT.md byte for byte. Runs of the same shapes share one compiled program.
 """
 from __future__ import annotations
@@ -21,11 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import real_model_report, report, runs as runs_lib
+from experiments import best_of_n, real_model_report, report, runs as runs_lib
 
 HERE = Path(__file__).resolve().parent
 PROVENANCE = runs_lib.RESULTS / "regenerate.json"
-ORDER = ("blog", "controls", "floor", "phase_diagram", "sharing", "mechanism", "reward_hacking")
+ORDER = ("blog", "controls", "floor", "phase_diagram", "kappa_competence", "sharing", "mechanism", "reward_hacking")
 # experiments too slow to rerun here: their sections are re-rendered from stored results (their own command)
 STORED_ONLY = ("real_model",)
 
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         if name in retrain:
             runs[name] = runs_lib.run_experiment(name)
             runs_lib.store(name, runs[name])
+            if name == "reward_hacking":  # best-of-n against the same proxies, stored beside them
+                best_of_n.store(best_of_n.compute(runs[name]))
         else:
             runs[name] = stored_runs(name)
     train_seconds = time.perf_counter() - t1

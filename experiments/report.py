@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments import figures, report_reward
+from experiments import figures, report_kappa, report_reward
 from experiments.runs import Run
 from sim.output import plots
 from sim.analysis import stats
@@ -232,8 +232,8 @@ def phase_section(out: Path, run: Run) -> tuple[str, dict]:
         + f".\n\nκ′ is solved into c′ here, so κ′ and c′ move one to one and this diagram cannot say which of the two "
         f"the fall follows. Relative to what there is to lose, Δφ′/c′ at w₁/w₂ = {1 / blog_rel:g} (mean and 95% CI over "
         "seeds): " + ", ".join(f"κ′ = {k:g}: {fmt(relative[k])}" for k in kappas)
-        + f"; its largest fall is at κ′ = {min(relative, key=lambda k: relative[k][0]):g}. Runs that hold c′ and vary κ′ "
-        "(through the reward's shape or its number of positions) are not made yet.\n\n")
+        + f"; its largest fall is at κ′ = {min(relative, key=lambda k: relative[k][0]):g}. The runs below hold c′ and vary κ′ "
+        "(through the reward's number of positions), and hold κ′ and vary c′.\n\n")
     # does more phi' in the reward keep more phi'? each kappa' row: largest w2/w1 minus w2 = 0, paired by seed
     w2_effect = judge({k: delta_N(run.metric("phi_prime", pts[(k, rels[-1])]))
                        - delta_N(run.metric("phi_prime", pts[(k, rels[0])])) for k in kappas})
@@ -365,13 +365,14 @@ def write(out: Path, runs: dict[str, dict[str, Run]]) -> str:
     controls, f_ctl = controls_section(out, runs["controls"])
     floor, f_floor = floor_section(out, runs["floor"]["floor"])
     phase, f_phase = phase_section(out, runs["phase_diagram"]["phase"])
+    kappa, f_phase["kappa_vs_c"] = report_kappa.section(runs["kappa_competence"])  # section 4's kappa' against c'
     sharing, f_share = sharing_section(out, runs["sharing"])
     mechanism, f_mech = mechanism_section(runs["mechanism"])
     ctl = runs["controls"]
     quadrants, f_quad = quadrant_section(out, {name: ctl[name] for name in ("blog (κ′ > 1)", "κ′ < 1", "tabular")})
     verdicts = conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad)
     hacking, _ = report_reward.section(out, runs["reward_hacking"])  # the lecture notes' reward hacking
-    return verdicts + blog + controls + floor + phase + sharing + mechanism + quadrants + hacking
+    return verdicts + blog + controls + floor + phase + kappa + sharing + mechanism + quadrants + hacking
 
 
 def _ineq(summary: dict) -> tuple[float, float, float]:
@@ -445,7 +446,8 @@ def conclusions(f_blog, f_ctl, f_floor, f_phase, f_share, f_mech, f_quad) -> str
         + f" (section 4); it is deepest at κ′ = {deepest:g}. Here κ′ and c′ move one to one (c′ is solved from "
         "κ′), so this does not tell a fall that grows with κ′ from one that grows with how much φ′ there is to "
         "lose: divided by c′ the fall is deepest at κ′ = "
-        f"{min(f_phase['relative'], key=lambda k: f_phase['relative'][k][0]):g}, and no run here holds c′ and varies κ′.\n"
+        f"{min(f_phase['relative'], key=lambda k: f_phase['relative'][k][0]):g}. Runs that hold c′ and vary κ′ (and hold "
+        f"κ′ and vary c′) through the number of φ′'s positions (section 4, κ′ against c′) say: {f_phase['kappa_vs_c']['answer']}.\n"
         f"- **κ′ > 1 is not needed for the fall with the blog's sharing** (claim 2, second half, fails): with "
         f"the default lowrank policy (d = 4: 128 (prompt, position) slots share one 4 × 16 matrix) φ′ also falls "
         f"at κ′ ≤ 1 ({_list(d4, d4_falls)})"

@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.stats import binomtest
 
+from experiments import best_of_n as bon_results
 from experiments.runs import Run
-from sim.reward_models import hacking
+from sim.reward_models import best_of_n as bon, hacking
 from sim.output import plots
 from sim.analysis import stats
 from sim.output.results import mean_ci95
@@ -151,6 +152,132 @@ def ensemble_text(e: dict, runs: dict[str, Run]) -> str:
         "refuse the tokens only some members like, which were the proxy's mistakes.\n")
 
 
+BON_AT_D = (1.0, 2.0)  # where best-of-n and RL are compared: inside both ranges of d (RL ends at d >= 2.1)
+
+
+def rl_for(runs: dict[str, Run], label: str, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """[T, S] gold and d of the beta = 0 RL runs against the proxies of one best-of-n condition."""
+    return tuple(series(runs[label], k, pairs=pairs, beta=0.0) for k in ("gold", "sqrt_kl"))
+
+
+def best_of_n_findings(runs: dict[str, Run], stored: dict) -> tuple[dict, str]:
+    """Best-of-n per condition (its gold against d, the d(alpha - beta d) fit) and against RL at the same
+    d, paired by reward-model seed. Two distances, two declared families (Holm over condition x
+    BON_AT_D each): d from log n - (n-1)/n, as Gao et al., and d from the exact KL of the tie-aware
+    distribution, the same quantity as RL's d."""
+    n_N = np.array(stored["n"])
+    d_N = np.sqrt(bon.kl_formula(n_N))
+    per_seed = {"formula": {}, "exact": {}}
+    rows, f = [], {"kl_gap": 0.0}
+    for name, (label, pairs) in bon_results.CONDITIONS.items():
+        c = stored["conditions"][name]
+        gold_SxN, kl_SxN = np.array(c["gold_SxN"]), np.array(c["kl_exact_SxN"])
+        d_exact_SxN = np.sqrt(np.maximum(kl_SxN, 0.0))
+        f["kl_gap"] = max(f["kl_gap"], float(np.max(bon.kl_formula(n_N) - kl_SxN)))
+        f["kl_max"] = max(f.get("kl_max", 0.0), float(np.max(kl_SxN)))
+        rl_gold_TxS, rl_d_TxS = rl_for(runs, label, pairs)
+        for d_star in BON_AT_D:
+            rl_S = np.array([hacking.gold_at_d(rl_d_TxS[:, s], rl_gold_TxS[:, s], d_star) for s in range(gold_SxN.shape[0])])
+            per_seed["formula"][(name, d_star)] = np.array(
+                [bon.gold_at_d(d_N, gold_SxN[s], d_star) for s in range(gold_SxN.shape[0])]) - rl_S
+            per_seed["exact"][(name, d_star)] = np.array(
+                # the exact KL can overshoot its limit by ~1e-3 before settling: the first n reaching d*, as for RL
+                [hacking.gold_at_d(d_exact_SxN[s], gold_SxN[s], d_star) for s in range(gold_SxN.shape[0])]) - rl_S
+        mean_N = gold_SxN.mean(0)
+        fit = bon.bon_fit(d_N, mean_N - mean_N[0])
+        own = [bon.bon_fit(d_N, g - g[0]) for g in gold_SxN]
+        k = int(np.argmax(mean_N))
+        peak = "no peak (β ≤ 0)" if fit["d_peak"] is None else (
+            f"{fit['d_peak']:.2f}, " + ("in the data" if fit["peak_in_data"] else f"beyond d ≤ {fit['d_max']:.2f}"))
+        rows.append([name, f"{mean_N[0]:.3f}", level(mean_ci95(gold_SxN.max(1))), f"{d_N[k]:.2f} (n = {n_N[k]})",
+                     level(mean_ci95(gold_SxN[:, -1])), level(mean_ci95(d_exact_SxN[:, -1])),
+                     f"{fit['alpha']:.3f}, {fit['beta']:.3f}, {fit['r2']:.3f}", peak,
+                     f"{sum(o['peak_in_data'] for o in own)} of {len(own)}"]
+                    + [fmt(mean_ci95(per_seed[kind][(name, d)])) for kind in ("formula", "exact") for d in BON_AT_D])
+    f["verdicts"] = {kind: dict(zip(x, (v["verdict"] for v in stats.family_verdicts(list(x.values()), MARGIN))))
+                     for kind, x in per_seed.items()}
+    f["per_seed"] = per_seed
+    header = (["proxy", "gold at n = 1 (reference)", "best-of-n peak gold (mean [CI])", "d at the mean's peak",
+               f"gold at n = {n_N[-1]} (d = {d_N[-1]:.2f})", f"exact d at n = {n_N[-1]}", "fit α, β, R² (mean gain)",
+               "fitted peak d* = α/2β", "models whose own fit peaks in their data"]
+              + [f"BoN − RL at d = {d:g} ({kind} d)" for kind in ("formula", "exact") for d in BON_AT_D])
+    table = "| " + " | ".join(header) + " |\n|" + "|".join(" --- " for _ in header) + "|\n"
+    table += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
+    return f, table
+
+
+def best_of_n_text(b: dict, table: str, runs: dict[str, Run]) -> str:
+    def listed(kind: str, verdict: str) -> str:
+        keys = [k for k, v in b["verdicts"][kind].items() if v == verdict]
+        return ", ".join(f"{name} at d = {d:g}" for name, d in keys) or "none"
+
+    def summary(kind: str) -> str:
+        n_inc = sum(v == "inconclusive" for v in b["verdicts"][kind].values())
+        return (f"more gold than RL (up) for {listed(kind, 'up')}; less (down) for {listed(kind, 'down')}; "
+                f"equivalent within ±{MARGIN:g} for {listed(kind, 'equivalent')}; the other {n_inc} inconclusive")
+
+    return (
+        "- **Best-of-n from the reference** (Gao et al. 2022): for each β = 0 condition and reward-model seed, draw "
+        "n responses per prompt from the reference and keep the one the same frozen proxy scores highest; on the "
+        "toy its distribution is exact (every response enumerated; `sim/reward_models/best_of_n.py`, "
+        "n = 1, 2, 4, …, 16384; `experiments/best_of_n.py`). Its distance as Gao et al. take it is d = √KL with "
+        "KL = log n − (n − 1)/n: the KL of best-of-n for a continuous score, and an upper bound for a discrete one. "
+        "Here the responses are finitely many and the proxy's scores tie, so once n is large best-of-n returns the proxy's favourite response and its exact KL stops near "
+        f"−log of that response's reference probability (at most {b['kl_max']:.2f} nats here, d ≤ "
+        f"{np.sqrt(b['kl_max']):.2f}) while the formula goes on growing: at n = 16384 it exceeds the exact KL by up "
+        f"to {b['kl_gap']:.2f} nats. Both distances are reported. The fit is Gao "
+        "et al.'s best-of-n form R(d) = d·(α − β·d) (formula d) to the mean gold gain over the 8 models (peak at "
+        "d* = α/(2β)); the last columns compare best-of-n with the RL run against the same proxy at the same d, "
+        "paired by reward-model seed (RL's gold interpolated where it first reaches d; best-of-n's between the two n "
+        "around d; a run that never reaches d leaves its seed's contrast undefined, hence inconclusive), each "
+        f"distance one Holm family of {len(b['verdicts']['exact'])} contrasts.\n\n"
+        + table + "\n"
+        f"  At the formula's d best-of-n gives {summary('formula')}. At the exact d (RL's own measure) it gives "
+        f"{summary('exact')}. Gao et al. found best-of-n more KL-efficient than RL; here that holds only where a "
+        "verdict above is up.\n")
+
+
+GOLDS = {"and": "AND", "parity": "parity"}  # golds the linear family cannot represent: run prefix -> name
+
+
+def misspecified_findings(runs: dict[str, Run], gold: str) -> dict:
+    """A gold the linear family cannot represent (runs {gold}_linear, {gold}_mlp): capacity (MLP - linear)
+    and data (256 - 8 pairs) on RL's peak gold, paired by seed, one Holm family per gold."""
+    per_seed = {}
+    peak = {(fam, pairs): peaks(runs[f"{gold}_{fam}"], pairs=pairs)[0] for fam in ("linear", "mlp") for pairs in (8, 256)}
+    for pairs in (8, 256):
+        per_seed[f"capacity{pairs}"] = peak[("mlp", pairs)] - peak[("linear", pairs)]
+    for fam in ("linear", "mlp"):
+        per_seed[f"data_{fam}"] = peak[(fam, 256)] - peak[(fam, 8)]
+    return {k: mean_ci95(v) for k, v in per_seed.items()} | {"v": judge(per_seed),
+                                                              "peak": {k: mean_ci95(v) for k, v in peak.items()}}
+
+
+def misspecified_text(m: dict, runs: dict[str, Run]) -> str:
+    a, p = m["and"], m["parity"]
+
+    def findings(x: dict) -> str:
+        pk = x["peak"]
+        return (f"RL's peak gold, mean over the 8 models: linear {level(pk[('linear', 8)])} with 8 pairs, "
+                f"{level(pk[('linear', 256)])} with 256; MLP {level(pk[('mlp', 8)])} and {level(pk[('mlp', 256)])}. "
+                f"Paired by seed, one Holm family: the MLP instead of the linear model {effect(x['v']['capacity8'])} "
+                f"the peak with 8 pairs ({fmt(x['capacity8'])}) and {effect(x['v']['capacity256'])} it with 256 "
+                f"({fmt(x['capacity256'])}); 256 pairs instead of 8 {effect(x['v']['data_linear'])} it for the linear "
+                f"model ({fmt(x['data_linear'])}) and {effect(x['v']['data_mlp'])} it for the MLP ({fmt(x['data_mlp'])})")
+
+    return (
+        "- **Golds the linear family cannot represent** (so that capacity and data can matter, as for real reward "
+        "models): φ of shape `all` (1 iff both of φ's positions hold a good token, an AND) or `parity` (1 iff "
+        "exactly one does, an XOR), gold 4·φ + φ′, neither a sum over positions "
+        f"(`{runs['parity_linear'].command}`; `task.phi.shape=all`; `reward_model=mlp`). "
+        f"**AND**: {findings(a)}. The AND rises with each position's goodness, so the linear model's favourite "
+        "response (a good token everywhere) is still the gold's best: the family cannot represent this gold but "
+        "ranks its top correctly, and capacity does not help. "
+        f"**Parity**: {findings(p)}. No sum over positions ranks an XOR's best responses first, so here the linear "
+        "model's favourite response is wrong whatever the data, and only a model that can represent the "
+        "interaction can be right.\n")
+
+
 def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     lin, mlp, noise = runs["linear"], runs["mlp"], runs["noise"]
     figure(out / "reward_hacking.png", runs)
@@ -192,6 +319,10 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
     rows += [_row(f"linear, 64 pairs, noise τ = {t:g}, β = 0", noise, noise=t) for t in (0.0, 2.0)]
     f["ensemble"], ensemble_rows = ensemble_findings(runs)
     rows += ensemble_rows
+    rows += [_row(f"{name} gold, {fam}, {p} pairs, β = 0", runs[f"{gold}_{fam}"], pairs=p)
+             for gold, name in GOLDS.items() for fam in ("linear", "mlp") for p in (8, 256)]
+    f["misspecified"] = {gold: misspecified_findings(runs, gold) for gold in GOLDS}
+    f["bon"], bon_table = best_of_n_findings(runs, bon_results.load())
     header = ["reward model", "peak gold (mean [CI])", "d at peak", "final gold", "final proxy (mean curve)",
               "final gold − proxy", "final d", "Gao fit α, β, R² (mean curve)", "fitted peak d* (mean curve)",
               "models whose own fit peaks in their data"]
@@ -230,15 +361,15 @@ def section(out: Path, runs: dict[str, Run]) -> tuple[str, dict]:
         f"({fmt(f['pairs_gold'])}) and its d ({fmt(f['pairs_d'])}, {effect(f['v']['pairs_d'])}); with 256 pairs the gold "
         f"peaks at the last logged step in {f['peak_last256']} of 8 models. Here that is nearly a tautology: the gold is "
         "linear in the linear reward model's features, so enough pairs recover it exactly (a gold the family cannot "
-        "represent, where capacity and data would matter, is not built yet).\n"
+        "represent is below: AND and parity golds).\n"
         f"- **A bigger reward model {bigger}** (claim 3, the other fix): the MLP against the linear "
         f"model, same pairs and seed, {effect(f['v']['mlp_gold8'])} the peak gold with 8 pairs ({fmt(f['mlp_gold8'])}) "
         f"and {effect(f['v']['mlp_gold256'])} it with 256 ({fmt(f['mlp_gold256'])}; all near the maximum 5) (d at the peak: {fmt(f['mlp_d8'])}, {fmt(f['mlp_d256'])}). In this toy "
         "the gold is linear in (position, token) features, so the linear model is already of the right form; "
-        "capacity helps when the model is too simple for the gold (Gao et al.'s setting), which this task is not.\n"
+        "capacity can help only when the model is too simple for the gold (Gao et al.'s setting): the AND and parity golds below.\n"
         f"- **Noisier labels** (τ = 2 instead of 0, 64 pairs) {effect(f['v']['noise_gold'])} the peak gold: "
         f"{fmt(f['noise_gold'])}.\n"
-        + ensemble_text(f["ensemble"], runs) +
+        + ensemble_text(f["ensemble"], runs) + misspecified_text(f["misspecified"], runs) + best_of_n_text(f["bon"], bon_table, runs) +
         "- **RL vs SFT** (lecture notes point 6) is a statement about gradients, checked exactly in "
         "tests/test_claims_reward_model.py (claim 4): RL's expected gradient on a token the policy never produces "
         "is exactly 0, however high its reward; SFT's on a demonstration containing it is −1 (it pushes "

@@ -292,6 +292,8 @@ def parse(cfg: Mapping) -> Experiment:
     optional = {**hparams_lib.OPTIONAL, **hparams_lib.TEXT_ABSENT} if is_text else hparams_lib.OPTIONAL
     hparams, axes, derived = hparams_lib.parse(cfg, optional)
     hparams = resolve_kappa_targets(task, hparams)  # a swept kappa: resolved again per point
+    if rm is not None:  # an ensemble's objective: numbers per run, so its objectives share one program
+        hparams |= reward_model.objective_hparams(cfg, rm.ensemble)
     entropy_coefs = axes.get(SWEEP_KEYS["entropy_coef"], (hparams["entropy_coef"],))
     static = replace(static, entropy_bonus=any(c != 0 for c in entropy_coefs))
     hparams_lib.check_kappa_axes(task, hparams, axes)

@@ -139,17 +139,31 @@ OBJECTIVES = {"mean": [], "worst": ["reward_model.objective=worst"],
               "uncertainty": ["reward_model.objective=uncertainty", "reward_model.uncertainty_weight=1"]}
 
 
+class _Columns(NamedTuple):
+    """One objective's runs of the shared batch: its columns of every metric."""
+    metrics: dict
+
+
 @pytest.fixture(scope="module")
 def ensembles() -> dict[str, Trained]:
-    """One batch per objective (the objective is static): 8 reward-model seeds, each a 4-member ensemble
-    whose member 0 is the 8-pair model of the same seed in `trained` (its members are fit once, cached)."""
-    out = {}
-    for name, extra in OBJECTIVES.items():
-        exp = experiment(ENSEMBLE + extra)
-        batch = expand(exp)
-        proxies = proxy.prepare(exp, batch)
-        out[name] = Trained(exp, batch, proxies, make_train(exp.static)(batch.hparams_R, run_keys(batch.seeds_R),
-                                                                         proxy_R=proxies.params_R))
+    """8 reward-model seeds, each a 4-member ensemble whose member 0 is the 8-pair model of the same seed
+    in `trained` (its members are fit once, cached). The objective is a per-run number (hparams
+    rm_worst, rm_uncertainty_weight), so the three objectives share one Static: their 3 x 8 runs are
+    concatenated into one call of one compiled program, and each objective reads its own columns."""
+    exps = {name: experiment(ENSEMBLE + extra) for name, extra in OBJECTIVES.items()}
+    assert len({exp.static for exp in exps.values()}) == 1
+    batches = {name: expand(exp) for name, exp in exps.items()}
+    proxies = {name: proxy.prepare(exps[name], batches[name]) for name in exps}
+    hp_R = {k: np.concatenate([b.hparams_R[k] for b in batches.values()]) for k in batches["mean"].hparams_R}
+    proxy_R = jax.tree.map(lambda *xs: np.concatenate(xs), *[p.params_R for p in proxies.values()])
+    seeds_R = np.concatenate([b.seeds_R for b in batches.values()])
+    result = make_train(exps["mean"].static)(hp_R, run_keys(seeds_R), proxy_R=proxy_R)
+    out, first = {}, 0
+    for name, batch in batches.items():
+        columns = slice(first, first + batch.size)
+        first += batch.size
+        out[name] = Trained(exps[name], batch, proxies[name],
+                            _Columns({k: np.asarray(v)[:, columns] for k, v in result.metrics.items()}))
     return out
 
 

@@ -19,7 +19,9 @@ the usual init), members 1..k-1 are fit to bootstrap resamples of the same n pai
 init, so the data budget is the single model's and even the convex linear family gets diverse
 members. RL optimises one objective of the members' calibrated scores R_i: `mean` (mean_i R_i),
 `worst` (min_i R_i) or `uncertainty` (mean_i R_i - lambda * var_i R_i, lambda =
-reward_model.uncertainty_weight, var over members).
+reward_model.uncertainty_weight, var over members). The objective is a number per run, not a
+shape: hparams rm_worst (1: the minimum, 0: mean - lambda * var) and rm_uncertainty_weight (lambda;
+0 for `mean`), so every objective of one ensemble runs in one compiled program (objective_hparams).
 
 After the fit the proxy is put on the gold's scale: a*r + b with the mean and standard deviation
 of the gold over the pairs' own responses (a monotone map: it changes no preference, only the
@@ -59,8 +61,6 @@ class RewardModel:
     enumerate_max: int = 4096  # the logged E[proxy] by enumeration when vocab**length <= this
     eval_samples: int = 64  # else Monte Carlo responses per prompt (with a standard error)
     ensemble: int = 1  # members (1: a single model; the proxy then has no member axis)
-    objective: str = "mean"  # what RL optimises of an ensemble (OBJECTIVES)
-    uncertainty_weight: float = 0.0  # lambda of the `uncertainty` objective
 
 
 @dataclass(frozen=True)
@@ -95,17 +95,26 @@ def parse(cfg) -> tuple[RewardModel | None, Fit | None]:
         shape |= {"d_model": integer(cfg, "reward_model.d_model", 1), "heads": integer(cfg, "reward_model.heads", 1)}
         if shape["d_model"] % shape["heads"]:
             raise ConfigError(f"reward_model.heads={shape['heads']}: must divide reward_model.d_model={shape['d_model']}")
+    objective_hparams(cfg, 1)  # validated whatever the ensemble size
     ensemble = integer(cfg, "reward_model.ensemble", 1)
-    objective = choice(cfg, "reward_model.objective", OBJECTIVES)
-    weight = real(cfg, "reward_model.uncertainty_weight", *FINITE_NONNEG)
-    if ensemble > 1:  # a single model ignores the objective (one Static, one compiled program, for all of them)
-        shape |= {"ensemble": ensemble, "objective": objective,
-                  "uncertainty_weight": weight if objective == "uncertainty" else 0.0}
+    if ensemble > 1:
+        shape |= {"ensemble": ensemble}
     rm = RewardModel(family, **shape, enumerate_max=integer(cfg, "reward_model.enumerate_max", 0),
                      eval_samples=integer(cfg, "reward_model.eval_samples", 2))
     fit = Fit(steps=integer(cfg, "reward_model.steps", 1), lr=real(cfg, "reward_model.lr", *POSITIVE),
               l2=real(cfg, "reward_model.l2", *FINITE_NONNEG))
     return rm, fit
+
+
+def objective_hparams(cfg, ensemble: int) -> dict[str, float]:
+    """An ensemble's objective as per-run numbers (hparams, not Static: the objectives of one ensemble
+    share a compiled program): rm_worst 1.0 for `worst`, else 0.0; rm_uncertainty_weight lambda for
+    `uncertainty`, else 0.0. A single model has none (it has no objective)."""
+    objective = choice(cfg, "reward_model.objective", OBJECTIVES)
+    weight = real(cfg, "reward_model.uncertainty_weight", *FINITE_NONNEG)
+    if ensemble == 1:
+        return {}
+    return {"rm_worst": float(objective == "worst"), "rm_uncertainty_weight": weight if objective == "uncertainty" else 0.0}
 
 
 # --- networks ------------------------------------------------------------------------------------
@@ -146,7 +155,7 @@ def raw_score_B(rm: RewardModel, task: Task, net: dict, prompts_B: jax.Array, to
 
 def member(rm: RewardModel) -> RewardModel:
     """One member of an ensemble: what each is fit and measured as."""
-    return replace(rm, ensemble=1, objective="mean", uncertainty_weight=0.0)
+    return replace(rm, ensemble=1)
 
 
 def member_scores_KxB(rm: RewardModel, task: Task, proxy: dict, prompts_B, tokens_BxL) -> jax.Array:
@@ -155,19 +164,20 @@ def member_scores_KxB(rm: RewardModel, task: Task, proxy: dict, prompts_B, token
     return jax.vmap(one)(proxy)
 
 
-def combine_B(rm: RewardModel, scores_KxB: jax.Array) -> jax.Array:
-    """An ensemble's objective over its members' scores."""
-    if rm.objective == "worst":
-        return jnp.min(scores_KxB, 0)
-    if rm.objective == "uncertainty":
-        return jnp.mean(scores_KxB, 0) - rm.uncertainty_weight * jnp.var(scores_KxB, 0)
-    return jnp.mean(scores_KxB, 0)
+def combine_B(scores_KxB: jax.Array, worst: jax.Array, uncertainty_weight: jax.Array) -> jax.Array:
+    """An ensemble's objective over its members' scores: the minimum where worst > 0, else
+    mean - uncertainty_weight * var (the mean with weight 0: x - 0 * var is x exactly)."""
+    pessimistic_B = jnp.mean(scores_KxB, 0) - uncertainty_weight * jnp.var(scores_KxB, 0)
+    return jnp.where(worst > 0, jnp.min(scores_KxB, 0), pessimistic_B)
 
 
-def score_B(rm: RewardModel, task: Task, proxy: dict, prompts_B: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
-    """The frozen proxy reward of each response: the calibrated score (an ensemble's: its objective)."""
+def score_B(rm: RewardModel, task: Task, proxy: dict, prompts_B: jax.Array, tokens_BxL: jax.Array,
+            hp: dict | None = None) -> jax.Array:
+    """The frozen proxy reward of each response: the calibrated score (an ensemble's: its objective,
+    read from the run's hparams rm_worst and rm_uncertainty_weight)."""
     if rm.ensemble > 1:
-        return combine_B(rm, member_scores_KxB(rm, task, proxy, prompts_B, tokens_BxL))
+        return combine_B(member_scores_KxB(rm, task, proxy, prompts_B, tokens_BxL), hp["rm_worst"],
+                         hp["rm_uncertainty_weight"])
     return proxy["scale"] * raw_score_B(rm, task, proxy["net"], prompts_B, tokens_BxL) + proxy["shift"]
 
 
@@ -283,7 +293,8 @@ def metric_names(rm: RewardModel, task: Task, logged: tuple[str, ...]) -> tuple[
     return names + (() if enumerates(task, rm) else ("proxy_se",))
 
 
-def expected_proxy(rm: RewardModel, task: Task, policy: Policy, params, proxy: dict, key: jax.Array) -> dict:
+def expected_proxy(rm: RewardModel, task: Task, policy: Policy, params, proxy: dict, key: jax.Array,
+                   hp: dict | None = None) -> dict:
     """E[proxy] under the policy averaged over prompts: by enumeration of all V**L responses, or Monte
     Carlo (rm.eval_samples per prompt, prompts as strata) with `proxy_se`."""
     P = task.prompts
@@ -291,16 +302,17 @@ def expected_proxy(rm: RewardModel, task: Task, policy: Policy, params, proxy: d
         all_NxL = task_lib.all_responses_NxL(task)
         prompts_B, tokens_BxL = prompt_major(P, all_NxL.shape[0]), jnp.tile(all_NxL, (P, 1))
         p_B = jnp.exp(jnp.sum(policy.log_probs(params, prompts_B, tokens_BxL), -1))
-        return {"proxy": jnp.sum(p_B * score_B(rm, task, proxy, prompts_B, tokens_BxL)) / P}
+        return {"proxy": jnp.sum(p_B * score_B(rm, task, proxy, prompts_B, tokens_BxL, hp)) / P}
     S = rm.eval_samples
     prompts_B = prompt_major(P, S)
-    v_PxS = score_B(rm, task, proxy, prompts_B, policy.sample(params, key, S)).reshape(P, S)
+    v_PxS = score_B(rm, task, proxy, prompts_B, policy.sample(params, key, S), hp).reshape(P, S)
     return {"proxy": jnp.mean(v_PxS), "proxy_se": jnp.sqrt(jnp.mean(jnp.var(v_PxS, -1, ddof=1)) / (P * S))}
 
 
-def logged(rm: RewardModel, task: Task, policy: Policy, params, proxy: dict, key: jax.Array, row: dict) -> dict:
+def logged(rm: RewardModel, task: Task, policy: Policy, params, proxy: dict, key: jax.Array, row: dict,
+           hp: dict | None = None) -> dict:
     """The metrics of a run against a proxy at a logged step, from the row's own reward and KL."""
     out = {"gold": row["reward"], "sqrt_kl": jnp.sqrt(jnp.maximum(row["kl"], 0.0))}
     if "reward_se" in row:
         out["gold_se"] = row["reward_se"]
-    return out | expected_proxy(rm, task, policy, params, proxy, jax.random.fold_in(key, 7))
+    return out | expected_proxy(rm, task, policy, params, proxy, jax.random.fold_in(key, 7), hp)

@@ -112,12 +112,12 @@ def eval_key(state: RunState) -> jax.Array:
     return jax.random.fold_in(state.policy_key, 1)
 
 
-def with_proxy(static: Static, policy: Policy, state: RunState, row: dict) -> dict:
+def with_proxy(static: Static, policy: Policy, state: RunState, row: dict, hp: dict) -> dict:
     """A logged row, plus gold, proxy and sqrt_kl when the run optimises a learned proxy."""
     if static.reward_model is None:
         return row
     return row | reward_model.logged(static.reward_model, static.task, policy, state.params, state.proxy,
-                                     eval_key(state), row)
+                                     eval_key(state), row, hp)
 
 
 def init_run(static: Static, hp: dict, key: jax.Array, ref=None, proxy=None, shared=None) -> tuple[RunState, dict]:
@@ -128,7 +128,7 @@ def init_run(static: Static, hp: dict, key: jax.Array, ref=None, proxy=None, sha
     state = RunState(params, make_optimizer(static, hp).init(params), key, policy_key,
                      step=jnp.int32(0), diverged_at=jnp.int32(-1), ref=ref, proxy=proxy)
     row = with_proxy(static, policy, state, exact_metrics(static, policy, params, reference_params(policy), hp,
-                                                          eval_key(state)))
+                                                          eval_key(state)), hp)
     row.update(no_step_metrics(static))
     row["diverged_at_step"] = state.diverged_at
     return state, row
@@ -181,7 +181,7 @@ def run_chunk(static: Static, rows: int, state: RunState, hp: dict, shared=None)
     def one_interval(state, _):
         (state, last), _ = jax.lax.scan(one_step, (state, no_step_metrics(static)), jnp.arange(static.log_every))
         row = with_proxy(static, policy, state, exact_metrics(static, policy, state.params, ref_params, hp,
-                                                              eval_key(state))) | last
+                                                              eval_key(state)), hp) | last
         row["diverged_at_step"] = state.diverged_at
         return state, row
 

@@ -128,7 +128,7 @@ def make_step_batch(static: Static, policy: Policy, ref_params, hp: dict, params
                       None, None, mask_BxL)
     components, weights = [phi_B, phi_prime_B], [hp["w_phi"], hp["w_phi_prime"]]
     if static.reward_model is not None:  # RL against the learned proxy; the gold stays in the batch's statistics
-        components = [reward_model.score_B(static.reward_model, static.task, proxy, prompts_B, tokens_BxL)]
+        components = [reward_model.score_B(static.reward_model, static.task, proxy, prompts_B, tokens_BxL, hp)]
         weights = [jnp.float32(1.0)]
     if static.kl_placement == "reward":
         batch = batch._replace(kl_B=batch_kl_B(static, policy, ref_params, params, batch))

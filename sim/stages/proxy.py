@@ -49,10 +49,10 @@ def cache_dir(exp: Experiment) -> Path:
 
 
 def cache_key(exp: Experiment, variant_8: np.ndarray) -> str:
-    """The objective is left out (every objective of an ensemble shares its members), and so is the
-    ensemble size of a single model (one key for a single model whatever its objective settings)."""
+    """The ensemble size of a single model is left out (its key is that of the single model it was
+    before ensembles); the objective is no part of the model (every objective shares its members)."""
     rm = exp.static.reward_model
-    model = {k: v for k, v in asdict(rm).items() if k not in ("ensemble", "objective", "uncertainty_weight")}
+    model = {k: v for k, v in asdict(rm).items() if k != "ensemble"}
     fields = {"task": asdict(exp.static.task), "model": model, "fit": asdict(exp.reward_fit),
               "variant": [float(np.float32(v)) for v in variant_8]}
     return cache.key(fields | ({"ensemble": rm.ensemble} if rm.ensemble > 1 else {}), _SOURCES)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from sim.config_values import ConfigError, choice, int_list, integer
 
 REWARDS = ("phi", "phi_prime")
-SHAPES = ("mean", "all")
+SHAPES = ("mean", "all", "parity")
 # The task section's keys (task.phi_prime also takes relative_weight: hparams.DERIVED_KEYS) and a reward's
 KEYS = {"kind", "prompts", "length", "vocab", "seed", "competence_spread", "kappa_delta", "phi", "phi_prime"}
 REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kappa"}
@@ -26,7 +26,8 @@ REWARD_KEYS = {"positions", "good_tokens", "shape", "weight", "competence", "kap
 class RewardSpec:
     positions: tuple[int, ...]
     good_tokens: tuple[int, ...]
-    shape: str = "mean"  # 'mean': fraction of good tokens (dense); 'all': 1 iff every one is good
+    shape: str = "mean"  # 'mean': fraction of good tokens (dense); 'all': 1 iff every one is good;
+    # 'parity': 1 iff an odd number are good (no sum over positions can rank its best responses first)
     text: str | None = None  # a text task's reward of the decoded text (sim/tasks/text_rewards.py): no good tokens
     # a reward its task computes itself, jittable: score(tokens_BxL, mask_BxL | None, prompt_B | None) -> reward_B.
     # The text task binds its text rewards here (tokenizer, prompts), so this module knows nothing of text.
@@ -107,7 +108,13 @@ def reference_logits_PxLxV(task: Task, competence: tuple[jax.Array, jax.Array], 
 
 
 def _aggregate(good_BxK: jax.Array, shape: str) -> jax.Array:
-    return jnp.mean(good_BxK, -1) if shape == "mean" else jnp.prod(good_BxK, -1)
+    """The reward from each position's goodness: indicators (a response) or, positions being
+    independent, probabilities (its exact expectation): each shape is multilinear in them."""
+    if shape == "mean":
+        return jnp.mean(good_BxK, -1)
+    if shape == "all":
+        return jnp.prod(good_BxK, -1)
+    return (1.0 - jnp.prod(1.0 - 2.0 * good_BxK, -1)) / 2.0  # parity: (1 - (-1)^count) / 2
 
 
 def reward_of_count_J(spec: RewardSpec) -> jax.Array:

@@ -114,11 +114,9 @@ def test_config_group():
 def test_ensemble_objectives_over_known_member_scores():
     scores_KxB = jnp.array([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # 3 members x 2 responses
     # by hand: means (2, 1); minima (1, 0); population variances (2/3, 2)
-    ens = rm_lib.RewardModel("linear", ensemble=3)
-    np.testing.assert_allclose(rm_lib.combine_B(ens, scores_KxB), [2.0, 1.0])
-    np.testing.assert_allclose(rm_lib.combine_B(replace(ens, objective="worst"), scores_KxB), [1.0, 0.0])
-    uwo = replace(ens, objective="uncertainty", uncertainty_weight=0.5)
-    np.testing.assert_allclose(rm_lib.combine_B(uwo, scores_KxB), [2.0 - 0.5 * 2 / 3, 1.0 - 0.5 * 2.0], rtol=1e-6)
+    np.testing.assert_allclose(rm_lib.combine_B(scores_KxB, 0.0, 0.0), [2.0, 1.0])
+    np.testing.assert_allclose(rm_lib.combine_B(scores_KxB, 1.0, 0.0), [1.0, 0.0])
+    np.testing.assert_allclose(rm_lib.combine_B(scores_KxB, 0.0, 0.5), [2.0 - 0.5 * 2 / 3, 1.0 - 0.5 * 2.0], rtol=1e-6)
 
 
 def test_ensemble_members_member_zero_is_the_single_model_the_others_resample():
@@ -133,13 +131,19 @@ def test_ensemble_members_member_zero_is_the_single_model_the_others_resample():
 
 
 def test_ensemble_config():
+    """The objective is per-run numbers (hparams), not Static: every objective of one ensemble has one Static."""
     ens = experiment(["reward_model=linear", "reward_model.ensemble=4", "reward_model.objective=uncertainty",
-                      "reward_model.uncertainty_weight=0.5"]).static.reward_model
-    assert (ens.ensemble, ens.objective, ens.uncertainty_weight) == (4, "uncertainty", 0.5)
+                      "reward_model.uncertainty_weight=0.5"])
+    assert ens.static.reward_model.ensemble == 4
+    assert (ens.hparams["rm_worst"], ens.hparams["rm_uncertainty_weight"]) == (0.0, 0.5)
     worst = experiment(["reward_model=linear", "reward_model.ensemble=4", "reward_model.objective=worst"])
-    assert worst.static.reward_model.uncertainty_weight == 0.0  # lambda is read by `uncertainty` only
-    single = experiment(["reward_model=linear", "reward_model.objective=worst"]).static.reward_model
-    assert single == rm_lib.RewardModel("linear")  # one model: its objective settings change nothing
+    assert (worst.hparams["rm_worst"], worst.hparams["rm_uncertainty_weight"]) == (1.0, 0.0)  # lambda: `uncertainty` only
+    mean = experiment(["reward_model=linear", "reward_model.ensemble=4"])
+    assert (mean.hparams["rm_worst"], mean.hparams["rm_uncertainty_weight"]) == (0.0, 0.0)
+    assert worst.static == ens.static == mean.static
+    single = experiment(["reward_model=linear", "reward_model.objective=worst"])
+    assert single.static.reward_model == rm_lib.RewardModel("linear")  # one model: its objective settings change nothing
+    assert "rm_worst" not in single.hparams
     for bad, words in [("reward_model.ensemble=0", "reward_model.ensemble=0: must be an integer >= 1"),
                        ("reward_model.objective=median", "reward_model.objective='median': allowed values are mean, worst, uncertainty"),
                        ("reward_model.uncertainty_weight=-1", "reward_model.uncertainty_weight=-1")]:

@@ -33,11 +33,12 @@ def test_an_ensembles_member_zero_is_the_single_model_and_objectives_share_its_m
     assert len(list((tmp_path / "reward_model").glob("*.npz"))) == 2  # the single model and the ensemble
 
     # the objective scores the members: here the worst case of the 3 calibrated scores
-    rm = experiment(TINY + ["reward_model.ensemble=3", "reward_model.objective=worst"]).static.reward_model
+    worst_exp = experiment(TINY + ["reward_model.ensemble=3", "reward_model.objective=worst"])
+    rm, hp = worst_exp.static.reward_model, worst_exp.hparams
     tokens_BxL = jnp.array([[0, 1, 1], [2, 3, 0]])
     prompts_B = jnp.array([0, 1])
     ens_proxy = jax.tree.map(lambda x: x[0], ens.params_R)
     members_3xB = [rm_lib.score_B(rm_lib.RewardModel("linear"), exp.static.task, jax.tree.map(lambda x: x[m], ens_proxy),
                                   prompts_B, tokens_BxL) for m in range(3)]
-    np.testing.assert_allclose(rm_lib.score_B(rm, exp.static.task, ens_proxy, prompts_B, tokens_BxL),
+    np.testing.assert_allclose(rm_lib.score_B(rm, exp.static.task, ens_proxy, prompts_B, tokens_BxL, hp),
                                np.min(members_3xB, 0), rtol=1e-6)

@@ -62,7 +62,7 @@ def test_reference_stays_finite_when_the_spread_saturates_the_competence():
     np.testing.assert_allclose(np.exp(logp).sum(-1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", ["mean", "all"])
+@pytest.mark.parametrize("shape", ["mean", "all", "parity"])
 def test_exact_expectation_matches_monte_carlo(shape):
     task = T.Task(prompts=3, length=4, vocab=5, phi=SPEC_A,
                   phi_prime=T.RewardSpec((2, 3), (2, 4), shape))
@@ -115,3 +115,10 @@ def test_the_toy_task_imports_nothing_of_text_or_real_models():
             " 'tokenizers'))]; print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
 
+
+
+def test_parity_is_one_for_an_odd_number_of_good_tokens():
+    spec = T.RewardSpec(positions=(0, 1, 2), good_tokens=(1,), shape="parity")
+    np.testing.assert_array_equal(T.reward_of_count_J(spec), [0.0, 1.0, 0.0, 1.0])  # 0..3 good tokens
+    tokens = jnp.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(T.reward_B(spec, 3, tokens), [0.0, 1.0, 0.0, 1.0])
