@@ -474,7 +474,7 @@ def _tree(root):
 
 
 # Holds a run directory's lock as a running `sim.run` does (rundir.claim), until killed.
-HOLD_LOCK = ("import sys; from pathlib import Path; from sim import rundir; "
+HOLD_LOCK = ("import sys; from pathlib import Path; from sim.output import rundir; "
              "rundir.claim(Path(sys.argv[1]), 'feedc0de00000000'); print('held', flush=True); sys.stdin.read()")
 
 
