@@ -149,7 +149,8 @@ def decomposition_table(spec: dict, runs: Path) -> list[str]:
                          "cos_grad_phi_phi_prime"):
                 x = run[name][1:].mean(0)  # per seed, over the logged updates
                 c = stats.contrast(x)
-                cells.append(f"{c.mean:+.2e} {_fmt_ci(c.lo, c.hi) if np.isfinite(c.lo) else ''}")
+                interval = f" [{c.lo:+.3g}, {c.hi:+.3g}]" if np.isfinite(c.lo) else ""
+                cells.append(f"{c.mean:+.3g}{interval}")
             lines.append(f"| {pair} | {arm} | " + " | ".join(cells) + " |")
     return lines
 
@@ -182,9 +183,15 @@ def section(spec: dict, results: Path, out: Path) -> str:
     lines = ["## 9. Does φ′ fall on a real model? The decisive experiment", ""]
     lines += [f"SmolLM2-135M-Instruct, LoRA r16 on the frozen base, GRPO on r = 4·φ + w₂·φ′ with β = 0.04; "
               f"design in experiments/decisive.yaml and docs/real-experiment.md, written before the main run."]
-    if stage == "pilot":
+    has_runs = any((runs / p / "metrics.csv").exists() for p in spec["pairs"])
+    if stage == "pilot" and has_runs:
         lines += ["", "**Only the pilot has run** (`python -m experiments.decisive run pilot`): its verdicts below "
                   "are exploratory, from its few seeds; the main run's (`run main`, seeds from `power`) replace them."]
+    elif not has_runs:
+        lines += ["", "**No valid run yet.** A first pilot (2026-12-08, pair I) was discarded: its LoRA runs were spread "
+                  "over two CPU devices, where the training batches were sampled wrongly (docs/real-models.md, "
+                  "\"Known problem\"); LoRA runs now stay on one device. What follows is the design's measured "
+                  "ground: the pairs and the toy's prediction."]
     lines += ["", "| pair | φ at ref | φ′ at ref | corr(φ, φ′) | κ′ ± SE | φ's words in φ′'s window |",
               "| --- | --- | --- | --- | --- | --- |"]
     for pair, p in pairs.items():

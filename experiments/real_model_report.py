@@ -341,8 +341,9 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
     names = list(spec["runs"])
     labels = spec.get("labels", {})
     label = lambda n: labels.get(n, n)  # noqa: E731
-    head = ("## 9. The blog's experiment on a real model\n\n"
-            f"{spec['title']}. Configurations: `experiments/real_model.yaml`; trained by "
+    head = ("## 10. The first real-model attempt: the blog's default pair (not decisive)\n\n"
+            "Kept for the record: §9 says why it could not decide (3 seeds, a φ′ near its ceiling that φ's "
+            f"tokens cannot lower) and replaces it. {spec['title']}. Configurations: `experiments/real_model.yaml`; trained by "
             "`python -m experiments.real_model run [--only NAME]` (one `python -m sim.run` per configuration, "
             "seeds one after another; not rerun by `python -m experiments.regenerate`, which re-renders this "
             "section from the stored results in `experiments/real_model/runs/`, as "

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments import best_of_n, real_model_report, report, runs as runs_lib
+from experiments import best_of_n, decisive, decisive_report, real_model_report, report, runs as runs_lib
 
 HERE = Path(__file__).resolve().parent
 PROVENANCE = runs_lib.RESULTS / "regenerate.json"
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.perf_counter() - t1
     args.out.mkdir(parents=True, exist_ok=True)
     body = report.write(args.out, runs)
+    body += "\n" + decisive_report.section(decisive.load_spec(), decisive.RESULTS, args.out) + "\n"
     spec = real_model_report.load_spec()
     body += real_model_report.replace_section("", real_model_report.render(spec, real_model_report.RUNS, args.out))
     if args.stored:
