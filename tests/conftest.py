@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import tempfile
 
@@ -92,3 +93,14 @@ def crash_at_chunk(monkeypatch, plain: dict, out, chunk: int = 4) -> None:
     with pytest.raises(RuntimeError, match="crash"):
         run_experiment(parse(plain), plain, out)
     monkeypatch.setattr(Checkpoints, "maybe_save", save)
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint_handler():
+    """Every test starts and ends with Python's own SIGINT handler: a test (or a library it loads)
+    that leaves SIGINT ignored in a pytest-xdist worker silently breaks the Ctrl-C tests that run
+    after it there, and the child processes they start inherit the ignored signal."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+

@@ -194,7 +194,7 @@ def test_a_user_prompt_file_and_too_few_prompts(tok, tmp_path):
     ({"phi": {"weight": 4.0, "positions": {"start": 0, "stop": 8}, "rule": {"words": ["a"]}, "text": "no_digits"}},
      r"^task.phi: give exactly one of rule"),
     ({"phi": {"weight": 4.0, "shape": "max", "positions": {"start": 0, "stop": 8}, "rule": {"words": ["a"]}}},
-     r"^task.phi.shape='max': allowed values are mean, all$"),
+     r"^task.phi.shape='max': allowed values are mean, all, parity$"),
 ])
 def test_config_errors_name_the_key_the_value_and_what_is_allowed(change, message):
     with pytest.raises(ConfigError, match=message):
