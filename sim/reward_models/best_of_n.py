@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-MIN_ROWS = 3  # as hacking.gao_fit: a two-parameter fit needs three points for its R^2 to mean anything
+from sim.reward_models import hacking
+
 
 
 def kl_formula(n: np.ndarray | int) -> np.ndarray:
@@ -59,20 +60,7 @@ def bon_fit(d_T: np.ndarray, gain_T: np.ndarray) -> dict:
     """{alpha, beta, r2, rows, d_min, d_max, d_peak, peak_in_data}: least squares of
     gain = d (alpha - beta d) over rows with d > 0 (None values with fewer than MIN_ROWS such rows).
     d_peak = alpha / (2 beta) (None when beta <= 0: no peak); peak_in_data: within the observed d."""
-    d_T, gain_T = np.asarray(d_T, np.float64), np.asarray(gain_T, np.float64)
-    keep = np.isfinite(d_T) & np.isfinite(gain_T) & (d_T > 0)
-    d, y = d_T[keep], gain_T[keep]
-    if d.size < MIN_ROWS:
-        return {"alpha": None, "beta": None, "r2": None, "rows": int(d.size), "d_min": None, "d_max": None,
-                "d_peak": None, "peak_in_data": False}
-    X = np.stack([d, -d * d], 1)
-    (alpha, beta), *_ = np.linalg.lstsq(X, y, rcond=None)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum((y - X @ np.array([alpha, beta])) ** 2)) / ss_tot if ss_tot > 0 else None
-    d_peak = float(alpha / (2 * beta)) if beta > 0 else None
-    return {"alpha": float(alpha), "beta": float(beta), "r2": r2, "rows": int(d.size),
-            "d_min": float(d.min()), "d_max": float(d.max()), "d_peak": d_peak,
-            "peak_in_data": d_peak is not None and bool(d.min() <= d_peak <= d.max())}
+    return hacking.fit_gain(d_T, gain_T, lambda d: d, lambda alpha, beta: float(alpha / (2 * beta)))
 
 
 def gold_at_d(d_N: np.ndarray, gold_N: np.ndarray, d_star: float) -> float:

@@ -21,18 +21,25 @@ def gao_fit(d_T: np.ndarray, gain_T: np.ndarray) -> dict:
     have d > 0 or the gain does not vary). d_peak = exp(alpha / beta - 1), where dR/dd = 0, is the
     fitted curve's peak (None when beta <= 0: no peak); peak_in_data says whether it lies within the
     observed d. A peak beyond the data is an extrapolation: the fit does not describe the peak."""
+    with np.errstate(over="ignore"):  # a tiny beta puts the peak at exp(huge): inf, i.e. far beyond the data
+        return fit_gain(d_T, gain_T, np.log, lambda alpha, beta: float(np.exp(alpha / beta - 1)))
+
+
+def fit_gain(d_T: np.ndarray, gain_T: np.ndarray, shape, peak) -> dict:
+    """Least squares of gain = d (alpha - beta shape(d)) over rows with d > 0: Gao et al.'s two forms
+    (shape = log for RL, identity for best-of-n). `peak(alpha, beta)` is where dR/dd = 0, asked only
+    for beta > 0. The dict of gao_fit; None values with fewer than MIN_ROWS rows."""
     d_T, gain_T = np.asarray(d_T, np.float64), np.asarray(gain_T, np.float64)
     keep = np.isfinite(d_T) & np.isfinite(gain_T) & (d_T > 0)
     d, y = d_T[keep], gain_T[keep]
     if d.size < MIN_ROWS:
         return {"alpha": None, "beta": None, "r2": None, "rows": int(d.size), "d_min": None, "d_max": None,
                 "d_peak": None, "peak_in_data": False}
-    X = np.stack([d, -d * np.log(d)], 1)
+    X = np.stack([d, -d * shape(d)], 1)
     (alpha, beta), *_ = np.linalg.lstsq(X, y, rcond=None)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum((y - X @ np.array([alpha, beta])) ** 2)) / ss_tot if ss_tot > 0 else None
-    with np.errstate(over="ignore"):  # a tiny beta puts the peak at exp(huge): inf, i.e. far beyond the data
-        d_peak = float(np.exp(alpha / beta - 1)) if beta > 0 else None
+    d_peak = peak(alpha, beta) if beta > 0 else None
     return {"alpha": float(alpha), "beta": float(beta), "r2": r2, "rows": int(d.size),
             "d_min": float(d.min()), "d_max": float(d.max()), "d_peak": d_peak,
             "peak_in_data": d_peak is not None and bool(d.min() <= d_peak <= d.max())}
