@@ -74,6 +74,9 @@ def cpu_device_count(setting: int | str) -> int:
     return int(setting)
 
 
+# YNNPACK fusions off: with them about half of fresh compilations of a toy program logged a wrong KL
+# (tests/test_runtime.py). Without them, two CPU devices executing a real-sized decoder at once give
+# wrong numbers (experiments/xla_cpu_race.py), so real-model runs use one device (rl/layout.py).
 XLA_FLAGS = {"--xla_backend_optimization_level": "1", "--xla_cpu_experimental_ynn_fusion_type": ""}
 
 

@@ -52,10 +52,9 @@ def batch_layout(static: Static, n_runs: int, n_devices: int) -> tuple[int, int]
     if static.lm is not None:
         # LoRA runs are a few MB each: vmapped in blocks of policy.lora.runs_per_block against the one
         # base (its matmuls take every run's batch at once), on the first device; blocks divide the
-        # runs, so no run is padding. Not over several CPU devices: there, SmolLM2's LoRA runs sampled
-        # garbage after a few tokens (2 devices x blocks of 1 or 2: the evaluation's responses; blocks
-        # of 4: the training batches, with k3 KL estimates of 10-50 nats), while the same runs on one
-        # device agree with teacher forcing (docs/real-models.md, "Known problem"); cause not found
+        # runs, so no run is padding. Not over several CPU devices: two CPU devices executing at once
+        # corrupt a real-sized decoder's sampling under sim's XLA flags (an XLA fault, reproduced
+        # without sim's layout by experiments/xla_cpu_race.py; docs/real-models.md, "Known problem")
         share = n_runs
         return 1, max(d for d in range(1, min(share, static.lm.runs_per_block) + 1) if share % d == 0)
     cap = run_block(static)

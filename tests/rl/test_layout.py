@@ -45,6 +45,22 @@ def test_blocks_are_sized_to_the_batch_unless_batch_invariance_is_asked_for(smal
             assert blocks * block - share < blocks and devices * share - n < devices, (n, n_devices)
 
 
+def test_real_model_runs_stay_on_one_device(small):
+    """Pretrained runs never spread over CPU devices: two devices executing at once corrupt a
+    real-sized decoder's sampling (XLA's CPU fault, experiments/xla_cpu_race.py). LoRA runs go in
+    blocks that divide them (no padding); fully fine-tuned runs one by one."""
+    from dataclasses import replace
+
+    from sim.policies.pretrained import Settings
+
+    lora = replace(small().static, lm=Settings(checkpoint="tiny", adapter="lora", runs_per_block=4))
+    full = replace(small().static, lm=Settings(checkpoint="tiny"))
+    assert batch_layout(lora, 8, 2) == (1, 4)
+    assert batch_layout(lora, 6, 8) == (1, 3)  # the largest block <= 4 that divides 6
+    assert batch_layout(lora, 5, 2) == (1, 1)
+    assert batch_layout(full, 8, 2) == (1, 1)
+
+
 def test_over_runs_applies_the_per_run_function_to_each_run_in_order():
     """8 runs in blocks of 4 on one device: run r's output is fn of run r's inputs (float rounding
     may differ from an unbatched call, which is why blocks have one fixed size: see the module)."""
