@@ -4,7 +4,7 @@
     python -m experiments.real_model report
 
 `run` trains each configuration of experiments/real_model.yaml through `python -m sim.run` (a
-subprocess per configuration, its seeds one after another) into experiments/real_model/runs/<name>/
+subprocess per configuration, its seeds one after another) into experiments/results/real_model/runs/<name>/
 and keeps only the small files (STORED) plus run.json: the command, its wall time and the load
 average around it. A run interrupted here is resumed by the next `run` (sim.run's resume); a
 finished one is left alone. One configuration takes many minutes on a CPU, so

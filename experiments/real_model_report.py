@@ -1,6 +1,6 @@
 """REPORT.md's real-model section and experiments/real_model.png, from STORED results only.
 
-Reads each experiments/real_model/runs/<name>/ (metrics.csv, summary.json, run.json) that
+Reads each experiments/results/real_model/runs/<name>/ (metrics.csv, summary.json, run.json) that
 experiments/real_model.py wrote; trains nothing. Every number is computed here with the report's
 statistics (experiments/report.py: mean over seeds of end - start, 95% Student-t interval), and
 every sentence of the verdict is chosen by the verdicts of sim/analysis/stats.py (a family per statistic,
@@ -25,7 +25,8 @@ from sim.analysis.diagnostics import CELLS, TIE
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE / "real_model.yaml"
-RUNS = HERE / "real_model" / "runs"
+RUNS = HERE / "results" / "real_model" / "runs"
+REFERENCE = HERE / "results" / "text_rewards" / "text_rewards.json"  # experiments/text_rewards.py's
 SECTION_BEGIN, SECTION_END = "<!-- real-model section: begin -->", "<!-- real-model section: end -->"
 
 def load_spec(path: Path = SPEC) -> dict:
@@ -314,9 +315,9 @@ def _minutes(seconds) -> str:
     return "n/a" if seconds is None else f"{seconds / 60:.1f}"
 
 
-def precision(runs: dict[str, Stored], reference_file: Path = HERE / "text_rewards.json") -> str:
+def precision(runs: dict[str, Stored], reference_file: Path = REFERENCE) -> str:
     """What one logged value is made of, so a zero-width interval is read right; and the default
-    pair's κ measured on many more reference samples (experiments/text_rewards.json), when stored."""
+    pair's κ measured on many more reference samples (REFERENCE), when stored."""
     s = runs.get(MAIN) or next(iter(runs.values()))
     config = s.path / "config.yaml" if s.path is not None else None
     cfg = yaml.safe_load(config.read_text()) if config is not None and config.exists() else {}
@@ -346,7 +347,7 @@ def render(spec: dict, runs_dir: Path, out: Path) -> str:
             f"tokens cannot lower) and replaces it. {spec['title']}. Configurations: `experiments/real_model.yaml`; trained by "
             "`python -m experiments.real_model run [--only NAME]` (one `python -m sim.run` per configuration, "
             "seeds one after another; not rerun by `python -m experiments.regenerate`, which re-renders this "
-            "section from the stored results in `experiments/real_model/runs/`, as "
+            "section from the stored results in `experiments/results/real_model/runs/`, as "
             "`python -m experiments.real_model report` does).\n\n")
     runs = load(runs_dir, names)
     if not runs:

@@ -5,11 +5,11 @@ Two steps, both regenerable:
     python -m experiments.text_rewards sample [--samples 32] [--batch 128]
         draws `samples` responses per prompt from the reference (conf/task/text.yaml: its prompts,
         chat template and new_tokens; temperature 1, no top-k/top-p, as training samples) and
-        stores their tokens in experiments/text_rewards_tokens.npz (appended batch by batch, so an
+        stores their tokens in experiments/results/text_rewards/text_rewards_tokens.npz (appended batch by batch, so an
         interrupted run keeps what it drew; each batch's key: the responses per prompt drawn before it)
     python -m experiments.text_rewards measure
         scores the stored responses with conf/task/text.yaml's phi and phi_prime and writes
-        experiments/text_rewards.json: mean phi and phi_prime, their correlation with a 95% CI
+        experiments/results/text_rewards/text_rewards.json: mean phi and phi_prime, their correlation with a 95% CI
         (Fisher's z; and a bootstrap over prompts, which respects that samples of one prompt are
         related), the joint support (counts of the four (phi > 0, phi_prime > 0) cells), the
         sampled kappa(+-delta) of each with its bootstrap error, and a few decoded examples.
@@ -35,8 +35,8 @@ from sim.tasks import text as text_task
 from sim.lm import weights as checkpoint, sampling, tokenizer as tokenizer_lib
 
 HERE = Path(__file__).parent
-TOKENS = HERE / "text_rewards_tokens.npz"
-RESULT = HERE / "text_rewards.json"
+TOKENS = HERE / "results" / "text_rewards" / "text_rewards_tokens.npz"
+RESULT = HERE / "results" / "text_rewards" / "text_rewards.json"
 CONF = HERE.parent / "conf" / "task" / "text.yaml"
 CANDIDATES = HERE / "text_rewards_candidates.yaml"  # other pairs, scored on the same samples
 MODEL = "smollm2-135m"
