@@ -34,14 +34,26 @@ def load_spec(path: Path = SPEC) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+SIZES = ("steps", "log_every", "lr")
+
+
 def stage_overrides(spec: dict, stage: str, seeds: int | None = None) -> list[str]:
-    """The sizes of a stage (pilot or main) as sim.run overrides."""
+    """The sizes of a stage (pilot or main) as sim.run overrides. A main run that extends the pilot
+    (main.extends_pilot) trains only the seeds after the pilot's: seed=k, seeds=n-k
+    (decisive_report.stage_csvs reads both), so its sizes must be the pilot's."""
     s = spec[stage]
     n = seeds or s["seeds"]
     if not n:
         raise SystemExit(f"decisive: {stage}.seeds is not set yet: run `python -m experiments.decisive power` "
                          "on the pilot first, and write its answer into experiments/decisive.yaml")
-    return [f"seeds={n}", f"steps={s['steps']}", f"log_every={s['log_every']}", f"optim.lr={s['lr']}"]
+    first = 0
+    if stage == "main" and s.get("extends_pilot"):
+        pilot = spec["pilot"]
+        if any(s[k] != pilot[k] for k in SIZES) or n <= pilot["seeds"]:
+            raise SystemExit(f"decisive: main.extends_pilot needs the pilot's {', '.join(SIZES)} and more seeds "
+                             f"than its {pilot['seeds']}")
+        first, n = pilot["seeds"], n - pilot["seeds"]
+    return [f"seed={first}", f"seeds={n}", f"steps={s['steps']}", f"log_every={s['log_every']}", f"optim.lr={s['lr']}"]
 
 
 def configurations(spec: dict, stage: str, only: list[str] | None = None) -> dict[str, list[str]]:
@@ -91,12 +103,11 @@ def pairs(spec: dict) -> dict:
 
 # ---- power: the main run's seeds from the pilot ----
 
-def contrasts(spec: dict, runs: Path) -> dict[str, np.ndarray]:
+def contrasts(spec: dict, results: Path, stage: str = "pilot") -> dict[str, np.ndarray]:
     """The primary contrasts' per-seed values: point 0 is the paid arm (w2 = 1), point 1 the unpaid."""
     out = {}
     last = spec["endpoint"]["last_evaluations"]
-    for pair in spec["pairs"]:
-        run = decisive_report.read_runs(runs / pair / "metrics.csv")
+    for pair, run in decisive_report.load_stage(spec, results, stage).items():
         paid, unpaid = (decisive_report.endpoint_N(run[point], spec["endpoint"]["metric"], last) for point in (0, 1))
         out[f"{pair}.paid"], out[f"{pair}.unpaid"], out[f"{pair}.paid-unpaid"] = paid, unpaid, paid - unpaid
     return out
@@ -114,10 +125,10 @@ def seeds_needed(sd: float, mde: float, alpha: float, power: float, k: int, most
     return None
 
 
-def power(spec: dict, runs: Path) -> dict:
-    values = contrasts(spec, runs)
+def power(spec: dict, results: Path) -> dict:
+    values = contrasts(spec, results, "pilot")
     k = len(spec["contrasts"])
-    out = {"pilot": str(runs), "mde": spec["mde"], "power": spec["power"], "alpha": spec["alpha"], "family": k,
+    out = {"pilot": "runs/pilot", "mde": spec["mde"], "power": spec["power"], "alpha": spec["alpha"], "family": k,
            "contrasts": {}}
     for name in spec["contrasts"]:
         x = values[name]
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {RESULTS / 'pairs.json'}", file=sys.stderr)
         return 0
     if args.what == "power":
-        result = power(spec, RESULTS / "runs" / "pilot")
+        result = power(spec, RESULTS)
         (RESULTS / "power.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return 0

@@ -20,9 +20,13 @@ ARMS = {0: "paid (w = 4, 1)", 1: "unpaid (w = 4, 0)"}
 TERMS = {"phi": "φ's advantage", "phi_prime": "φ′'s advantage", "kl": "the KL term"}
 
 
-def read_runs(metrics_csv: Path) -> dict:
-    """point -> metric -> steps_T, values_TxN (seeds as columns), from a sim.run metrics.csv."""
-    rows = list(csv.DictReader(metrics_csv.open()))
+def read_runs(*metrics_csvs: Path) -> dict:
+    """point -> metric -> steps_T, values_TxN (seeds as columns), from sim.run metrics.csv files of
+    the same configuration with different seeds (the main run's extension of the pilot's)."""
+    rows = [r for path in metrics_csvs for r in csv.DictReader(path.open())]
+    runs_of = [{(r["seed"], r["point"]) for r in csv.DictReader(path.open())} for path in metrics_csvs]
+    if len(metrics_csvs) > 1 and set.intersection(*runs_of):
+        raise ValueError(f"{', '.join(map(str, metrics_csvs))}: the same seed appears in more than one file")
     out = {}
     for point in sorted({int(r["point"]) for r in rows}):
         mine = [r for r in rows if int(r["point"]) == point]
@@ -38,20 +42,36 @@ def read_runs(metrics_csv: Path) -> dict:
     return out
 
 
+def stage_csvs(spec: dict, results: Path, stage: str, pair: str) -> list[Path]:
+    """A pair's metrics.csv files at a stage. With main.extends_pilot, the main run's first seeds
+    ARE the pilot's (the same configuration and seeds give the same runs), so the main run trains
+    only seeds pilot.seeds .. main.seeds - 1 (decisive.stage_overrides) and reads both."""
+    own = results / "runs" / stage / pair / "metrics.csv"
+    if stage == "main" and spec["main"].get("extends_pilot"):
+        return [results / "runs" / "pilot" / pair / "metrics.csv", own]
+    return [own]
+
+
+def load_stage(spec: dict, results: Path, stage: str) -> dict[str, dict]:
+    """pair -> read_runs of the pairs whose runs at `stage` are all stored."""
+    out = {}
+    for pair in spec["pairs"]:
+        paths = stage_csvs(spec, results, stage, pair)
+        if all(p.exists() for p in paths):
+            out[pair] = read_runs(*paths)
+    return out
+
+
 def endpoint_N(run: dict, metric: str = "phi_prime", last: int = 2) -> np.ndarray:
     x_TxN = run[metric]
     return x_TxN[-last:].mean(0) - x_TxN[0]
 
 
-def primary_contrasts(spec: dict, runs: Path) -> list[dict]:
+def primary_contrasts(spec: dict, stage_runs: dict[str, dict]) -> list[dict]:
     """The declared family (spec['contrasts']) with Holm-corrected verdicts and Bonferroni intervals
     (simultaneous: each at level alpha / K, so that all K cover together)."""
     values = {}
-    for pair in spec["pairs"]:
-        path = runs / pair / "metrics.csv"
-        if not path.exists():
-            continue
-        run = read_runs(path)
+    for pair, run in stage_runs.items():
         last = spec["endpoint"]["last_evaluations"]
         paid, unpaid = (endpoint_N(run[point], spec["endpoint"]["metric"], last) for point in (0, 1))
         values |= {f"{pair}.paid": paid, f"{pair}.unpaid": unpaid, f"{pair}.paid-unpaid": paid - unpaid}
@@ -67,15 +87,13 @@ def primary_contrasts(spec: dict, runs: Path) -> list[dict]:
     return out
 
 
-def plot_rewards(spec: dict, runs: Path, path: Path, title: str) -> None:
+def plot_rewards(stage_runs: dict[str, dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [p for p in spec["pairs"] if (runs / p / "metrics.csv").exists()]
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(9, 3.2 * len(pairs)), squeeze=False)
-    for row, pair in zip(axes, pairs):
-        run = read_runs(runs / pair / "metrics.csv")
+    fig, axes = plt.subplots(len(stage_runs), 2, figsize=(9, 3.2 * len(stage_runs)), squeeze=False)
+    for row, (pair, run) in zip(axes, stage_runs.items()):
         for ax, metric, label in zip(row, ("phi", "phi_prime"), ("φ", "φ′")):
             for point, arm in ARMS.items():
                 x_TxN = run[point][metric]
@@ -91,15 +109,14 @@ def plot_rewards(spec: dict, runs: Path, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_decomposition(spec: dict, runs: Path, path: Path) -> None:
+def plot_decomposition(stage_runs: dict[str, dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = [p for p in spec["pairs"] if (runs / p / "metrics.csv").exists()]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 3.4), squeeze=False)
-    for ax, pair in zip(axes[0], pairs):
-        run = read_runs(runs / pair / "metrics.csv")[0]  # the paid arm
+    fig, axes = plt.subplots(1, len(stage_runs), figsize=(4.8 * len(stage_runs), 3.4), squeeze=False)
+    for ax, (pair, runs) in zip(axes[0], stage_runs.items()):
+        run = runs[0]  # the paid arm
         steps = run["steps"][1:]
         for term, label in TERMS.items():
             x_TxN = run[f"dphi_prime_by_{term}"][1:]
@@ -134,16 +151,13 @@ def toy_rows(spec: dict, runs: Path) -> list[str]:
     return lines
 
 
-def decomposition_table(spec: dict, runs: Path) -> list[str]:
+def decomposition_table(stage_runs: dict[str, dict]) -> list[str]:
     """Mean over logged steps and seeds of each term's first-order change of E[phi'] (and E[phi])."""
     lines = ["| pair | arm | on E[φ′]: by φ's adv. | by φ′'s adv. | by KL | on E[φ]: by φ's adv. | cos(∇E[φ], ∇E[φ′]) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for pair in spec["pairs"]:
-        path = runs / pair / "metrics.csv"
-        if not path.exists():
-            continue
+    for pair, runs in stage_runs.items():
         for point, arm in ARMS.items():
-            run = read_runs(path)[point]
+            run = runs[point]
             cells = []
             for name in ("dphi_prime_by_phi", "dphi_prime_by_phi_prime", "dphi_prime_by_kl", "dphi_by_phi",
                          "cos_grad_phi_phi_prime"):
@@ -178,12 +192,19 @@ def answer(rows: list[dict]) -> str:
 def section(spec: dict, results: Path, out: Path) -> str:
     """REPORT §9: from the main run where it exists, else from the pilot (said so)."""
     pairs = json.loads((results / "pairs.json").read_text()) if (results / "pairs.json").exists() else {}
-    stage = "main" if all((results / "runs" / "main" / p / "metrics.csv").exists() for p in spec["pairs"]) else "pilot"
-    runs = results / "runs" / stage
+    stage_runs = load_stage(spec, results, "main")
+    stage = "main" if len(stage_runs) == len(spec["pairs"]) else "pilot"
+    if stage == "pilot":
+        stage_runs = load_stage(spec, results, "pilot")
     lines = ["## 9. Does φ′ fall on a real model? The decisive experiment", ""]
     lines += [f"SmolLM2-135M-Instruct, LoRA r16 on the frozen base, GRPO on r = 4·φ + w₂·φ′ with β = 0.04; "
               f"design in experiments/decisive.yaml and docs/real-experiment.md, written before the main run."]
-    has_runs = any((runs / p / "metrics.csv").exists() for p in spec["pairs"])
+    has_runs = bool(stage_runs)
+    if stage == "main" and spec["main"].get("extends_pilot"):
+        lines += ["", f"The main run's {spec['main']['seeds']} seeds per pair include the pilot's "
+                  f"{spec['pilot']['seeds']} (seeds 0–{spec['pilot']['seeds'] - 1}: the same configuration and seeds, "
+                  "so the same runs; an internal pilot), trained again only from seed "
+                  f"{spec['pilot']['seeds']} on (experiments/decisive.yaml, `amendments`)."]
     if stage == "pilot" and has_runs:
         lines += ["", "**Only the pilot has run** (`python -m experiments.decisive run pilot`): its verdicts below "
                   "are exploratory, from its few seeds; the main run's (`run main`, seeds from `power`) replace them."]
@@ -199,10 +220,10 @@ def section(spec: dict, results: Path, out: Path) -> str:
         role = "bad (spill lowers φ′)" if pair == "I" else "good (spill cannot lower φ′)"
         lines.append(f"| {pair} | {p['mean_phi']:.3f} | {p['mean_phi_prime']:.3f} | {p['corr']:+.3f} "
                      f"{_fmt_ci(*p['corr_ci95_bootstrap_prompts'])} | {k['kappa']:.3f} ± {k['kappa_se']:.3f} | {role} |")
-    rows = primary_contrasts(spec, runs)
+    rows = primary_contrasts(spec, stage_runs)
     if rows:
-        plot_rewards(spec, runs, out / "decisive.png", f"{stage}: mean and 95% band over seeds")
-        plot_decomposition(spec, runs, out / "decisive_decomposition.png")
+        plot_rewards(stage_runs, out / "decisive.png", f"{stage}: mean and 95% band over seeds")
+        plot_decomposition(stage_runs, out / "decisive_decomposition.png")
         lines += ["", "![phi and phi_prime against step](decisive.png)", "",
                   f"Δφ′ (endpoint: the mean of the last {spec['endpoint']['last_evaluations']} evaluations minus "
                   f"step 0, per seed), Holm-corrected over the {len(rows)} primary contrasts; the intervals are "
@@ -216,7 +237,7 @@ def section(spec: dict, results: Path, out: Path) -> str:
         lines += ["", "**The answer, by the rule above:** " + answer(rows), "",
                   "The gradient decomposition (docs/outputs.md): each term's first-order change of E[φ′] per unit "
                   "learning rate, mean over the logged updates per seed, then over seeds with a 95% interval.", "",
-                  "![decomposition](decisive_decomposition.png)", ""] + decomposition_table(spec, runs)
+                  "![decomposition](decisive_decomposition.png)", ""] + decomposition_table(stage_runs)
     else:
         lines += ["", f"No {stage} runs are stored yet: `python -m experiments.decisive run {stage}`."]
     toy = toy_rows(spec, results / "runs" / "toy")

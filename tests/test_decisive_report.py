@@ -35,7 +35,7 @@ def test_the_answer_follows_the_verdicts_of_both_pairs(tmp_path, spec, fall_n, a
     runs = tmp_path / "runs" / "pilot"
     _write_run(runs / "I", 0.2, 0.3)
     _write_run(runs / "N", fall_n, fall_n, seed=1)
-    rows = dr.primary_contrasts(spec, runs)
+    rows = dr.primary_contrasts(spec, dr.load_stage(spec, tmp_path, "pilot"))
     assert [r["contrast"] for r in rows] == spec["contrasts"]
     v = {r["contrast"]: r["verdict"] for r in rows}
     assert v["I.paid"] == "down" and v["I.paid-unpaid"] == "up"  # the unpaid arm falls further
@@ -50,3 +50,27 @@ def test_endpoint_is_the_mean_of_the_last_evaluations_minus_step_0_per_seed(tmp_
     run = dr.read_runs(tmp_path / "I" / "metrics.csv")
     np.testing.assert_allclose(dr.endpoint_N(run[0], last=2), -0.2 * 17.5 / 20)  # mean of steps 15 and 20
     np.testing.assert_allclose(dr.endpoint_N(run[1], last=1), -0.3)
+
+
+def test_a_main_run_that_extends_the_pilot_reads_the_pilots_seeds_and_its_own(tmp_path, spec):
+    """main.extends_pilot: the pilot's seeds 0..3 and the main run's 4..9 are one set of 10 seeds,
+    in the main run's own overrides only seeds 4..9 (seed=4 seeds=6); a seed in both is an error."""
+    spec = spec | {"pilot": spec["pilot"] | {"seeds": 4}, "main": spec["pilot"] | {"seeds": 10, "extends_pilot": True}}
+    assert decisive.stage_overrides(spec, "main")[:2] == ["seed=4", "seeds=6"]
+    with pytest.raises(SystemExit, match="extends_pilot"):
+        decisive.stage_overrides(spec | {"main": spec["main"] | {"steps": 40}}, "main")
+    for pair, seed in (("I", 0), ("N", 1)):
+        _write_run(tmp_path / "runs" / "pilot" / pair, 0.2, 0.3, seeds=4, seed=seed)
+        _write_run(tmp_path / "runs" / "main" / pair, 0.2, 0.3, seeds=6, seed=seed + 2)
+    for pair in ("I", "N"):  # the main run's seeds are 4..9 (sim.run's seed=4)
+        path = tmp_path / "runs" / "main" / pair / "metrics.csv"
+        rows = list(csv.reader(path.open()))
+        path.write_text("\n".join(",".join([r[0], str(int(r[1]) + 4)] + r[2:]) if i else ",".join(r)
+                                   for i, r in enumerate(rows)) + "\n")
+    runs = dr.load_stage(spec, tmp_path, "main")
+    assert runs["I"][0]["seeds"] == list(range(10)) and runs["I"][0]["phi_prime"].shape == (5, 10)
+    assert [r["seeds"] for r in dr.primary_contrasts(spec, runs)] == [10] * 4
+    assert "Only the pilot" not in dr.section(spec, tmp_path, tmp_path)
+    _write_run(tmp_path / "runs" / "main" / "I2", 0.2, 0.3, seeds=4)  # seeds 0..3 again: the pilot's
+    with pytest.raises(ValueError, match="same seed"):
+        dr.read_runs(tmp_path / "runs" / "pilot" / "I" / "metrics.csv", tmp_path / "runs" / "main" / "I2" / "metrics.csv")
