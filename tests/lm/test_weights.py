@@ -4,36 +4,15 @@ from __future__ import annotations
 import importlib.metadata
 import json
 
-import gguf
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from sim.config_values import ConfigError
 from sim.lm import weights as ck
-from sim.lm.families.llama import unpermute_qk
-from sim.lm.config import LMConfig
-from tests.lm.tiny import QUANT, hf_state, write_tiny
-
-Q8_0, Q4_1, F16 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.F16
-# pytree key of a block matrix -> its GGUF name (the layout the test expects, written out here)
-GGUF_OF = {"wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight", "wo": "attn_output.weight",
-           "w_gate": "ffn_gate.weight", "w_up": "ffn_up.weight", "w_down": "ffn_down.weight"}
-
-
-def leaves(params) -> dict[str, np.ndarray]:
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
-
-
-def assert_identical(a, b):
-    la, lb = leaves(a), leaves(b)
-    assert la.keys() == lb.keys()
-    for k in la:
-        assert la[k].dtype == lb[k].dtype and la[k].shape == lb[k].shape, k
-        assert np.array_equal(la[k].view(np.uint8), lb[k].view(np.uint8)), k  # bit for bit
+from tests.lm.tiny import assert_identical, write_tiny
 
 
 def test_hf_dir_loads_the_weights_written(tiny):
@@ -41,74 +20,6 @@ def test_hf_dir_loads_the_weights_written(tiny):
     assert cfg == tiny["cfg"]
     assert_identical(params, tiny["params"])
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
-
-
-def test_f32_gguf_loads_the_same_parameters_exactly(tiny):
-    cfg, params = ck.load(str(tiny["gguf"]))
-    assert cfg == tiny["cfg"]  # metadata -> the same LMConfig (float32 eps read back as 1e-05)
-    assert_identical(params, tiny["params"])
-
-
-def test_gguf_stores_qk_permuted_and_the_loader_undoes_it(tiny):
-    """The stored Q/K rows differ from HF's (so a loader skipping the un-permutation fails), follow
-    llama.cpp's interleaving (stored row 2j of a head = HF row j, 2j+1 = HF row Dh/2 + j), and K
-    is permuted by the KV head count (un-permuting by the query head count gives other weights)."""
-    cfg, orig = tiny["cfg"], tiny["params"]["blocks"]
-    stored = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(tiny["gguf"]).tensors}
-    _, loaded = ck.load(str(tiny["gguf"]))
-    half = cfg.head_dim // 2
-    for key, n_head in (("wq", cfg.heads), ("wk", cfg.kv_heads)):
-        hf_rows = orig[key][0].T  # out x in, HF's order
-        raw = stored[f"blk.0.{GGUF_OF[key]}"]
-        assert not np.array_equal(raw, hf_rows)
-        for h in range(n_head):
-            base = h * cfg.head_dim
-            for j in range(half):
-                np.testing.assert_array_equal(raw[base + 2 * j], hf_rows[base + j])
-                np.testing.assert_array_equal(raw[base + 2 * j + 1], hf_rows[base + half + j])
-        np.testing.assert_array_equal(np.asarray(loaded["blocks"][key][0]).T, hf_rows)
-    wrong = unpermute_qk(stored["blk.0.attn_k.weight"], cfg.heads)
-    assert not np.array_equal(wrong, orig["wk"][0].T)
-
-
-def test_quantised_gguf_equals_gguf_dequantisation_of_the_same_weights(tiny):
-    """Row-wise block quantisation commutes with llama.cpp's row permutation, so each loaded matrix
-    must equal gguf's own quantize -> dequantize of the ORIGINAL HF-order weights, exactly; a wrong
-    layout or permutation would not. F32 tensors stay exact; the error stays within the type's."""
-    cfg, orig = tiny["cfg"], tiny["params"]
-    _, params = ck.load(str(tiny["gguf_quant"]))
-    types = {t.name: t.tensor_type for t in gguf.GGUFReader(tiny["gguf_quant"]).tensors}
-    assert {types["blk.0.attn_q.weight"], types["blk.0.ffn_gate.weight"], types["blk.0.attn_output.weight"]} \
-        == {Q8_0, Q4_1, F16}
-    for key, name in GGUF_OF.items():
-        qtype = QUANT.get(name)
-        for i in range(cfg.layers):
-            hf_w = orig["blocks"][key][i].T
-            got = np.asarray(params["blocks"][key][i]).T
-            if qtype is None:
-                np.testing.assert_array_equal(got, hf_w)
-                continue
-            want = gguf.quants.dequantize(gguf.quants.quantize(hf_w, qtype), qtype)
-            np.testing.assert_array_equal(got, want)
-            assert not np.array_equal(got, hf_w)  # it really was quantised
-            scale = np.abs(hf_w).max()
-            bound = {Q8_0: scale / 127, Q4_1: 2 * scale / 15, F16: scale * 2 ** -10}[qtype]
-            assert np.abs(got - hf_w).max() <= bound, (key, qtype.name)
-    np.testing.assert_array_equal(np.asarray(params["embed"]), orig["embed"])
-
-
-def test_sharded_safetensors_with_index(tiny, tmp_path):
-    state = hf_state(tiny["cfg"], tiny["params"])
-    names = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for file, part in shards.items():
-        save_file({n: state[n] for n in part}, str(tmp_path / file))
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {n: f for f, part in shards.items() for n in part}}))
-    (tmp_path / "config.json").write_text((tiny["hf_dir"] / "config.json").read_text())
-    cfg, params = ck.load(str(tmp_path))
-    assert cfg == tiny["cfg"]
-    assert_identical(params, tiny["params"])
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -129,12 +40,6 @@ def test_tied_embeddings_with_attention_biases(tmp_path):
         cfg, params = ck.load(str(source))
         assert cfg.tied_embeddings and cfg.attn_bias and "lm_head" not in params
         assert_identical(params, t["params"])
-
-
-def test_config_json_round_trip():
-    cfg = LMConfig(family="llama", vocab=10, d_model=8, layers=1, heads=2, kv_heads=1, head_dim=4, ffn=16,
-                   rope_theta=5e5, norm_eps=1e-6, tied_embeddings=True, bos_id=1, eos_id=2, pad_id=None)
-    assert ck.config_from_hf(json.loads(json.dumps(ck.config_to_hf(cfg)))) == cfg
 
 
 def one_line(excinfo) -> str:

@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 import gguf
+import jax
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -54,6 +55,9 @@ SIZES = dict(layers=2, d_model=64, heads=4, kv_heads=2, head_dim=16, ffn=128)
 # GGUF tensor (inside blk.N.) -> the type gguf_quant stores it as (everything else: F32)
 QUANT = {"attn_q.weight": gguf.GGMLQuantizationType.Q8_0, "attn_k.weight": gguf.GGMLQuantizationType.Q8_0,
          "ffn_gate.weight": gguf.GGMLQuantizationType.Q4_1, "attn_output.weight": gguf.GGMLQuantizationType.F16}
+# pytree key of a block matrix -> its GGUF name (the layout the tests expect, written out here)
+GGUF_OF = {"wq": "attn_q.weight", "wk": "attn_k.weight", "wv": "attn_v.weight", "wo": "attn_output.weight",
+           "w_gate": "ffn_gate.weight", "w_up": "ffn_up.weight", "w_down": "ffn_down.weight"}
 
 
 # Qwen2's tokenizer.json: Split on this regex (isolated), then ByteLevel without its own regex
@@ -268,3 +272,16 @@ def write_tiny_qwen2(directory, *, seed: int = 0, tied: bool = False) -> dict:
                 gguf=write_gguf(directory / "tiny-qwen2-f32.gguf", cfg, params, tok, pre="qwen2"),
                 gguf_quant=write_gguf(directory / "tiny-qwen2-quant.gguf", cfg, params, tok, QUANT, pre="qwen2"),
                 cfg=cfg, params=params)
+
+
+def leaves(params) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def assert_identical(a, b):
+    """The same pytree keys, dtypes and shapes, and the same values bit for bit."""
+    la, lb = leaves(a), leaves(b)
+    assert la.keys() == lb.keys()
+    for k in la:
+        assert la[k].dtype == lb[k].dtype and la[k].shape == lb[k].shape, k
+        assert np.array_equal(la[k].view(np.uint8), lb[k].view(np.uint8)), k

@@ -17,7 +17,7 @@ from sim.lm import model, tokenizer as tokenizer_lib, weights
 from sim.lm.config import LMConfig
 from sim.lm.families import FAMILIES, qwen2
 from sim.lm.families.llama import unpermute_qk
-from tests.lm.tiny import QUANT, QWEN2_PAD, hf_state, write_tiny_qwen2
+from tests.lm.tiny import QUANT, QWEN2_PAD, assert_identical, hf_state, write_tiny_qwen2
 
 # What the tiny checkpoint's config.json says, written out here (not read back through the code)
 EXPECTED = LMConfig(family="qwen2", vocab=300, d_model=64, layers=2, heads=4, kv_heads=2, head_dim=16, ffn=128,
@@ -70,18 +70,6 @@ def numpy_qwen2(state: dict, conf: dict, ids_BxT: np.ndarray, mask_BxT: np.ndarr
         x = x + linear(g / (1 + np.exp(-g)) * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
     x = rms_norm(x, s["model.norm.weight"])
     return x @ s.get("lm_head.weight", s["model.embed_tokens.weight"]).T
-
-
-def leaves(params) -> dict[str, np.ndarray]:
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
-
-
-def assert_identical(a, b):
-    la, lb = leaves(a), leaves(b)
-    assert la.keys() == lb.keys()
-    for k in la:
-        assert la[k].dtype == lb[k].dtype and la[k].shape == lb[k].shape, k
-        assert np.array_equal(la[k].view(np.uint8), lb[k].view(np.uint8)), k
 
 
 def one_line(excinfo) -> str:
