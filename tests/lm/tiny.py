@@ -34,6 +34,7 @@ import jax
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from sim.lm import tokenizer as sim_tokenizer
 from sim.lm.config import LMConfig
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -87,6 +88,18 @@ def make_tokenizer(pre: str = "smollm") -> Tokenizer:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(TEXTS, trainer)
     return tok
+
+
+def tiny_tokenizer(add_bos: bool = False) -> sim_tokenizer.Tokenizer:
+    """make_tokenizer's byte-level BPE (300 tokens, ChatML template) as sim.lm's Tokenizer;
+    add_bos: with a post-processor that starts every plain text with BOS, as Llama's does."""
+    tok = make_tokenizer()
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<|im_start|>:0 $A:0",
+                                                           special_tokens=[("<|im_start|>", BOS)])
+    out = sim_tokenizer.Tokenizer(tok, bos_id=BOS, eos_id=EOS, pad_id=PAD, chat_template=CHAT_TEMPLATE)
+    assert out.add_bos == add_bos
+    return out
 
 
 def random_params(cfg: LMConfig, seed: int = 0, bias_scale: float = 0.1) -> dict:
