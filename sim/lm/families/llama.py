@@ -23,19 +23,13 @@ from sim.lm.formats.gguf import f32_decimal
 NAME = "llama"  # config.json model_type and GGUF general.architecture
 
 # pytree key in `blocks` -> (HF name inside model.layers.{i}., GGUF name inside blk.{i}., transposed)
+_ATTN = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output"}  # self_attn.{x}_proj -> GGUF
 BLOCK_NAMES = {
     "attn_norm": ("input_layernorm.weight", "attn_norm.weight", False),
-    "wq": ("self_attn.q_proj.weight", "attn_q.weight", True),
-    "wk": ("self_attn.k_proj.weight", "attn_k.weight", True),
-    "wv": ("self_attn.v_proj.weight", "attn_v.weight", True),
-    "wo": ("self_attn.o_proj.weight", "attn_output.weight", True),
-    "bq": ("self_attn.q_proj.bias", "attn_q.bias", False),
-    "bk": ("self_attn.k_proj.bias", "attn_k.bias", False),
-    "bv": ("self_attn.v_proj.bias", "attn_v.bias", False),
+    **{f"w{x}": (f"self_attn.{x}_proj.weight", f"{gg}.weight", True) for x, gg in _ATTN.items()},
+    **{f"b{x}": (f"self_attn.{x}_proj.bias", f"{_ATTN[x]}.bias", False) for x in "qkv"},
     "mlp_norm": ("post_attention_layernorm.weight", "ffn_norm.weight", False),
-    "w_gate": ("mlp.gate_proj.weight", "ffn_gate.weight", True),
-    "w_up": ("mlp.up_proj.weight", "ffn_up.weight", True),
-    "w_down": ("mlp.down_proj.weight", "ffn_down.weight", True),
+    **{f"w_{x}": (f"mlp.{x}_proj.weight", f"ffn_{x}.weight", True) for x in ("gate", "up", "down")},
 }
 BIASES = ("bq", "bk", "bv")  # present iff cfg.attn_bias
 # top-level pytree key -> (HF name, GGUF name, transposed)
