@@ -212,6 +212,14 @@ def _k(k, se) -> str:
     return "n/a" if k is None else f"{k:.3f}" + ("" if se is None else f" ± {se:.3f}")
 
 
+def _against_main(d: dict, head: str, paired: str, says: dict, otherwise: str) -> str:
+    """A control's line: `head`, its Δφ′ verdict, then its Δφ′ paired by seed with the main run's
+    (`paired` with the interval at {}) and what that says (`says` by verdict, else `otherwise`)."""
+    dv = d.get("v", {})
+    return (f"- {head}, {WORD[dv.get('d_pp', 'inconclusive')]}; against the main run, paired by seed, "
+            + paired.format(fmt(d.get("paired_d_pp", (math.nan,) * 3))) + says.get(dv.get("paired_d_pp"), otherwise))
+
+
 def verdict(f: dict) -> str:
     """The plain-language conclusions; each sentence quotes its statistic and is chosen by it."""
     if MAIN not in f:
@@ -284,24 +292,18 @@ def verdict(f: dict) -> str:
                         + ".\n"))
     if NO_FLOOR in f:
         d = f[NO_FLOOR]
-        diff = d.get("paired_d_pp", (math.nan,) * 3)
-        dv = d.get("v", {})
-        lines.append(f"- **φ′ not rewarded** (w₂ = 0): Δφ′ = {fmt(d['d_pp'])}, {WORD[dv.get('d_pp', 'inconclusive')]}; "
-                     f"against the main run, paired by seed, {fmt(diff)}: "
-                     + ({"down": "φ′ ends lower without its reward, so w₂·φ′ acts as a floor.\n",
-                         "up": "φ′ ends higher without its reward: no floor effect.\n",
-                         "equivalent": f"the same within ±{MARGIN:g} (TOST): no floor effect.\n"}.get(
-                         dv.get("paired_d_pp"), "inconclusive, so no floor effect is measurable here.\n")))
+        lines.append(_against_main(d, f"**φ′ not rewarded** (w₂ = 0): Δφ′ = {fmt(d['d_pp'])}", "{}: ", {
+            "down": "φ′ ends lower without its reward, so w₂·φ′ acts as a floor.\n",
+            "up": "φ′ ends higher without its reward: no floor effect.\n",
+            "equivalent": f"the same within ±{MARGIN:g} (TOST): no floor effect.\n"},
+            "inconclusive, so no floor effect is measurable here.\n"))
     if STRONG_KL in f:
         d = f[STRONG_KL]
-        diff = d.get("paired_d_pp", (math.nan,) * 3)
-        dv = d.get("v", {})
-        lines.append(f"- **β × 10**: Δφ = {fmt(d['d_phi'])}, Δφ′ = {fmt(d['d_pp'])}, {WORD[dv.get('d_pp', 'inconclusive')]}; "
-                     f"against the main run, paired by seed, Δφ′ differs by {fmt(diff)} "
-                     + ({"up": "(the stronger penalty keeps φ′ higher).\n",
-                         "down": "(the stronger penalty makes φ′ end lower).\n",
-                         "equivalent": f"(the same within ±{MARGIN:g}, TOST).\n"}.get(
-                         dv.get("paired_d_pp"), "(inconclusive).\n")))
+        lines.append(_against_main(d, f"**β × 10**: Δφ = {fmt(d['d_phi'])}, Δφ′ = {fmt(d['d_pp'])}",
+                                   "Δφ′ differs by {} ", {
+            "up": "(the stronger penalty keeps φ′ higher).\n",
+            "down": "(the stronger penalty makes φ′ end lower).\n",
+            "equivalent": f"(the same within ±{MARGIN:g}, TOST).\n"}, "(inconclusive).\n"))
     return "".join(lines)
 
 
