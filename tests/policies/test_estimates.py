@@ -112,7 +112,7 @@ def test_rao_blackwellised_phi_of_a_real_model_equals_the_plain_monte_carlo_mean
     prefix), so |mean diff| < 4 of its standard errors (a false alarm rate of 6e-5). And the RB
     estimate's per-response variance is below the indicator's (it is a conditional expectation)."""
     from sim.lm import model
-    from tests.policies.test_pretrained import CFG, _frozen, _policy, _static
+    from tests.policies.tiny_pretrained import CFG, _frozen, _policy, _static
 
     shared = _frozen(model.init_params(CFG, jax.random.key(0)))
     static = _static()
