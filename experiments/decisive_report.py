@@ -169,6 +169,30 @@ def decomposition_table(stage_runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def peer_rows(stage_runs: dict[str, dict], results: Path, pair: str = "I") -> list[str]:
+    """TRL's GRPOTrainer on the pair's paid arm (experiments/trl/grpo_trl.py; results/decisive/trl/
+    <pair>_seed*.json) beside sim's: each reward's mean over the training batch at the steps sim
+    logs (the batch of step t is drawn by the policy after t - 1 updates in both), per TRL seed,
+    against sim's mean and range over its seeds."""
+    files = sorted((results / "trl").glob(f"{pair}_seed*.json"))
+    if pair not in stage_runs or not files:
+        return []
+    run = stage_runs[pair][0]  # the paid arm
+    peers = [json.loads(f.read_text()) for f in files]
+    lines = ["| reward | step | sim: mean over seeds [min, max] | TRL: " + ", ".join(f"seed {i}" for i in range(len(peers)))
+             + " | TRL within sim's range |", "| --- | --- | --- | --- | --- |"]
+    for metric, label in (("phi", "φ"), ("phi_prime", "φ′")):
+        for i, step in enumerate(run["steps"]):
+            if step == 0:
+                continue
+            x = run[f"{metric}_sampled"][i]
+            trl = [p["mean_reward_per_step"][metric][step - 1] for p in peers]
+            within = sum(x.min() <= t <= x.max() for t in trl)
+            lines.append(f"| {label} | {step} | {x.mean():.3f} [{x.min():.3f}, {x.max():.3f}] | "
+                         + ", ".join(f"{t:.3f}" for t in trl) + f" | {within} of {len(trl)} |")
+    return lines
+
+
 def answer(rows: list[dict]) -> str:
     """The blog's question answered by the verdicts' rule, whatever they are."""
     v = {r["contrast"]: r["verdict"] for r in rows}
@@ -197,8 +221,8 @@ def section(spec: dict, results: Path, out: Path) -> str:
     if stage == "pilot":
         stage_runs = load_stage(spec, results, "pilot")
     lines = ["## 9. Does φ′ fall on a real model? The decisive experiment", ""]
-    lines += [f"SmolLM2-135M-Instruct, LoRA r16 on the frozen base, GRPO on r = 4·φ + w₂·φ′ with β = 0.04; "
-              f"design in experiments/decisive.yaml and docs/real-experiment.md, written before the main run."]
+    lines += ["SmolLM2-135M-Instruct, LoRA r16 on the frozen base, GRPO on r = 4·φ + w₂·φ′ with β = 0.04; "
+              "design in experiments/decisive.yaml and docs/real-experiment.md, written before the main run."]
     has_runs = bool(stage_runs)
     if stage == "main" and spec["main"].get("extends_pilot"):
         lines += ["", f"The main run's {spec['main']['seeds']} seeds per pair include the pilot's "
@@ -240,6 +264,11 @@ def section(spec: dict, results: Path, out: Path) -> str:
                   "![decomposition](decisive_decomposition.png)", ""] + decomposition_table(stage_runs)
     else:
         lines += ["", f"No {stage} runs are stored yet: `python -m experiments.decisive run {stage}`."]
+    peer = peer_rows(stage_runs, results)
+    if peer:
+        lines += ["", "A peer on pair I's paid arm: TRL's GRPOTrainer with a peft LoRA of the same rank, targets, "
+                  "prompts, weights, β and lr (experiments/trl/grpo_trl.py, float32), against sim's runs: each "
+                  "reward's mean over a step's training batch (16 responses), which both log.", ""] + peer
     toy = toy_rows(spec, results / "runs" / "toy")
     if toy:
         lines += ["", "The toy's prediction for the same structures (κ′ = 1.14, 32 seeds, 200 steps): with features "

