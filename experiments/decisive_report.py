@@ -181,12 +181,13 @@ def peer_rows(stage_runs: dict[str, dict], results: Path, pair: str = "I") -> li
     peers = [json.loads(f.read_text()) for f in files]
     lines = ["| reward | step | sim: mean over seeds [min, max] | TRL: " + ", ".join(f"seed {i}" for i in range(len(peers)))
              + " | TRL within sim's range |", "| --- | --- | --- | --- | --- |"]
+    logged = [i for i, step in enumerate(run["steps"]) if step > 0]
     for metric, label in (("phi", "φ"), ("phi_prime", "φ′")):
-        for i, step in enumerate(run["steps"]):
-            if step == 0:
-                continue
-            x = run[f"{metric}_sampled"][i]
-            trl = [p["mean_reward_per_step"][metric][step - 1] for p in peers]
+        rows = [(str(run["steps"][i]), run[f"{metric}_sampled"][i],
+                 [p["mean_reward_per_step"][metric][run["steps"][i] - 1] for p in peers]) for i in logged]
+        # the mean over the logged steps: 4 batches per seed, the least noisy comparison
+        rows.append(("mean of these", np.mean([r[1] for r in rows], 0), list(np.mean([r[2] for r in rows], 0))))
+        for step, x, trl in rows:
             within = sum(x.min() <= t <= x.max() for t in trl)
             lines.append(f"| {label} | {step} | {x.mean():.3f} [{x.min():.3f}, {x.max():.3f}] | "
                          + ", ".join(f"{t:.3f}" for t in trl) + f" | {within} of {len(trl)} |")

@@ -91,4 +91,5 @@ def test_the_peer_table_puts_trls_batch_means_at_sims_logged_steps_beside_sims_r
     rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines[2:]}
     assert "0.250 [0.200, 0.300] | 0.220 | 1 of 1" in rows["φ", "5"]
     assert "| 0.900 | 0 of 1" in rows["φ", "10"] and "| 0.500 | 0 of 1" in rows["φ′", "10"]
+    assert "| 0.300 [0.250, 0.350] | 0.560 | 0 of 1" in rows["φ", "mean of these"]  # (0.22 + 0.9) / 2
     assert dr.peer_rows({"N": {0: run}}, tmp_path) == []  # no pair I: no table
