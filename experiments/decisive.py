@@ -38,28 +38,41 @@ SIZES = ("steps", "log_every", "lr")
 
 
 def stage_overrides(spec: dict, stage: str, seeds: int | None = None) -> list[str]:
-    """The sizes of a stage (pilot or main) as sim.run overrides. A main run that extends the pilot
-    (main.extends_pilot) trains only the seeds after the pilot's: seed=k, seeds=n-k
-    (decisive_report.stage_csvs reads both), so its sizes must be the pilot's."""
+    """The sizes of a stage (pilot or main) as sim.run overrides (all its seeds in one run)."""
     s = spec[stage]
     n = seeds or s["seeds"]
     if not n:
         raise SystemExit(f"decisive: {stage}.seeds is not set yet: run `python -m experiments.decisive power` "
                          "on the pilot first, and write its answer into experiments/decisive.yaml")
-    first = 0
-    if stage == "main" and s.get("extends_pilot"):
-        pilot = spec["pilot"]
-        if any(s[k] != pilot[k] for k in SIZES) or n <= pilot["seeds"]:
-            raise SystemExit(f"decisive: main.extends_pilot needs the pilot's {', '.join(SIZES)} and more seeds "
-                             f"than its {pilot['seeds']}")
-        first, n = pilot["seeds"], n - pilot["seeds"]
-    return [f"seed={first}", f"seeds={n}", f"steps={s['steps']}", f"log_every={s['log_every']}", f"optim.lr={s['lr']}"]
+    return ["seed=0", f"seeds={n}", f"steps={s['steps']}", f"log_every={s['log_every']}", f"optim.lr={s['lr']}"]
+
+
+def seed_chunks(spec: dict) -> list[tuple[int, int]]:
+    """(first seed, seeds) of each sim.run of a main run that extends the pilot (main.extends_pilot):
+    the pilot's seeds are the main run's first ones (the same configuration and seeds), so only
+    seeds pilot.seeds .. main.seeds - 1 are trained, in runs of at most main.chunk seeds (each a
+    few tens of minutes, resumable; the pairs grow together). Its sizes must be the pilot's."""
+    main, pilot = spec["main"], spec["pilot"]
+    stage_overrides(spec, "main")  # main.seeds set
+    if any(main[k] != pilot[k] for k in SIZES) or main["seeds"] <= pilot["seeds"]:
+        raise SystemExit(f"decisive: main.extends_pilot needs the pilot's {', '.join(SIZES)} and more seeds "
+                         f"than its {pilot['seeds']}")
+    step = main.get("chunk") or main["seeds"]
+    return [(first, min(step, main["seeds"] - first)) for first in range(pilot["seeds"], main["seeds"], step)]
+
+
+def chunk_overrides(spec: dict, first: int, seeds: int) -> list[str]:
+    m = spec["main"]
+    return [f"seed={first}", f"seeds={seeds}", f"steps={m['steps']}", f"log_every={m['log_every']}", f"optim.lr={m['lr']}"]
 
 
 def configurations(spec: dict, stage: str, only: list[str] | None = None) -> dict[str, list[str]]:
     """name -> overrides of every sim.run of a stage: one per pair (primary), or per pair and arm."""
     if stage == "toy":
         return {f"toy_{name}": list(overrides) for name, overrides in spec["toy"].items()}
+    if stage == "main" and spec["main"].get("extends_pilot"):  # chunk by chunk, the pairs interleaved
+        return {f"{pair}_s{first}": [task] + spec["common"] + chunk_overrides(spec, first, n) + list(spec["primary"])
+                for first, n in seed_chunks(spec) for pair, task in spec["pairs"].items()}
     sizes = stage_overrides(spec, "main" if stage == "secondary" else stage)
     out = {}
     for pair, task in spec["pairs"].items():
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     configs = configurations(spec, args.stage, args.only if args.stage == "secondary" else None)
-    names = [n for n in configs if args.stage == "secondary" or not args.only or n in args.only]
+    names = [n for n in configs if args.stage == "secondary" or not args.only or n.split("_s")[0] in args.only]
     runs = RESULTS / "runs" / args.stage
     statuses = [run_one({"runs": {n: configs[n]}}, n, runs, args.extra) for n in names]
     return max(statuses, default=0)

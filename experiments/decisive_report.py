@@ -44,21 +44,25 @@ def read_runs(*metrics_csvs: Path) -> dict:
 
 def stage_csvs(spec: dict, results: Path, stage: str, pair: str) -> list[Path]:
     """A pair's metrics.csv files at a stage. With main.extends_pilot, the main run's first seeds
-    ARE the pilot's (the same configuration and seeds give the same runs), so the main run trains
-    only seeds pilot.seeds .. main.seeds - 1 (decisive.stage_overrides) and reads both."""
-    own = results / "runs" / stage / pair / "metrics.csv"
+    ARE the pilot's (the same configuration and seeds), so the main run trains only the later
+    seeds, in chunks (decisive.seed_chunks), and reads the pilot's file and every chunk's."""
     if stage == "main" and spec["main"].get("extends_pilot"):
-        return [results / "runs" / "pilot" / pair / "metrics.csv", own]
-    return [own]
+        from experiments.decisive import seed_chunks
+
+        return [results / "runs" / "pilot" / pair / "metrics.csv"] + [
+            results / "runs" / "main" / f"{pair}_s{first}" / "metrics.csv" for first, _ in seed_chunks(spec)]
+    return [results / "runs" / stage / pair / "metrics.csv"]
 
 
-def load_stage(spec: dict, results: Path, stage: str) -> dict[str, dict]:
-    """pair -> read_runs of the pairs whose runs at `stage` are all stored."""
+def load_stage(spec: dict, results: Path, stage: str, partial: bool = False) -> dict[str, dict]:
+    """pair -> read_runs of the pairs whose runs at `stage` are all stored (partial: whatever of
+    them is, e.g. a main run's chunks so far)."""
     out = {}
     for pair in spec["pairs"]:
         paths = stage_csvs(spec, results, stage, pair)
-        if all(p.exists() for p in paths):
-            out[pair] = read_runs(*paths)
+        there = [p for p in paths if p.exists()]
+        if there and (partial or len(there) == len(paths)):
+            out[pair] = read_runs(*there)
     return out
 
 
@@ -219,13 +223,22 @@ def section(spec: dict, results: Path, out: Path) -> str:
     pairs = json.loads((results / "pairs.json").read_text()) if (results / "pairs.json").exists() else {}
     stage_runs = load_stage(spec, results, "main")
     stage = "main" if len(stage_runs) == len(spec["pairs"]) else "pilot"
+    interim = {}
     if stage == "pilot":
         stage_runs = load_stage(spec, results, "pilot")
+        interim = load_stage(spec, results, "main", partial=True) if spec["main"].get("seeds") else {}
+        if any(len(interim[p][0]["seeds"]) > len(stage_runs.get(p, {0: {"seeds": []}})[0]["seeds"]) for p in interim):
+            stage, stage_runs = "main (interim)", interim
     lines = ["## 9. Does φ′ fall on a real model? The decisive experiment", ""]
     lines += ["SmolLM2-135M-Instruct, LoRA r16 on the frozen base, GRPO on r = 4·φ + w₂·φ′ with β = 0.04; "
               "design in experiments/decisive.yaml and docs/real-experiment.md, written before the main run."]
     has_runs = bool(stage_runs)
-    if stage == "main" and spec["main"].get("extends_pilot"):
+    if stage == "main (interim)":
+        done = ", ".join(f"{p} {len(r[0]['seeds'])}" for p, r in stage_runs.items())
+        lines += ["", f"**The main run is under way** (`python -m experiments.decisive run main`, resumable): seeds so "
+                  f"far, of {spec['main']['seeds']} per pair: {done}. The verdicts below are INTERIM, from the seeds "
+                  "stored so far; the pre-registered analysis is the one on all of them."]
+    if stage.startswith("main") and spec["main"].get("extends_pilot"):
         lines += ["", f"The main run's {spec['main']['seeds']} seeds per pair include the pilot's "
                   f"{spec['pilot']['seeds']} (seeds 0–{spec['pilot']['seeds'] - 1}: the same configuration and seeds, "
                   "so the same runs; an internal pilot), trained again only from seed "

@@ -10,7 +10,8 @@ METRICS = ["phi", "phi_prime"] + [f"d{k}_by_{t}" for k in ("phi", "phi_prime") f
     + ["cos_grad_phi_phi_prime"]
 
 
-def _write_run(path, fall_paid: float, fall_unpaid: float, seeds: int = 6, noise: float = 0.01, seed: int = 0):
+def _write_run(path, fall_paid: float, fall_unpaid: float, seeds: int = 6, noise: float = 0.01, seed: int = 0,
+               first_seed: int = 0):
     """A sim.run-shaped metrics.csv: phi_prime drifts linearly to start - fall by step 20, per arm."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True)
@@ -22,7 +23,7 @@ def _write_run(path, fall_paid: float, fall_unpaid: float, seeds: int = 6, noise
                 for step in (0, 5, 10, 15, 20):
                     phi_prime = 0.7 - fall * step / 20 + (noise * rng.normal() if step else 0.0)
                     decomp = [np.nan] * 7 if step == 0 else list(rng.normal(size=7) * 1e-3)
-                    w.writerow([point * seeds + s, s, point, step, 0.2 + 0.01 * step, phi_prime] + decomp)
+                    w.writerow([point * seeds + s, first_seed + s, point, step, 0.2 + 0.01 * step, phi_prime] + decomp)
 
 
 @pytest.fixture
@@ -52,28 +53,33 @@ def test_endpoint_is_the_mean_of_the_last_evaluations_minus_step_0_per_seed(tmp_
     np.testing.assert_allclose(dr.endpoint_N(run[1], last=1), -0.3)
 
 
-def test_a_main_run_that_extends_the_pilot_reads_the_pilots_seeds_and_its_own(tmp_path, spec):
-    """main.extends_pilot: the pilot's seeds 0..3 and the main run's 4..9 are one set of 10 seeds,
-    in the main run's own overrides only seeds 4..9 (seed=4 seeds=6); a seed in both is an error."""
-    spec = spec | {"pilot": spec["pilot"] | {"seeds": 4}, "main": spec["pilot"] | {"seeds": 10, "extends_pilot": True}}
-    assert decisive.stage_overrides(spec, "main")[:2] == ["seed=4", "seeds=6"]
+def test_a_main_run_that_extends_the_pilot_reads_the_pilots_seeds_and_its_chunks(tmp_path, spec):
+    """main.extends_pilot: the pilot's seeds 0..3 and the main run's 4..9 are one set of 10 seeds;
+    the main run trains only seeds 4..9, in chunks of main.chunk (4..7, 8..9), the pairs interleaved.
+    Before every chunk is stored the report says the main run is under way and its verdicts interim;
+    a seed in two files is an error."""
+    spec = spec | {"pilot": spec["pilot"] | {"seeds": 4},
+                   "main": spec["pilot"] | {"seeds": 10, "extends_pilot": True, "chunk": 4}}
+    assert decisive.seed_chunks(spec) == [(4, 4), (8, 2)]
+    configs = decisive.configurations(spec, "main")
+    assert list(configs) == ["I_s4", "N_s4", "I_s8", "N_s8"]
+    assert "seed=8" in configs["N_s8"] and "seeds=2" in configs["N_s8"]
     with pytest.raises(SystemExit, match="extends_pilot"):
-        decisive.stage_overrides(spec | {"main": spec["main"] | {"steps": 40}}, "main")
+        decisive.seed_chunks(spec | {"main": spec["main"] | {"steps": 40}})
     for pair, seed in (("I", 0), ("N", 1)):
         _write_run(tmp_path / "runs" / "pilot" / pair, 0.2, 0.3, seeds=4, seed=seed)
-        _write_run(tmp_path / "runs" / "main" / pair, 0.2, 0.3, seeds=6, seed=seed + 2)
-    for pair in ("I", "N"):  # the main run's seeds are 4..9 (sim.run's seed=4)
-        path = tmp_path / "runs" / "main" / pair / "metrics.csv"
-        rows = list(csv.reader(path.open()))
-        path.write_text("\n".join(",".join([r[0], str(int(r[1]) + 4)] + r[2:]) if i else ",".join(r)
-                                   for i, r in enumerate(rows)) + "\n")
+        _write_run(tmp_path / "runs" / "main" / f"{pair}_s4", 0.2, 0.3, seeds=4, seed=seed + 2, first_seed=4)
+    text = dr.section(spec, tmp_path, tmp_path)
+    assert "The main run is under way" in text and "I 8, N 8" in text and "INTERIM" in text
+    for pair, seed in (("I", 0), ("N", 1)):
+        _write_run(tmp_path / "runs" / "main" / f"{pair}_s8", 0.2, 0.3, seeds=2, seed=seed + 4, first_seed=8)
     runs = dr.load_stage(spec, tmp_path, "main")
     assert runs["I"][0]["seeds"] == list(range(10)) and runs["I"][0]["phi_prime"].shape == (5, 10)
     assert [r["seeds"] for r in dr.primary_contrasts(spec, runs)] == [10] * 4
-    assert "Only the pilot" not in dr.section(spec, tmp_path, tmp_path)
-    _write_run(tmp_path / "runs" / "main" / "I2", 0.2, 0.3, seeds=4)  # seeds 0..3 again: the pilot's
+    text = dr.section(spec, tmp_path, tmp_path)
+    assert "under way" not in text and "Only the pilot" not in text and "include the pilot's 4" in text
     with pytest.raises(ValueError, match="same seed"):
-        dr.read_runs(tmp_path / "runs" / "pilot" / "I" / "metrics.csv", tmp_path / "runs" / "main" / "I2" / "metrics.csv")
+        dr.read_runs(tmp_path / "runs" / "pilot" / "I" / "metrics.csv", tmp_path / "runs" / "pilot" / "N" / "metrics.csv")
 
 
 def test_the_peer_table_puts_trls_batch_means_at_sims_logged_steps_beside_sims_range(tmp_path):
