@@ -99,3 +99,14 @@ def test_the_peer_table_puts_trls_batch_means_at_sims_logged_steps_beside_sims_r
     assert "| 0.900 | 0 of 1" in rows["φ", "10"] and "| 0.500 | 0 of 1" in rows["φ′", "10"]
     assert "| 0.300 [0.250, 0.350] | 0.560 | 0 of 1" in rows["φ", "mean of these"]  # (0.22 + 0.9) / 2
     assert dr.peer_rows({"N": {0: run}}, tmp_path) == []  # no pair I: no table
+
+
+def test_the_toy_is_read_at_the_step_where_its_phi_has_gained_what_the_real_models_did(tmp_path, spec):
+    """Real and toy runs both gain 0.01 of phi per step; the real endpoint (mean of steps 15 and 20)
+    has gained 0.175, which the toy first reaches at its logged step 20, where its phi_prime has
+    fallen by exactly its drift (noise 0)."""
+    _write_run(tmp_path / "runs" / "toy" / "toy_shared", 0.2, 0.3, noise=0.0)
+    _write_run(tmp_path / "real" / "I", 0.0, 0.0)
+    rows = dr.toy_at_matched_gain(spec, tmp_path / "runs" / "toy", {"I": dr.read_runs(tmp_path / "real" / "I" / "metrics.csv")})
+    assert rows[0].startswith("| toy, shared | paid (w = 4, 1) | I: +0.175 | 20 | -0.200 ")
+    assert rows[1].startswith("| toy, shared | unpaid (w = 4, 0) | I: +0.175 | 20 | -0.300 ")
