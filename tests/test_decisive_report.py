@@ -107,6 +107,15 @@ def test_the_toy_is_read_at_the_step_where_its_phi_has_gained_what_the_real_mode
     fallen by exactly its drift (noise 0)."""
     _write_run(tmp_path / "runs" / "toy" / "toy_shared", 0.2, 0.3, noise=0.0)
     _write_run(tmp_path / "real" / "I", 0.0, 0.0)
-    rows = dr.toy_at_matched_gain(spec, tmp_path / "runs" / "toy", {"I": dr.read_runs(tmp_path / "real" / "I" / "metrics.csv")})
+    rows = dr.matched_rows(dr.toy_at_matched_gain(spec, tmp_path / "runs" / "toy",
+                                                  {"I": dr.read_runs(tmp_path / "real" / "I" / "metrics.csv")}))
     assert rows[0].startswith("| toy, shared | paid (w = 4, 1) | I: +0.175 | 20 | -0.200 ")
     assert rows[1].startswith("| toy, shared | unpaid (w = 4, 0) | I: +0.175 | 20 | -0.300 ")
+
+
+@pytest.mark.parametrize("toy_fall, caveat", [(0.02, True), (0.2, False)])
+def test_the_report_warns_when_the_toys_fall_at_the_real_size_is_inside_the_margin(tmp_path, spec, toy_fall, caveat):
+    for pair, seed in (("I", 0), ("N", 1)):
+        _write_run(tmp_path / "runs" / "pilot" / pair, 0.0, 0.0, seed=seed)
+    _write_run(tmp_path / "runs" / "toy" / "toy_shared", toy_fall, toy_fall, noise=0.0)  # falls toy_fall by step 20
+    assert ("**Caveat.**" in dr.section(spec, tmp_path, tmp_path)) == caveat
