@@ -34,9 +34,6 @@ def load_spec(path: Path = SPEC) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-SIZES = ("steps", "log_every", "lr")
-
-
 def stage_overrides(spec: dict, stage: str, seeds: int | None = None) -> list[str]:
     """The sizes of a stage (pilot or main) as sim.run overrides (all its seeds in one run)."""
     s = spec[stage]
@@ -45,20 +42,6 @@ def stage_overrides(spec: dict, stage: str, seeds: int | None = None) -> list[st
         raise SystemExit(f"decisive: {stage}.seeds is not set yet: run `python -m experiments.decisive power` "
                          "on the pilot first, and write its answer into experiments/decisive.yaml")
     return ["seed=0", f"seeds={n}", f"steps={s['steps']}", f"log_every={s['log_every']}", f"optim.lr={s['lr']}"]
-
-
-def seed_chunks(spec: dict) -> list[tuple[int, int]]:
-    """(first seed, seeds) of each sim.run of a main run that extends the pilot (main.extends_pilot):
-    the pilot's seeds are the main run's first ones (the same configuration and seeds), so only
-    seeds pilot.seeds .. main.seeds - 1 are trained, in runs of at most main.chunk seeds (each a
-    few tens of minutes, resumable; the pairs grow together). Its sizes must be the pilot's."""
-    main, pilot = spec["main"], spec["pilot"]
-    stage_overrides(spec, "main")  # main.seeds set
-    if any(main[k] != pilot[k] for k in SIZES) or main["seeds"] <= pilot["seeds"]:
-        raise SystemExit(f"decisive: main.extends_pilot needs the pilot's {', '.join(SIZES)} and more seeds "
-                         f"than its {pilot['seeds']}")
-    step = main.get("chunk") or main["seeds"]
-    return [(first, min(step, main["seeds"] - first)) for first in range(pilot["seeds"], main["seeds"], step)]
 
 
 def chunk_overrides(spec: dict, first: int, seeds: int) -> list[str]:
@@ -72,7 +55,7 @@ def configurations(spec: dict, stage: str, only: list[str] | None = None) -> dic
         return {f"toy_{name}": list(overrides) for name, overrides in spec["toy"].items()}
     if stage == "main" and spec["main"].get("extends_pilot"):  # chunk by chunk, the pairs interleaved
         return {f"{pair}_s{first}": [task] + spec["common"] + chunk_overrides(spec, first, n) + list(spec["primary"])
-                for first, n in seed_chunks(spec) for pair, task in spec["pairs"].items()}
+                for first, n in decisive_report.seed_chunks(spec) for pair, task in spec["pairs"].items()}
     sizes = stage_overrides(spec, "main" if stage == "secondary" else stage)
     out = {}
     for pair, task in spec["pairs"].items():

@@ -42,13 +42,30 @@ def read_runs(*metrics_csvs: Path) -> dict:
     return out
 
 
+SIZES = ("steps", "log_every", "lr")  # what a main run that extends the pilot must share with it
+
+
+def seed_chunks(spec: dict) -> list[tuple[int, int]]:
+    """(first seed, seeds) of each sim.run of a main run that extends the pilot (main.extends_pilot):
+    the pilot's seeds are the main run's first ones (the same configuration and seeds), so only
+    seeds pilot.seeds .. main.seeds - 1 are trained, in runs of at most main.chunk seeds (each a
+    few tens of minutes, resumable; the pairs grow together). Its sizes must be the pilot's."""
+    main, pilot = spec["main"], spec["pilot"]
+    if not main.get("seeds"):
+        raise SystemExit("decisive: main.seeds is not set yet: run `python -m experiments.decisive power` on the pilot "
+                         "first, and write its answer into experiments/decisive.yaml")
+    if any(main[k] != pilot[k] for k in SIZES) or main["seeds"] <= pilot["seeds"]:
+        raise SystemExit(f"decisive: main.extends_pilot needs the pilot's {', '.join(SIZES)} and more seeds "
+                         f"than its {pilot['seeds']}")
+    step = main.get("chunk") or main["seeds"]
+    return [(first, min(step, main["seeds"] - first)) for first in range(pilot["seeds"], main["seeds"], step)]
+
+
 def stage_csvs(spec: dict, results: Path, stage: str, pair: str) -> list[Path]:
     """A pair's metrics.csv files at a stage. With main.extends_pilot, the main run's first seeds
     ARE the pilot's (the same configuration and seeds), so the main run trains only the later
-    seeds, in chunks (decisive.seed_chunks), and reads the pilot's file and every chunk's."""
+    seeds, in chunks (seed_chunks), and reads the pilot's file and every chunk's."""
     if stage == "main" and spec["main"].get("extends_pilot"):
-        from experiments.decisive import seed_chunks
-
         return [results / "runs" / "pilot" / pair / "metrics.csv"] + [
             results / "runs" / "main" / f"{pair}_s{first}" / "metrics.csv" for first, _ in seed_chunks(spec)]
     return [results / "runs" / stage / pair / "metrics.csv"]

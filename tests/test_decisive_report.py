@@ -60,12 +60,12 @@ def test_a_main_run_that_extends_the_pilot_reads_the_pilots_seeds_and_its_chunks
     a seed in two files is an error."""
     spec = spec | {"pilot": spec["pilot"] | {"seeds": 4},
                    "main": spec["pilot"] | {"seeds": 10, "extends_pilot": True, "chunk": 4}}
-    assert decisive.seed_chunks(spec) == [(4, 4), (8, 2)]
+    assert dr.seed_chunks(spec) == [(4, 4), (8, 2)]
     configs = decisive.configurations(spec, "main")
     assert list(configs) == ["I_s4", "N_s4", "I_s8", "N_s8"]
     assert "seed=8" in configs["N_s8"] and "seeds=2" in configs["N_s8"]
     with pytest.raises(SystemExit, match="extends_pilot"):
-        decisive.seed_chunks(spec | {"main": spec["main"] | {"steps": 40}})
+        dr.seed_chunks(spec | {"main": spec["main"] | {"steps": 40}})
     for pair, seed in (("I", 0), ("N", 1)):
         _write_run(tmp_path / "runs" / "pilot" / pair, 0.2, 0.3, seeds=4, seed=seed)
         _write_run(tmp_path / "runs" / "main" / f"{pair}_s4", 0.2, 0.3, seeds=4, seed=seed + 2, first_seed=4)
