@@ -289,7 +289,7 @@ def section(spec: dict, results: Path, out: Path) -> str:
     if stage.startswith("main") and spec["main"].get("extends_pilot"):
         lines += ["", f"The main run's {spec['main']['seeds']} seeds per pair include the pilot's "
                   f"{spec['pilot']['seeds']} (seeds 0–{spec['pilot']['seeds'] - 1}: the same configuration and seeds, "
-                  "so the same runs; an internal pilot), trained again only from seed "
+                  "so the same runs up to float rounding that depends on the batch; an internal pilot), trained only from seed "
                   f"{spec['pilot']['seeds']} on (experiments/decisive.yaml, `amendments`)."]
     if stage == "pilot" and has_runs:
         lines += ["", "**Only the pilot has run** (`python -m experiments.decisive run pilot`): its verdicts below "
@@ -346,8 +346,10 @@ def section(spec: dict, results: Path, out: Path) -> str:
                   "| --- | --- | --- | --- | --- |"] + matched_rows(matched)
         falls = [-m["mean"] for m in matched if (m["toy"], m["arm"], m["pair"]) == ("shared", ARMS[0], "I")]
         if falls and max(falls) < spec["margin"]:
-            lines += ["", f"**Caveat.** At this size of change the toy's spill predicts falls of {min(falls):.3f} to "
-                      f"{max(falls):.3f} in pair I's paid arm, inside the ±{spec['margin']} equivalence margin and under the "
+            size = f"{min(falls):.3f}" if f"{min(falls):.3f}" == f"{max(falls):.3f}" else \
+                f"{min(falls):.3f} to {max(falls):.3f}"
+            lines += ["", f"**Caveat.** At this size of change the toy's spill predicts a fall of {size} in pair I's "
+                      f"paid arm, inside the ±{spec['margin']} equivalence margin and under the "
                       f"MDE of {spec['mde']}: an \"equivalent\" verdict above does not rule out a fall of the toy's "
                       "size at this φ gain; longer training (a larger gain in φ) would."]
     return "\n".join(lines) + "\n"
