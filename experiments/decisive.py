@@ -41,7 +41,7 @@ def stage_overrides(spec: dict, stage: str, seeds: int | None = None) -> list[st
     if not n:
         raise SystemExit(f"decisive: {stage}.seeds is not set yet: run `python -m experiments.decisive power` "
                          "on the pilot first, and write its answer into experiments/decisive.yaml")
-    return ["seed=0", f"seeds={n}", f"steps={s['steps']}", f"log_every={s['log_every']}", f"optim.lr={s['lr']}"]
+    return [f"seeds={n}", f"steps={s['steps']}", f"log_every={s['log_every']}", f"optim.lr={s['lr']}"]
 
 
 def chunk_overrides(spec: dict, first: int, seeds: int) -> list[str]:
