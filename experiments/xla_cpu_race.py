@@ -1,12 +1,12 @@
 """Reproduce the XLA CPU fault behind layout.batch_layout's one-device rule (docs/real-models.md).
 
-    python -m experiments.xla_cpu_race            # ~1 min on 2 cores
+    python -m experiments.xla_cpu_race            # ~20 s on 2 cores
 
 Two copies of ONE single-device program (a 30-layer decoder of SmolLM2-135M's shapes, random
 weights: prefill 40 slots, then 4 greedy decode steps in a lax.scan with a key/value cache) run on
 two CPU devices of one process. Run one after the other, each gives the numbers it gives alone;
 dispatched together, so that the two devices execute at once, their hidden states come out wrong
-(max |diff| ~25, and varying between tries: a race). No sharding is involved: two plain jits on
+(max |diff| 3.5 with these random weights; 23-26 with SmolLM2's own, varying between tries: a race). No sharding is involved: two plain jits on
 two devices. It needs XLA's YNNPACK fusions off (`--xla_cpu_experimental_ynn_fusion_type=`, which
 sim sets: sim/runtime.py, for a different fault of those fusions); with XLA's default flags the
 two agree. jax/jaxlib 0.10.2, found 2026-12-08 on a 2-core AMD EPYC (AVX-512). The same happened
@@ -18,7 +18,6 @@ exits 1 if the concurrent runs differ.
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 
