@@ -266,17 +266,23 @@ def answer(rows: list[dict]) -> str:
     return "Inconclusive: the runs cannot yet say whether φ′ falls (see the verdicts above)."
 
 
+def choose_stage(spec: dict, results: Path) -> tuple[str, dict[str, dict]]:
+    """(stage, its runs): the main run once all of it is stored; "main (interim)" while a main run
+    that extends the pilot has some of its chunks stored (the pilot's seeds and those chunks');
+    else the pilot."""
+    main = load_stage(spec, results, "main")
+    if len(main) == len(spec["pairs"]):
+        return "main", main
+    if spec["main"].get("seeds") and any(path.exists() for pair in spec["pairs"]
+                                         for path in stage_csvs(spec, results, "main", pair)[1:]):
+        return "main (interim)", load_stage(spec, results, "main", partial=True)
+    return "pilot", load_stage(spec, results, "pilot")
+
+
 def section(spec: dict, results: Path, out: Path) -> str:
     """REPORT §9: from the main run where it exists, else from the pilot (said so)."""
     pairs = json.loads((results / "pairs.json").read_text()) if (results / "pairs.json").exists() else {}
-    stage_runs = load_stage(spec, results, "main")
-    stage = "main" if len(stage_runs) == len(spec["pairs"]) else "pilot"
-    interim = {}
-    if stage == "pilot":
-        stage_runs = load_stage(spec, results, "pilot")
-        interim = load_stage(spec, results, "main", partial=True) if spec["main"].get("seeds") else {}
-        if any(len(interim[p][0]["seeds"]) > len(stage_runs.get(p, {0: {"seeds": []}})[0]["seeds"]) for p in interim):
-            stage, stage_runs = "main (interim)", interim
+    stage, stage_runs = choose_stage(spec, results)
     lines = ["## 9. Does φ′ fall on a real model? The decisive experiment", ""]
     lines += ["SmolLM2-135M-Instruct, LoRA r16 on the frozen base, GRPO on r = 4·φ + w₂·φ′ with β = 0.04; "
               "design in experiments/decisive.yaml and docs/real-experiment.md, written before the main run."]
@@ -289,8 +295,8 @@ def section(spec: dict, results: Path, out: Path) -> str:
     if stage.startswith("main") and spec["main"].get("extends_pilot"):
         lines += ["", f"The main run's {spec['main']['seeds']} seeds per pair include the pilot's "
                   f"{spec['pilot']['seeds']} (seeds 0–{spec['pilot']['seeds'] - 1}: the same configuration and seeds, "
-                  "so the same runs up to float rounding that depends on the batch; an internal pilot), trained only from seed "
-                  f"{spec['pilot']['seeds']} on (experiments/decisive.yaml, `amendments`)."]
+                  "so the same runs up to float rounding that depends on the batch; an internal pilot), trained only "
+                  f"from seed {spec['pilot']['seeds']} on (experiments/decisive.yaml, `amendments`)."]
     if stage == "pilot" and has_runs:
         lines += ["", "**Only the pilot has run** (`python -m experiments.decisive run pilot`): its verdicts below "
                   "are exploratory, from its few seeds; the main run's (`run main`, seeds from `power`) replace them."]
